@@ -1,0 +1,56 @@
+"""Helpers shared by the cells: activations, initialisers, input checks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Params = dict[str, Array]
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "leaky_relu": jax.nn.leaky_relu,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+}
+
+
+def activation_fn(name: str) -> Callable[[Array], Array]:
+    """Looks up an activation by name; unknown names list the valid ones."""
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; valid choices: {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype=jnp.float32) -> Array:
+    """U(-bound, bound), PyTorch's default for recurrent layers (bound = 1/sqrt(hidden))."""
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def orthogonal_blocks(
+    key: Array, hidden_size: int, num_blocks: int, scale: float = 1.0, dtype=jnp.float32
+) -> Array:
+    """[hidden, num_blocks * hidden]: one orthogonal matrix per gate, side by side.
+
+    Orthogonal recurrent weights keep the gradient norm steady over long sequences.
+    """
+    keys = jax.random.split(key, num_blocks)
+    init = jax.nn.initializers.orthogonal(scale)
+    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+def check_input(x: Array, w_ih: Array, name: str = "x_t") -> None:
+    """Fails at trace time, naming the array, when its last axis is not the input size."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype; got {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != w_ih.shape[0]:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}; expected [..., {w_ih.shape[0]}] (input_size)"
+        )

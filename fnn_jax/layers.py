@@ -1,0 +1,169 @@
+"""Flax Linen layers: they own the parameters and call the pure cells and ``scan``."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from types import ModuleType
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from fnn_jax import cells
+from fnn_jax.scan import check_sequence, scan
+
+Array = jax.Array
+
+CELLS: dict[str, ModuleType] = {
+    "elman": cells.elman,
+    "jordan": cells.jordan,
+    "lstm": cells.lstm,
+    "gru": cells.gru,
+    "lru": cells.lru,
+    "mingru": cells.mingru,
+    "equilibrium": cells.equilibrium,
+}
+PARALLEL_CELLS = ("lru", "mingru")
+_INPUT_WEIGHT = {"lru": "b_re"}  # the [input, ...] weight; "w_ih" for every other cell
+
+
+def cell_module(name: str) -> ModuleType:
+    """The cell module for a name; unknown names list the valid ones."""
+    try:
+        return CELLS[name]
+    except KeyError:
+        raise ValueError(f"unknown cell {name!r}; valid choices: {sorted(CELLS)}") from None
+
+
+def _keyword_options(fn, source: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keyword arguments of ``fn`` that ``source`` has as (non-None) attributes."""
+    names = [
+        p.name
+        for p in inspect.signature(fn).parameters.values()
+        if p.default is not inspect.Parameter.empty and p.name not in exclude
+    ]
+    return {n: getattr(source, n) for n in names if getattr(source, n, None) is not None}
+
+
+class CellOptions(nn.Module):
+    """Fields shared by every layer that builds a cell (a base class, not a layer).
+
+    ``output_size`` applies to jordan and lru; ``activation`` to elman, jordan and
+    equilibrium; ``output_activation`` to jordan; ``max_iter``/``tol`` to equilibrium.
+    """
+
+    cell: str = "lstm"
+    hidden_size: int = 128
+    activation: str = "tanh"
+    output_activation: str = "tanh"
+    output_size: int | None = None
+    max_iter: int = 50
+    tol: float = 1e-6
+    unroll: int = 1
+    remat: bool = False
+    hoist_inputs: bool = True
+    parallel: bool = False
+
+    def cell_fields(self) -> dict[str, Any]:
+        skip = ("parent", "name")
+        return {f: getattr(self, f) for f in CellOptions.__dataclass_fields__ if f not in skip}
+
+
+class Recurrent(CellOptions):
+    """One recurrent layer over [batch, time, features].
+
+    Calling it returns ys [batch, time, output] (and the final carry first if return_carry).
+    """
+
+    reverse: bool = False
+    return_carry: bool = False
+
+    @property
+    def output_features(self) -> int:
+        if self.cell in ("jordan", "lru") and self.output_size is not None:
+            return self.output_size
+        return self.hidden_size
+
+    def _params(self, input_size: int) -> dict[str, Array]:
+        module = cell_module(self.cell)
+        options = _keyword_options(module.init_params, self, exclude=("dtype",))
+        init = functools.partial(
+            module.init_params, input_size=input_size, hidden_size=self.hidden_size, **options
+        )
+        names = jax.eval_shape(init, jax.random.key(0)).keys()
+        return {n: self.param(n, lambda key, n=n: init(key)[n]) for n in names}
+
+    def initial_carry(self, batch_size: int) -> Any:
+        module = cell_module(self.cell)
+        size = self.output_features if self.cell == "jordan" else self.hidden_size
+        return module.init_carry((batch_size,), size)
+
+    @nn.compact
+    def __call__(
+        self, xs: Array, lengths: Array | None = None, initial_carry: Any = None
+    ) -> Array | tuple[Any, Array]:
+        check_sequence(xs, lengths)
+        module = cell_module(self.cell)
+        params = self._params(xs.shape[-1])
+        expected = params[_INPUT_WEIGHT.get(self.cell, "w_ih")].shape[0]
+        if xs.shape[-1] != expected:
+            raise ValueError(
+                f"xs has shape {tuple(xs.shape)}; expected [batch, time, {expected}] "
+                f"(input size of layer {'/'.join(self.scope.path)})"
+            )
+        carry = self.initial_carry(xs.shape[0]) if initial_carry is None else initial_carry
+        if self.parallel and self.cell in PARALLEL_CELLS:
+            carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
+        else:
+            step_options = _keyword_options(module.step_projected, self)
+            run = dict(lengths=lengths, reverse=self.reverse, unroll=self.unroll, remat=self.remat)
+            if self.hoist_inputs:
+                step = functools.partial(module.step_projected, **step_options)
+                carry, ys = scan(step, params, carry, xs, project=module.project_inputs, **run)
+            else:
+                step = functools.partial(module.step, **step_options)
+                carry, ys = scan(step, params, carry, xs, **run)
+        return (carry, ys) if self.return_carry else ys
+
+
+class Bidirectional(CellOptions):
+    """A forward and a reverse Recurrent layer; outputs concatenated [batch, time, 2*output]."""
+
+    @nn.compact
+    def __call__(self, xs: Array, lengths: Array | None = None) -> tuple[Any, Array]:
+        fields = self.cell_fields()
+        fw_carry, fw = Recurrent(**fields, return_carry=True, name="forward")(xs, lengths)
+        bw_carry, bw = Recurrent(**fields, reverse=True, return_carry=True, name="backward")(
+            xs, lengths
+        )
+        return (fw_carry, bw_carry), jnp.concatenate([fw, bw], axis=-1)
+
+
+class Stacked(CellOptions):
+    """num_layers recurrent layers (each bidirectional or not), dropout between them.
+
+    Submodules are ``layer_0`` ... ``layer_{n-1}``. Returns (final carries, one per layer,
+    ys [batch, time, output] of the top layer).
+    """
+
+    num_layers: int = 1
+    bidirectional: bool = False
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(
+        self, xs: Array, lengths: Array | None = None, *, deterministic: bool = True
+    ) -> tuple[list[Any], Array]:
+        fields = self.cell_fields()
+        carries = []
+        for i in range(self.num_layers):
+            if i > 0 and self.dropout > 0:
+                xs = nn.Dropout(self.dropout)(xs, deterministic=deterministic)
+            if self.bidirectional:
+                carry, xs = Bidirectional(**fields, name=f"layer_{i}")(xs, lengths)
+            else:
+                carry, xs = Recurrent(**fields, return_carry=True, name=f"layer_{i}")(xs, lengths)
+            carries.append(carry)
+        return carries, xs
