@@ -106,13 +106,15 @@ class Recurrent(CellOptions):
     ) -> Array | tuple[Any, Array]:
         check_sequence(xs, lengths)
         module = cell_module(self.cell)
+        input_weight = _INPUT_WEIGHT.get(self.cell, "w_ih")
+        if self.has_variable("params", input_weight):
+            expected = self.get_variable("params", input_weight).shape[0]
+            if xs.shape[-1] != expected:
+                raise ValueError(
+                    f"xs has shape {tuple(xs.shape)}; expected [batch, time, {expected}] "
+                    f"(input size of layer '{'/'.join(self.scope.path) or self.name}')"
+                )
         params = self._params(xs.shape[-1])
-        expected = params[_INPUT_WEIGHT.get(self.cell, "w_ih")].shape[0]
-        if xs.shape[-1] != expected:
-            raise ValueError(
-                f"xs has shape {tuple(xs.shape)}; expected [batch, time, {expected}] "
-                f"(input size of layer {'/'.join(self.scope.path)})"
-            )
         carry = self.initial_carry(xs.shape[0]) if initial_carry is None else initial_carry
         if self.parallel and self.cell in PARALLEL_CELLS:
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)

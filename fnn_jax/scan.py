@@ -110,7 +110,5 @@ def scan(
         y_t = keep(y_t, jnp.zeros_like(y_t))
         return carry, y_t
 
-    carry, ys = jax.lax.scan(
-        masked_loop, carry0, (inputs, valid), reverse=reverse, unroll=unroll
-    )
+    carry, ys = jax.lax.scan(masked_loop, carry0, (inputs, valid), reverse=reverse, unroll=unroll)
     return carry, jnp.swapaxes(ys, 0, 1)

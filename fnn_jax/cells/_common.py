@@ -29,6 +29,14 @@ def activation_fn(name: str) -> Callable[[Array], Array]:
         ) from None
 
 
+def along_last(v: Array, like: Array) -> Array:
+    """A [features] vector shaped to broadcast against ``like`` [..., features].
+
+    Rank promotion is explicit so the test suite can run with jax_numpy_rank_promotion='raise'.
+    """
+    return v.reshape((1,) * (like.ndim - 1) + v.shape)
+
+
 def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype=jnp.float32) -> Array:
     """U(-bound, bound), PyTorch's default for recurrent layers (bound = 1/sqrt(hidden))."""
     return jax.random.uniform(key, shape, dtype, -bound, bound)

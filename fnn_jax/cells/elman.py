@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, check_input, uniform
+from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
 
 
 class ElmanCarry(NamedTuple):
@@ -38,7 +38,8 @@ def init_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype=jnp.float32
 def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., hidden]: the part of the pre-activation that needs no feedback."""
     check_input(x, params["w_ih"])
-    return x @ params["w_ih"] + (params["b_ih"] + params["b_hh"])
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b_ih"] + params["b_hh"], xw)
 
 
 def step_projected(

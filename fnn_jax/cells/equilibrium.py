@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, check_input, uniform
+from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
 
 
 class EquilibriumCarry(NamedTuple):
@@ -51,7 +51,8 @@ def init_carry(
 def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., hidden]."""
     check_input(x, params["w_ih"])
-    return x @ params["w_ih"] + params["b"]
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b"], xw)
 
 
 def _iterate(g: Callable[[Array], Array], z0: Array, max_iter: int, tol: float) -> Array:
@@ -130,6 +131,4 @@ def step(
 ) -> tuple[EquilibriumCarry, Array]:
     """One time step. x_t [*batch, input] -> (carry, y_t = z_t [*batch, hidden])."""
     xp_t = project_inputs(params, x_t)
-    return step_projected(
-        params, carry, xp_t, activation=activation, max_iter=max_iter, tol=tol
-    )
+    return step_projected(params, carry, xp_t, activation=activation, max_iter=max_iter, tol=tol)

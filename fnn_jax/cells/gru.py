@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, check_input, orthogonal_blocks, uniform
+from fnn_jax.cells._common import Array, Params, along_last, check_input, orthogonal_blocks, uniform
 
 
 class GRUCarry(NamedTuple):
@@ -41,8 +41,9 @@ def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., 3*hidden]; r and z also take b_hh here, n does not."""
     check_input(x, params["w_ih"])
     hidden = params["w_hh"].shape[0]
-    b_hh_rz = params["b_hh"].at[2 * hidden :].set(0)
-    return x @ params["w_ih"] + (params["b_ih"] + b_hh_rz)
+    b_hh_rz = jnp.asarray(params["b_hh"]).at[2 * hidden :].set(0)
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b_ih"] + b_hh_rz, xw)
 
 
 def step_projected(params: Params, carry: GRUCarry, xp_t: Array) -> tuple[GRUCarry, Array]:
@@ -52,7 +53,7 @@ def step_projected(params: Params, carry: GRUCarry, xp_t: Array) -> tuple[GRUCar
     h_r, h_z, h_n = jnp.split(hp, 3, axis=-1)
     r = jax.nn.sigmoid(x_r + h_r)
     z = jax.nn.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * (h_n + params["b_hh"][2 * hidden :]))
+    n = jnp.tanh(x_n + r * (h_n + along_last(params["b_hh"][2 * hidden :], h_n)))
     h = (1.0 - z) * n + z * carry.h
     return GRUCarry(h), h
 

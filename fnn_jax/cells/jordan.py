@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, check_input, uniform
+from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
 
 
 class JordanCarry(NamedTuple):
@@ -49,7 +49,8 @@ def init_carry(batch_shape: tuple[int, ...], output_size: int, dtype=jnp.float32
 def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., hidden]."""
     check_input(x, params["w_ih"])
-    return x @ params["w_ih"] + params["b"]
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b"], xw)
 
 
 def step_projected(
@@ -61,7 +62,7 @@ def step_projected(
     output_activation: str = "tanh",
 ) -> tuple[JordanCarry, Array]:
     h = activation_fn(activation)(xp_t + carry.y @ params["w_yh"])
-    y = activation_fn(output_activation)(h @ params["w_hy"] + params["b_y"])
+    y = activation_fn(output_activation)(h @ params["w_hy"] + along_last(params["b_y"], h))
     return JordanCarry(y), y
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells import linear_recurrence
-from fnn_jax.cells._common import Array, Params, check_input
+from fnn_jax.cells._common import Array, Params, along_last, check_input
 
 
 class LRUCarry(NamedTuple):
@@ -74,7 +74,8 @@ class Projected(NamedTuple):
 def project_inputs(params: Params, x: Array) -> Projected:
     check_input(x, params["b_re"])
     gamma = jnp.exp(params["gamma_log"])
-    bu = (x @ params["b_re"] + 1j * (x @ params["b_im"])) * gamma
+    bu = x @ params["b_re"] + 1j * (x @ params["b_im"])
+    bu = bu * along_last(gamma, bu)
     return Projected(bu, x @ params["d"])
 
 
@@ -83,7 +84,7 @@ def _readout(params: Params, h: Array, du: Array) -> Array:
 
 
 def step_projected(params: Params, carry: LRUCarry, xp_t: Projected) -> tuple[LRUCarry, Array]:
-    h = eigenvalues(params) * carry.h + xp_t.bu
+    h = along_last(eigenvalues(params), carry.h) * carry.h + xp_t.bu
     return LRUCarry(h), _readout(params, h, xp_t.du)
 
 
@@ -100,7 +101,7 @@ def parallel(
     lengths: Array | None = None,
     reverse: bool = False,
 ) -> tuple[LRUCarry, Array]:
-    """The whole sequence with an associative scan. xs [batch, time, input] -> ys [batch, time, output]."""
+    """All steps by associative scan: xs [batch, time, input] -> ys [batch, time, output]."""
     xp = project_inputs(params, xs)
     a = jnp.broadcast_to(eigenvalues(params), xp.bu.shape)
     h_last, hs = linear_recurrence.solve(a, xp.bu, carry.h, lengths=lengths, reverse=reverse)

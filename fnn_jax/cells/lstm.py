@@ -1,8 +1,8 @@
 """Long short-term memory, with PyTorch's ``nn.LSTM`` formulas and gate order (i, f, g, o).
 
-    [i, f, g, o] = x_t W_ih + b_ih + h_{t-1} W_hh + b_hh
-    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
-    h_t = sigmoid(o) * tanh(c_t)
+[i, f, g, o] = x_t W_ih + b_ih + h_{t-1} W_hh + b_hh
+c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+h_t = sigmoid(o) * tanh(c_t)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, check_input, orthogonal_blocks, uniform
+from fnn_jax.cells._common import Array, Params, along_last, check_input, orthogonal_blocks, uniform
 
 
 class LSTMCarry(NamedTuple):
@@ -45,7 +45,8 @@ def init_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype=jnp.float32
 def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., 4*hidden]."""
     check_input(x, params["w_ih"])
-    return x @ params["w_ih"] + (params["b_ih"] + params["b_hh"])
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b_ih"] + params["b_hh"], xw)
 
 
 def step_projected(params: Params, carry: LSTMCarry, xp_t: Array) -> tuple[LSTMCarry, Array]:

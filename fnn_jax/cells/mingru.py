@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells import linear_recurrence
-from fnn_jax.cells._common import Array, Params, check_input, uniform
+from fnn_jax.cells._common import Array, Params, along_last, check_input, uniform
 
 
 class MinGRUCarry(NamedTuple):
@@ -37,7 +37,8 @@ def init_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype=jnp.float32
 def project_inputs(params: Params, x: Array) -> Array:
     """[..., input] -> [..., 2*hidden]: gate logits and candidates."""
     check_input(x, params["w_ih"])
-    return x @ params["w_ih"] + params["b_ih"]
+    xw = x @ params["w_ih"]
+    return xw + along_last(params["b_ih"], xw)
 
 
 def _coefficients(xp: Array) -> tuple[Array, Array]:
@@ -65,7 +66,7 @@ def parallel(
     lengths: Array | None = None,
     reverse: bool = False,
 ) -> tuple[MinGRUCarry, Array]:
-    """The whole sequence with an associative scan. xs [batch, time, input] -> ys [batch, time, hidden]."""
+    """All steps by associative scan: xs [batch, time, input] -> ys [batch, time, hidden]."""
     a, b = _coefficients(project_inputs(params, xs))
     h_last, hs = linear_recurrence.solve(a, b, carry.h, lengths=lengths, reverse=reverse)
     return MinGRUCarry(h_last), hs

@@ -1,0 +1,137 @@
+"""Name -> loader registry, and helpers the loaders share."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fnn_jax.data.base import Dataset
+
+Loader = Callable[..., Dataset]
+REGISTRY: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: makes ``load(name, **options)`` call the decorated loader."""
+
+    def wrap(loader: Loader) -> Loader:
+        if name in REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        REGISTRY[name] = loader
+        return loader
+
+    return wrap
+
+
+def available() -> tuple[str, ...]:
+    """Registered dataset names, sorted."""
+    return tuple(sorted(REGISTRY))
+
+
+def load(name: str, **options: Any) -> Dataset:
+    """Loads a registered dataset; options are the loader's keyword arguments.
+
+    Raises ValueError for an unknown name (listing the valid names) or an unknown option
+    (listing the loader's options).
+    """
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available())}")
+    loader = REGISTRY[name]
+    params = inspect.signature(loader).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ValueError(
+            f"dataset {name!r} has no option(s) {unknown}; valid options: {', '.join(params)}"
+        )
+    return loader(**options)
+
+
+def require(module: str, package: str, dataset: str) -> ModuleType:
+    """Imports an optional dependency, or raises ImportError saying what to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(
+            f"dataset {dataset!r} needs the optional package {package!r}: pip install {package}"
+        ) from err
+
+
+def stream(seed: int, *keys: int) -> np.random.Generator:
+    """Independent generator per (dataset tag, seed, split, ...).
+
+    Keys of a different length than batching's [seed, epoch] give unrelated streams, so data
+    generation never shares random bits with the batch order.
+    """
+    return np.random.default_rng([seed, *keys, 0x5EED])
+
+
+def stratified_indices(
+    labels: np.ndarray, *, validation: float, test: float, seed: int
+) -> dict[str, np.ndarray]:
+    """Sorted row indices per split, stratified by ``labels``; fractions are of all rows."""
+    if not (validation > 0 and test > 0 and validation + test < 1):
+        raise ValueError(
+            f"need 0 < validation, test and validation + test < 1; got {validation}, {test}"
+        )
+    rows = np.arange(len(labels))
+    rest, test_rows = train_test_split(rows, test_size=test, stratify=labels, random_state=seed)
+    train_rows, val_rows = train_test_split(
+        rest, test_size=validation / (1 - test), stratify=labels[rest], random_state=seed
+    )
+    return {
+        "train": np.sort(train_rows),
+        "validation": np.sort(val_rows),
+        "test": np.sort(test_rows),
+    }
+
+
+def per_class_subset(
+    labels: np.ndarray, rows: np.ndarray, k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted random subset of ``rows`` with exactly ``k`` rows of each class present in it."""
+    keep = []
+    for c in np.unique(labels[rows]):
+        members = rows[labels[rows] == c]
+        if len(members) < k:
+            raise ValueError(f"class {c} has only {len(members)} training rows; asked for {k}")
+        keep.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def select_classes(
+    labels: Sequence[Any], classes: Sequence[Any] | None
+) -> tuple[np.ndarray, np.ndarray, tuple[Any, ...]]:
+    """Keeps rows whose label is in ``classes`` and relabels them 0..k-1 in the given order.
+
+    Returns (rows kept [m], new int32 labels [m], the class values in order). ``classes=None``
+    keeps every label, sorted (numerically when the labels are numeric strings).
+    """
+    labels = np.asarray(labels)
+    present = list(np.unique(labels))
+    if classes is None:
+        classes = sorted(present, key=_label_key)
+    classes = tuple(c.item() if isinstance(c, np.generic) else c for c in classes)
+    if len(set(classes)) != len(classes) or not classes:
+        raise ValueError(f"classes must be non-empty and distinct; got {classes}")
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise ValueError(
+            f"classes {missing} do not occur; available: {sorted(present, key=_label_key)}"
+        )
+    mapping = {c: i for i, c in enumerate(classes)}
+    rows = np.flatnonzero(np.isin(labels, classes))
+    new = np.array([mapping[v.item() if isinstance(v, np.generic) else v] for v in labels[rows]])
+    return rows, new.astype(np.int32), classes
+
+
+def _label_key(v: Any) -> tuple[int, Any]:
+    try:
+        return (0, float(v))
+    except (TypeError, ValueError):
+        return (1, str(v))

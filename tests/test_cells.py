@@ -1,0 +1,206 @@
+"""Each cell's step equals an independent NumPy implementation of its formula, and its
+gradients pass finite-difference checks."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpy_reference as ref
+import pytest
+from jax.test_util import check_grads
+
+import fnn_jax
+from fnn_jax import cells
+
+INPUT, HIDDEN, BATCH = 5, 7, 3
+
+# (cell module, step options, numpy reference, carry as numpy)
+CASES = {
+    "elman_tanh": (cells.elman, {}, ref.elman),
+    "elman_relu": (
+        cells.elman,
+        {"activation": "relu"},
+        functools.partial(ref.elman, activation="relu"),
+    ),
+    "elman_leaky_relu": (
+        cells.elman,
+        {"activation": "leaky_relu"},
+        functools.partial(ref.elman, activation="leaky_relu"),
+    ),
+    "elman_sigmoid": (
+        cells.elman,
+        {"activation": "sigmoid"},
+        functools.partial(ref.elman, activation="sigmoid"),
+    ),
+    "jordan": (cells.jordan, {}, ref.jordan),
+    "jordan_relu_identity": (
+        cells.jordan,
+        {"activation": "relu", "output_activation": "identity"},
+        functools.partial(ref.jordan, activation="relu", output_activation="identity"),
+    ),
+    "lstm": (cells.lstm, {}, ref.lstm),
+    "gru": (cells.gru, {}, ref.gru),
+    "lru": (cells.lru, {}, ref.lru),
+    "mingru": (cells.mingru, {}, ref.mingru),
+    "equilibrium": (cells.equilibrium, {}, ref.equilibrium),
+}
+
+
+def _random_params(module, key):
+    """Initialised parameters with every leaf perturbed, so zero biases test nothing away."""
+    params = module.init_params(key, INPUT, HIDDEN)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    noisy = [
+        x + 0.1 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)
+    ]
+    params = jax.tree.unflatten(tree, noisy)
+    if module is cells.equilibrium:  # keep the feedback a contraction
+        params["w_hh"] = params["w_hh"] * (0.5 / jnp.linalg.norm(params["w_hh"], 2))
+    return params
+
+
+def _random_carry(module, key):
+    carry = module.init_carry((BATCH,), HIDDEN)
+    leaves, tree = jax.tree.flatten(carry)
+    keys = jax.random.split(key, len(leaves))
+    noisy = [
+        0.5 * jax.random.normal(k, x.shape, jnp.float32).astype(x.dtype)
+        for x, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(tree, noisy)
+
+
+def _to_numpy(tree):
+    return jax.tree.map(
+        lambda a: np.asarray(a, np.complex128 if jnp.iscomplexobj(a) else np.float64), tree
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_step_matches_numpy_formula(name, key):
+    module, options, reference = CASES[name]
+    params = _random_params(module, key)
+    carry = _random_carry(module, jax.random.fold_in(key, 2))
+    x = jax.random.normal(jax.random.fold_in(key, 3), (BATCH, INPUT))
+
+    new_carry, y = module.step(params, carry, x, **options)
+
+    np_carry = _to_numpy(tuple(carry) if len(carry) > 1 else carry[0])
+    want_carry, want_y = reference(_to_numpy(params), np_carry, np.asarray(x, np.float64))
+    np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+    want_carry = want_carry if isinstance(want_carry, tuple) else (want_carry,)
+    for got, want in zip(new_carry, want_carry, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_scan_equals_python_loop_over_step(name, key):
+    module, options, _ = CASES[name]
+    params = _random_params(module, key)
+    carry0 = _random_carry(module, jax.random.fold_in(key, 2))
+    xs = jax.random.normal(jax.random.fold_in(key, 3), (BATCH, 6, INPUT))
+    step = functools.partial(module.step, **options)
+
+    carry, outputs = carry0, []
+    for t in range(xs.shape[1]):
+        carry, y = step(params, carry, xs[:, t])
+        outputs.append(y)
+    want_ys = jnp.stack(outputs, axis=1)
+
+    got_carry, got_ys = fnn_jax.scan(step, params, carry0, xs)
+    np.testing.assert_allclose(got_ys, want_ys, rtol=1e-5, atol=1e-6)
+    for got, want in zip(got_carry, carry, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+    # The hoisted input projection computes the same thing.
+    projected = functools.partial(module.step_projected, **options)
+    _, hoisted_ys = fnn_jax.scan(projected, params, carry0, xs, project=module.project_inputs)
+    np.testing.assert_allclose(hoisted_ys, want_ys, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["elman_tanh", "jordan", "lstm", "gru", "lru", "mingru", "equilibrium"]
+)
+def test_scan_gradients_match_finite_differences(name, key):
+    module, options, _ = CASES[name]
+    with jax.enable_x64(True):
+        to64 = lambda a: a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
+        params = jax.tree.map(to64, _random_params(module, key))
+        carry0 = jax.tree.map(to64, module.init_carry((2,), HIDDEN))
+        xs = jax.random.normal(jax.random.fold_in(key, 3), (2, 4, INPUT), jnp.float64)
+        step = functools.partial(module.step, **options)
+        if module is cells.equilibrium:
+            step = functools.partial(step, tol=1e-13, max_iter=500)
+
+        def loss(params, xs):
+            _, ys = fnn_jax.scan(step, params, carry0, xs)
+            return jnp.sum(ys**2)
+
+        check_grads(loss, (params, xs), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+def test_equilibrium_output_is_a_fixed_point(key):
+    params = _random_params(cells.equilibrium, key)
+    carry = cells.equilibrium.init_carry((BATCH,), HIDDEN)
+    x = jax.random.normal(key, (BATCH, INPUT))
+    _, z = cells.equilibrium.step(params, carry, x)
+    residual = jnp.tanh(x @ params["w_ih"] + params["b"][None] + z @ params["w_hh"]) - z
+    assert float(jnp.max(jnp.abs(residual))) < 1e-5
+
+
+def test_equilibrium_implicit_gradient_equals_backprop_through_iterations(key):
+    """The implicit-function gradient equals differentiating 200 unrolled iterations."""
+    params = _random_params(cells.equilibrium, key)
+    carry = cells.equilibrium.init_carry((BATCH,), HIDDEN)
+    x = jax.random.normal(key, (BATCH, INPUT))
+
+    def implicit(params):
+        return jnp.sum(cells.equilibrium.step(params, carry, x)[1] ** 2)
+
+    def unrolled(params):
+        z = carry.z
+        for _ in range(200):
+            z = jnp.tanh(x @ params["w_ih"] + params["b"][None] + z @ params["w_hh"])
+        return jnp.sum(z**2)
+
+    got, want = jax.grad(implicit)(params), jax.grad(unrolled)(params)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", [cells.lru, cells.mingru], ids=["lru", "mingru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_parallel_scan_equals_sequential_scan(module, reverse, key):
+    params = _random_params(module, key)
+    carry0 = _random_carry(module, jax.random.fold_in(key, 2))
+    xs = jax.random.normal(jax.random.fold_in(key, 3), (BATCH, 9, INPUT))
+    lengths = jnp.array([9, 4, 0])
+    want_carry, want_ys = fnn_jax.scan(
+        module.step, params, carry0, xs, lengths=lengths, reverse=reverse
+    )
+    got_carry, got_ys = module.parallel(params, carry0, xs, lengths=lengths, reverse=reverse)
+    np.testing.assert_allclose(got_ys, want_ys, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_carry.h, want_carry.h, rtol=1e-5, atol=1e-5)
+
+
+def test_lru_eigenvalues_lie_inside_the_unit_circle(key):
+    params = cells.lru.init_params(key, INPUT, 64, r_min=0.5, r_max=0.99)
+    modulus = jnp.abs(cells.lru.eigenvalues(params))
+    assert float(modulus.min()) >= 0.5 - 1e-6
+    assert float(modulus.max()) <= 0.99 + 1e-6
+
+
+def test_step_rejects_wrong_feature_size(key):
+    params = cells.lstm.init_params(key, INPUT, HIDDEN)
+    carry = cells.lstm.init_carry((BATCH,), HIDDEN)
+    with pytest.raises(ValueError, match=r"x_t has shape \(3, 4\); expected \[\.\.\., 5\]"):
+        cells.lstm.step(params, carry, jnp.ones((BATCH, 4)))
+
+
+def test_unknown_activation_lists_valid_choices(key):
+    params = cells.elman.init_params(key, INPUT, HIDDEN)
+    carry = cells.elman.init_carry((BATCH,), HIDDEN)
+    with pytest.raises(ValueError, match="unknown activation 'swish'.*leaky_relu"):
+        cells.elman.step(params, carry, jnp.ones((BATCH, INPUT)), activation="swish")
