@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 GATES = {"elman": 1, "gru": 3, "lstm": 4}
 _CELL_OF = {g: c for c, g in GATES.items()}
@@ -135,7 +138,7 @@ def from_torch(state_dict: Mapping[str, Any], *, cell: str | None = None) -> dic
     return params
 
 
-def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str, Any]:
+def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str, torch.Tensor]:
     """Params of ``Stacked`` (or of one ``Recurrent``/``Bidirectional``) -> torch state dict.
 
     The exact inverse of ``from_torch``: ``to_torch(from_torch(sd))`` equals ``sd``
@@ -168,7 +171,7 @@ def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str,
             raise ValueError(f"layer_{k} must hold forward and backward; got {sorted(layer)}")
         for suffix, direction in _DIRECTIONS[: 2 if bidirectional else 1]:
             path = f"layer_{k}/{direction}" if bidirectional else f"layer_{k}"
-            group = layer.get(direction, {}) if bidirectional else layer
+            group = layer[direction] if bidirectional else layer
             for torch_name, name in _TO_PARAM.items():
                 if name not in group:
                     raise ValueError(f"missing {path}/{name}; got {sorted(group)}")

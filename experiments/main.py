@@ -1,0 +1,45 @@
+"""Train or fine-tune a feedback network from a config.
+
+    python experiments/main.py --config configs/digits_lstm.py --workdir runs/digits_lstm
+    python experiments/main.py --config configs/digits_lstm.py --workdir runs/x \
+        --config.optimizer.learning_rate=3e-4
+
+Running the same command again resumes from the workdir's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
+
+from fnn_jax import reporting  # noqa: E402
+from fnn_jax.train import train_and_evaluate  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots and the report.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    print()
+    print(f"{report['name']}: best validation {report['metric']} at step {report['best_step']}")
+    print(reporting.markdown_table(report["results"]))
+    if report["baselines"]:
+        baselines = ", ".join(f"{k} {v:.4f}" for k, v in report["baselines"].items())
+        print(f"baselines: {baselines}")
+    for what, path in report["paths"].items():
+        print(f"{what:>12}: {path}")
+
+
+if __name__ == "__main__":
+    app.run(main)

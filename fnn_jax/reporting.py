@@ -1,0 +1,137 @@
+"""What a run leaves for people: metrics.jsonl, TensorBoard events, a progress bar, the loss
+curves and the final report."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from tensorboardX import SummaryWriter  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from fnn_jax.files import write_atomic, write_json  # noqa: E402
+
+
+class MetricsLog:
+    """Appends ``{"step", "split", **metrics}`` lines to metrics.jsonl and to TensorBoard.
+
+    On resume from ``step``, lines after it are dropped first, so the log of an interrupted
+    run ends identical to an uninterrupted one.
+    """
+
+    def __init__(self, workdir: Path, resume_step: int = 0):
+        self.path = workdir / "metrics.jsonl"
+        self.records = [r for r in self.read(workdir) if r["step"] <= resume_step]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
+
+    @staticmethod
+    def read(workdir: Path) -> list[dict[str, Any]]:
+        path = Path(workdir) / "metrics.jsonl"
+        if not path.exists():
+            return []
+        lines = path.read_text().splitlines()
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a killed process
+        return records
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        record = {"step": step, "split": split, **metrics}
+        self.records.append(record)
+        self._file.write(json.dumps(record) + "\n")
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def flush(self) -> None:
+        self._file.flush()
+        self.writer.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        self.writer.close()
+
+
+class Progress:
+    """A bar with rate and ETA on a terminal; plain periodic lines otherwise (logs, CI)."""
+
+    def __init__(self, total: int, initial: int, every: int):
+        self.interactive = sys.stderr.isatty()
+        self.total, self.every = total, max(every, 1)
+        self.start, self.start_step = time.time(), initial
+        self.bar = tqdm(total=total, initial=initial, unit="step", disable=not self.interactive)
+
+    def update(self, step: int, summary: str = "") -> None:
+        if self.interactive:
+            self.bar.update(step - self.bar.n)
+            if summary:
+                self.bar.set_postfix_str(summary)
+        elif step % self.every == 0 or step == self.total:
+            rate = (step - self.start_step) / max(time.time() - self.start, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else math.inf
+            print(f"step {step}/{self.total}  {rate:.1f} steps/s  eta {eta:.0f}s  {summary}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def plot_curves(records: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """curves.png: train and validation loss, and the chosen validation metric, against step."""
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, style in (("train", "-"), ("validation", "o-")):
+        rows = [r for r in records if r["split"] == split and "loss" in r]
+        if rows:
+            ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], style, label=split)
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    ax_loss.legend()
+    rows = [r for r in records if r["split"] == "validation" and metric in r]
+    ax_metric.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color="C1")
+    ax_metric.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: dict[str, dict[str, float]]) -> str:
+    """A table with one row per split and one column per metric."""
+    columns = sorted({k for metrics in rows.values() for k in metrics})
+    lines = ["| split | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for split, metrics in rows.items():
+        lines.append(f"| {split} | " + " | ".join(_fmt(metrics.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(workdir: Path, report: dict[str, Any]) -> None:
+    """report.json (everything) and report.md (the results table and baselines)."""
+    write_json(workdir / "report.json", report)
+    parts = [
+        f"# {report['name']}",
+        "",
+        f"Best checkpoint: step {report['best_step']} of {report['steps']} "
+        f"(validation {report['metric']}).",
+        "",
+        markdown_table(report["results"]),
+    ]
+    if report.get("baselines"):
+        parts += ["", "Baselines (same test split):", ""]
+        parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
+    parts += ["", f"Parameters: {report['parameters']}", ""]
+    write_atomic(workdir / "report.md", "\n".join(parts))

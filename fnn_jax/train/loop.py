@@ -1,0 +1,328 @@
+"""``train_and_evaluate``: the whole life of a run in its workdir.
+
+Resume order: this workdir's latest checkpoint, else ``config.init_from`` (parameters only,
+see fnn_jax.finetune), else scratch. Batch order is a function of (seed, epoch) and dropout
+keys of (seed, step), so a resumed run repeats exactly what an uninterrupted one would do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fnn_jax import config as config_lib
+from fnn_jax import data as data_lib
+from fnn_jax import reporting
+from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.files import workdir_lock, write_json
+from fnn_jax.optim import make_optimizer
+from fnn_jax.tasks import Task, metric_mode
+from fnn_jax.train.steps import (
+    TrainState,
+    all_finite,
+    build_model,
+    count_params,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+    to_device_batch,
+    zero_sums,
+)
+
+log = logging.getLogger("fnn_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stretch of training with one optimizer and one set of freezing rules."""
+
+    name: str
+    num_steps: int
+    optimizer: ml_collections.ConfigDict
+    rules: tuple[tuple[str, str], ...] | None = None  # None: everything trains
+    patience: int = 0
+
+
+def load_dataset(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
+    """config.data -> Dataset; unknown names or options name the config key."""
+    config_lib.check_choice("data.name", cfg.name, data_lib.available())
+    options = cfg.options.to_dict()
+    try:
+        return data_lib.load(cfg.name, **options)
+    except TypeError as error:  # an option the loader does not take
+        raise ValueError(f"config.data.options for dataset {cfg.name!r}: {error}") from None
+
+
+def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None:
+    """Writes config.json, or refuses to resume a workdir made with another model or data."""
+    path = workdir / "config.json"
+    new = config_lib.to_dict(config)
+    if path.exists():
+        old = json.loads(path.read_text())
+        arch, other = config_lib.split_differences(old, new)
+        if arch:
+            raise ValueError(
+                f"workdir {workdir} holds a run with a different model/data config; "
+                f"refusing to resume. Differing keys:\n  " + "\n  ".join(arch)
+            )
+        if other:
+            log.warning("resuming %s with changed settings:\n  %s", workdir, "\n  ".join(other))
+    write_json(path, new)
+
+
+def default_stages(config: ml_collections.ConfigDict, total_steps: int) -> list[Stage]:
+    return [Stage("train", total_steps, config.optimizer, None, config.train.patience)]
+
+
+def _better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if np.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) the run described by ``config`` in ``workdir``; returns the report.
+
+    stop_after_steps: stop once this many steps ran in this call, after checkpointing (for
+    time-limited jobs, and for tests of resumption). The same call again continues.
+    """
+    config_lib.validate(config)
+    workdir = Path(workdir).absolute()
+    with workdir_lock(workdir):
+        check_config_file(workdir, config)
+        return _run(config, workdir, stop_after_steps)
+
+
+def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
+    started = time.time()
+    dataset = load_dataset(config.data)
+    task = Task(dataset.task, dataset.num_classes)
+    metric = config.train.early_stopping_metric or task.main_metric
+    mode = metric_mode(metric)
+    spec = data_lib.batch_spec(dataset)
+    batch_size = config.data.batch_size
+    steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"config.data.batch_size={batch_size} is larger than the training split "
+            f"of {dataset.name!r} ({len(dataset.train)} rows)"
+        )
+    total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+
+    from fnn_jax import finetune  # late import: finetune builds on this module
+
+    stages = finetune.stages(config, total_steps) or default_stages(config, total_steps)
+    total_steps = sum(s.num_steps for s in stages)
+    eval_every = config.train.eval_every_steps or steps_per_epoch
+    boundaries = np.cumsum([0] + [s.num_steps for s in stages])
+
+    model = build_model(config.model, dataset)
+    sample = to_device_batch(next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0)))
+    root = jax.random.key(config.seed)
+    init_key, dropout_key = jax.random.split(root)
+    params = model.init(init_key, sample["inputs"], sample["lengths"])["params"]
+    sums0 = zero_sums(model, task, params, sample)
+    fresh_sums = lambda: jax.tree.map(jnp.zeros_like, sums0)  # new buffers: steps donate them
+    eval_step = make_eval_step(model, task)
+
+    def fresh_state(params, stage: Stage, step: int) -> TrainState:
+        tx = make_optimizer(stage.optimizer, stage.num_steps, params, stage.rules)
+        return TrainState(np.int32(step), params, tx.init(params), fresh_sums())
+
+    checkpoints = Checkpoints(
+        workdir / "checkpoints", keep=config.train.keep_checkpoints, mode=mode
+    )
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        progress = checkpoints.restore_progress(latest)
+        like = fresh_state(params, stages[progress["stage"]], 0)
+        state, progress = checkpoints.restore(latest, like)
+        log.info("resumed %s from step %d", workdir, latest)
+    else:
+        params = finetune.initial_params(config, params, model, sample)
+        state = fresh_state(params, stages[0], 0)
+        progress = {
+            "stage": 0,
+            "best_value": None,
+            "best_step": None,
+            "bad_evals": 0,
+            "stopped": False,
+            "nonfinite_steps": 0,
+        }
+
+    metrics_log = reporting.MetricsLog(workdir, resume_step=int(state.step))
+    bar = reporting.Progress(total_steps, int(state.step), config.train.log_every_steps)
+
+    def save(state: TrainState, step: int, value: float | None) -> None:
+        if not bool(all_finite(state.params)):
+            raise FloatingPointError(f"refusing to save step {step}: parameters are not finite")
+        epoch, position = divmod(step, steps_per_epoch)
+        checkpoints.save(step, state, {**progress, "epoch": epoch, "batch": position}, value)
+
+    step = int(state.step)
+    ran = 0
+    try:
+        while step < total_steps and not progress["stopped"]:
+            stage_index = int(np.searchsorted(boundaries, step, side="right") - 1)
+            stage = stages[stage_index]
+            if stage_index != progress["stage"]:  # a new stage: fresh optimizer state
+                progress.update(stage=stage_index, bad_evals=0)
+                state = fresh_state(state.params, stage, step)
+            tx_frozen = finetune.frozen_tree(state.params, stage.rules)
+            tx = make_optimizer(stage.optimizer, stage.num_steps, state.params, stage.rules)
+            train_step = make_train_step(
+                model, tx, task, config.regularization, dropout_key, tx_frozen
+            )
+            stage_end = int(boundaries[stage_index + 1])
+            while step < stage_end and not progress["stopped"]:
+                epoch, first = divmod(step, steps_per_epoch)
+                for i, batch in enumerate(
+                    data_lib.batches(dataset.train, batch_size, seed=config.seed, epoch=epoch)
+                ):
+                    if i < first:
+                        continue
+                    data_lib.check_batch(
+                        batch, dataset=dataset.name, split="train", index=i, expected=spec
+                    )
+                    state, finite = train_step(state, to_device_batch(batch))
+                    step += 1
+                    ran += 1
+                    if not bool(finite):
+                        progress["nonfinite_steps"] += 1
+                        log.warning("step %d: non-finite loss or gradient; update skipped", step)
+                        if progress["nonfinite_steps"] > config.train.max_nonfinite_steps:
+                            raise FloatingPointError(
+                                f"non-finite loss or gradient at step {step} "
+                                f"({progress['nonfinite_steps']} such steps; "
+                                f"config.train.max_nonfinite_steps="
+                                f"{config.train.max_nonfinite_steps})"
+                            )
+                    summary = ""
+                    if step % config.train.log_every_steps == 0 or step == stage_end:
+                        train_metrics = task.metrics(jax.device_get(state.sums))
+                        metrics_log.write(step, "train", train_metrics)
+                        state = state.replace(sums=fresh_sums())
+                        summary = f"loss {train_metrics['loss']:.4f}"
+                    if step % eval_every == 0 or step == stage_end:
+                        val = evaluate(
+                            eval_step,
+                            state.params,
+                            dataset.validation,
+                            config.data.eval_batch_size,
+                            task,
+                        )
+                        metrics_log.write(step, "validation", val)
+                        value = val[metric]
+                        if _better(value, progress["best_value"], mode, config.train.min_delta):
+                            progress.update(best_value=value, best_step=step, bad_evals=0)
+                        else:
+                            progress["bad_evals"] += 1
+                        if stage.patience and progress["bad_evals"] >= stage.patience:
+                            log.info("early stopping at step %d (stage %s)", step, stage.name)
+                            if stage_index == len(stages) - 1:
+                                progress["stopped"] = True
+                            else:  # skip to the next stage
+                                step = stage_end
+                                state = state.replace(step=np.int32(step))
+                        save(state, step, value)
+                        metrics_log.flush()
+                        summary = f"{summary}  val {metric} {value:.4f}"
+                    elif stop_after_steps is not None and ran >= stop_after_steps:
+                        save(state, step, None)
+                    bar.update(step, summary)
+                    if step >= stage_end or (stop_after_steps and ran >= stop_after_steps):
+                        break
+                if stop_after_steps is not None and ran >= stop_after_steps and step < total_steps:
+                    checkpoints.close()
+                    metrics_log.close()
+                    bar.close()
+                    return {"interrupted_at": step}
+    finally:
+        bar.close()
+        checkpoints.wait()
+        metrics_log.flush()
+
+    return _finish(
+        config,
+        workdir,
+        dataset,
+        task,
+        model,
+        eval_step,
+        checkpoints,
+        metrics_log,
+        state,
+        progress,
+        metric,
+        step,
+        started,
+    )
+
+
+def _finish(
+    config,
+    workdir,
+    dataset,
+    task,
+    model,
+    eval_step,
+    checkpoints,
+    metrics_log,
+    state,
+    progress,
+    metric,
+    step,
+    started,
+) -> dict[str, Any]:
+    """Restores the best checkpoint, evaluates it on validation and test, writes the report."""
+    best_step = progress["best_step"] if progress["best_step"] is not None else step
+    if best_step in checkpoints.steps():
+        best_state, _ = checkpoints.restore(best_step, state)
+        params = best_state.params
+    else:
+        params = state.params
+    batch_size = config.data.eval_batch_size
+    results = {
+        split: evaluate(eval_step, params, dataset.split(split), batch_size, task)
+        for split in ("validation", "test")
+    }
+    report = {
+        "name": f"{dataset.name} / {config.model.cell}",
+        "workdir": str(workdir),
+        "steps": step,
+        "best_step": best_step,
+        "metric": metric,
+        "stopped_early": bool(progress["stopped"]),
+        "nonfinite_steps": progress["nonfinite_steps"],
+        "results": results,
+        "baselines": dataset.baselines,
+        "parameters": count_params(params),
+        "wall_time_s": round(time.time() - started, 1),
+        "paths": {
+            "curves": str(workdir / "curves.png"),
+            "report": str(workdir / "report.md"),
+            "checkpoints": str(workdir / "checkpoints"),
+            "tensorboard": str(workdir / "tensorboard"),
+        },
+    }
+    reporting.plot_curves(metrics_log.records, metric, workdir / "curves.png")
+    reporting.write_report(workdir, report)
+    metrics_log.close()
+    checkpoints.close()
+    return report

@@ -1,0 +1,177 @@
+"""The train state, the model a dataset needs, and the jitted train and eval steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from fnn_jax import data as data_lib
+from fnn_jax import models
+from fnn_jax.optim import penalty
+from fnn_jax.tasks import Task
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    sums: Any  # task sums of the train batches since the last log line
+
+
+def build_model(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> nn.Module:
+    """The model for the dataset's task, with the encoder described by ``cfg`` (config.model)."""
+    encoder = dict(
+        cell=cfg.cell,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        dropout=cfg.dropout,
+        activation=cfg.activation,
+        output_activation=cfg.output_activation,
+        output_size=cfg.output_size,
+        unroll=cfg.unroll,
+        remat=cfg.remat,
+        parallel=cfg.parallel,
+    )
+    if dataset.task == "classification":
+        return models.SequenceClassifier(
+            **encoder, num_classes=dataset.num_classes, pooling=cfg.pooling
+        )
+    if dataset.task in ("regression", "forecast"):
+        targets = dataset.train.targets
+        horizon = 1 if dataset.task == "regression" else targets.shape[1]
+        return models.Forecaster(**encoder, horizon=horizon, targets=targets.shape[-1])
+    return models.CharLM(**encoder, vocab_size=dataset.num_classes, embed_dim=cfg.embed_dim)
+
+
+def to_device_batch(batch: dict[str, np.ndarray], weights: np.ndarray | None = None) -> dict:
+    """The fields a step reads; ``weights`` [b] default to 1 (0 marks padding rows)."""
+    n = batch["inputs"].shape[0]
+    return {
+        "inputs": batch["inputs"],
+        "targets": batch["targets"],
+        "lengths": batch["lengths"],
+        "weights": np.ones((n,), np.float32) if weights is None else weights,
+    }
+
+
+def eval_batches(split: data_lib.Split, batch_size: int) -> Iterator[dict]:
+    """The whole split in order; the last batch is padded to full size with weight-0 rows,
+    so every batch has one shape and the eval step compiles once."""
+    batch_size = min(batch_size, len(split))
+    for batch in data_lib.batches(
+        split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
+    ):
+        n = batch["inputs"].shape[0]
+        weights = np.ones((batch_size,), np.float32)
+        if n < batch_size:
+            pad = np.arange(batch_size - n) % n
+            batch = {k: np.concatenate([v, v[pad]]) for k, v in batch.items()}
+            weights[n:] = 0.0
+        yield to_device_batch(batch, weights)
+
+
+def zero_sums(model: nn.Module, task: Task, params: Any, batch: dict) -> Any:
+    """A tree of zeros shaped like the task's sums."""
+
+    def sums(params, batch):
+        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        return task.loss_and_sums(outputs, batch)[1]
+
+    shapes = jax.eval_shape(sums, params, batch)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def stop_frozen_gradients(params: Any, frozen: Any | None) -> Any:
+    """stop_gradient on frozen leaves, so no backward work is spent on them."""
+    if frozen is None:
+        return params
+    return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    task: Task,
+    regularization: ml_collections.ConfigDict,
+    dropout_key: Array,
+    frozen: Any | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
+    """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``.
+
+    A step whose loss or gradients are not finite changes nothing but the step counter
+    (``finite`` is False); the caller decides how many such steps to tolerate.
+    """
+    reg = regularization
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
+        key = jax.random.fold_in(dropout_key, state.step)
+
+        def loss_fn(params):
+            params = stop_frozen_gradients(params, frozen)
+            outputs = model.apply(
+                {"params": params},
+                batch["inputs"],
+                batch["lengths"],
+                train=True,
+                rngs={"dropout": key},
+            )
+            loss, sums = task.loss_and_sums(outputs, batch)
+            return loss + penalty(params, reg.l1, reg.l2, reg.exclude), sums
+
+        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & all_finite(grads)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_sums = jax.tree.map(jnp.add, state.sums, sums)
+        return (
+            TrainState(
+                step=state.step + 1,
+                params=keep(params, state.params),
+                opt_state=keep(opt_state, state.opt_state),
+                sums=keep(new_sums, state.sums),
+            ),
+            finite,
+        )
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(model: nn.Module, task: Task) -> Callable[[Any, dict], Any]:
+    """A jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
+
+    def eval_step(params, batch):
+        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        return task.loss_and_sums(outputs, batch)[1]
+
+    return jax.jit(eval_step)
+
+
+def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
+    """The task's metrics over a whole split."""
+    total = None
+    for batch in eval_batches(split, batch_size):
+        sums = eval_step(params, batch)
+        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    return task.metrics(jax.device_get(total))
+
+
+def all_finite(tree: Any) -> Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def count_params(params: Any) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(params)))
