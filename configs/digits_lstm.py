@@ -8,7 +8,7 @@ import ml_collections
 from fnn_jax.config import default_config
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = default_config()
     config.data.name = "digits"
     config.data.batch_size = 32

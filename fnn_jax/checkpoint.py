@@ -66,6 +66,16 @@ class Checkpoints:
         )
         return restored.state, restored.progress
 
+    def restore_saved(self, step: int) -> tuple[Any, dict]:
+        """The state at ``step`` as saved (nested dicts of arrays), with no target to shape it."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+            ),
+        )
+        return restored.state, restored.progress
+
     def restore_progress(self, step: int) -> dict:
         return self.manager.restore(
             step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())

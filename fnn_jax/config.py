@@ -8,6 +8,7 @@ schedules, cells and datasets, keys added to an unlocked dict, and values of the
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -134,9 +135,19 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"config.{path} must be {expected_type.__name__}; got {value!r} "
                 f"({type(value).__name__})"
             )
-    from fnn_jax.layers import CELLS  # late import: config must not pull in Flax at import
+    # Late imports: reading a config must not pull in Flax or the dataset loaders.
+    from fnn_jax import data
+    from fnn_jax.layers import CELLS
 
     check_choice("model.cell", config.model.cell, CELLS)
+    check_choice("data.name", config.data.name, data.available())
+    accepted = inspect.signature(data.REGISTRY[config.data.name]).parameters
+    for option in config.data.options:
+        if option not in accepted:
+            raise ValueError(
+                f"config.data.options.{option} is not an option of dataset "
+                f"{config.data.name!r}{_suggest(option, accepted)}; valid: {sorted(accepted)}"
+            )
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
 

@@ -9,7 +9,9 @@ import ml_collections
 from fnn_jax.optim import frozen_mask
 
 
-def stages(config: ml_collections.ConfigDict, total_steps: int) -> list | None:
+def stages(
+    config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
+) -> list | None:
     """The stage list of config.finetune, or None for plain training."""
     if "finetune" not in config:
         return None

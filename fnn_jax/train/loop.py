@@ -53,13 +53,8 @@ class Stage:
 
 
 def load_dataset(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
-    """config.data -> Dataset; unknown names or options name the config key."""
-    config_lib.check_choice("data.name", cfg.name, data_lib.available())
-    options = cfg.options.to_dict()
-    try:
-        return data_lib.load(cfg.name, **options)
-    except TypeError as error:  # an option the loader does not take
-        raise ValueError(f"config.data.options for dataset {cfg.name!r}: {error}") from None
+    """config.data -> Dataset (names and options were checked by config.validate)."""
+    return data_lib.load(cfg.name, **cfg.options.to_dict())
 
 
 def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None:
@@ -109,6 +104,21 @@ def train_and_evaluate(
         return _run(config, workdir, stop_after_steps)
 
 
+def _train_batches(split, batch_size: int, seed: int, start: int, end: int):
+    """(batch index within its epoch, batch) for global steps start..end-1, across epochs."""
+    per_epoch = data_lib.num_batches(split, batch_size)
+    step = start
+    while step < end:
+        epoch, first = divmod(step, per_epoch)
+        for i, batch in enumerate(data_lib.batches(split, batch_size, seed=seed, epoch=epoch)):
+            if i < first:
+                continue  # resuming inside this epoch
+            yield i, batch
+            step += 1
+            if step >= end:
+                return
+
+
 def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
     started = time.time()
     dataset = load_dataset(config.data)
@@ -127,15 +137,14 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
 
     from fnn_jax import finetune  # late import: finetune builds on this module
 
-    stages = finetune.stages(config, total_steps) or default_stages(config, total_steps)
-    total_steps = sum(s.num_steps for s in stages)
+    stages = finetune.stages(config, total_steps, steps_per_epoch) or default_stages(
+        config, total_steps
+    )
     eval_every = config.train.eval_every_steps or steps_per_epoch
-    boundaries = np.cumsum([0] + [s.num_steps for s in stages])
 
     model = build_model(config.model, dataset)
     sample = to_device_batch(next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0)))
-    root = jax.random.key(config.seed)
-    init_key, dropout_key = jax.random.split(root)
+    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
     params = model.init(init_key, sample["inputs"], sample["lengths"])["params"]
     sums0 = zero_sums(model, task, params, sample)
     fresh_sums = lambda: jax.tree.map(jnp.zeros_like, sums0)  # new buffers: steps donate them
@@ -143,7 +152,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
 
     def fresh_state(params, stage: Stage, step: int) -> TrainState:
         tx = make_optimizer(stage.optimizer, stage.num_steps, params, stage.rules)
-        return TrainState(np.int32(step), params, tx.init(params), fresh_sums())
+        return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), fresh_sums())
 
     checkpoints = Checkpoints(
         workdir / "checkpoints", keep=config.train.keep_checkpoints, mode=mode
@@ -159,6 +168,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         state = fresh_state(params, stages[0], 0)
         progress = {
             "stage": 0,
+            "stage_start": 0,
             "best_value": None,
             "best_step": None,
             "bad_evals": 0,
@@ -166,104 +176,102 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
             "nonfinite_steps": 0,
         }
 
-    metrics_log = reporting.MetricsLog(workdir, resume_step=int(state.step))
-    bar = reporting.Progress(total_steps, int(state.step), config.train.log_every_steps)
+    step = int(state.step)
+    metrics_log = reporting.MetricsLog(workdir, resume_step=step)
+    bar = reporting.Progress(sum(s.num_steps for s in stages), step, config.train.log_every_steps)
 
-    def save(state: TrainState, step: int, value: float | None) -> None:
+    def save(state: TrainState, value: float | None) -> None:
         if not bool(all_finite(state.params)):
             raise FloatingPointError(f"refusing to save step {step}: parameters are not finite")
         epoch, position = divmod(step, steps_per_epoch)
         checkpoints.save(step, state, {**progress, "epoch": epoch, "batch": position}, value)
 
-    step = int(state.step)
+    def evaluate_and_track(state: TrainState, stage: Stage) -> float:
+        val = evaluate(
+            eval_step, state.params, dataset.validation, config.data.eval_batch_size, task
+        )
+        metrics_log.write(step, "validation", val)
+        value = val[metric]
+        if _better(value, progress["best_value"], mode, config.train.min_delta):
+            progress.update(best_value=value, best_step=step, bad_evals=0)
+        else:
+            progress["bad_evals"] += 1
+        return value
+
     ran = 0
+    interrupted = False
     try:
-        while step < total_steps and not progress["stopped"]:
-            stage_index = int(np.searchsorted(boundaries, step, side="right") - 1)
-            stage = stages[stage_index]
-            if stage_index != progress["stage"]:  # a new stage: fresh optimizer state
-                progress.update(stage=stage_index, bad_evals=0)
-                state = fresh_state(state.params, stage, step)
-            tx_frozen = finetune.frozen_tree(state.params, stage.rules)
+        while progress["stage"] < len(stages) and not progress["stopped"]:
+            stage = stages[progress["stage"]]
+            stage_end = progress["stage_start"] + stage.num_steps
+            frozen = finetune.frozen_tree(state.params, stage.rules)
             tx = make_optimizer(stage.optimizer, stage.num_steps, state.params, stage.rules)
             train_step = make_train_step(
-                model, tx, task, config.regularization, dropout_key, tx_frozen
+                model, tx, task, config.regularization, dropout_key, frozen
             )
-            stage_end = int(boundaries[stage_index + 1])
-            while step < stage_end and not progress["stopped"]:
-                epoch, first = divmod(step, steps_per_epoch)
-                for i, batch in enumerate(
-                    data_lib.batches(dataset.train, batch_size, seed=config.seed, epoch=epoch)
-                ):
-                    if i < first:
-                        continue
-                    data_lib.check_batch(
-                        batch, dataset=dataset.name, split="train", index=i, expected=spec
-                    )
-                    state, finite = train_step(state, to_device_batch(batch))
-                    step += 1
-                    ran += 1
-                    if not bool(finite):
-                        progress["nonfinite_steps"] += 1
-                        log.warning("step %d: non-finite loss or gradient; update skipped", step)
-                        if progress["nonfinite_steps"] > config.train.max_nonfinite_steps:
-                            raise FloatingPointError(
-                                f"non-finite loss or gradient at step {step} "
-                                f"({progress['nonfinite_steps']} such steps; "
-                                f"config.train.max_nonfinite_steps="
-                                f"{config.train.max_nonfinite_steps})"
-                            )
-                    summary = ""
-                    if step % config.train.log_every_steps == 0 or step == stage_end:
-                        train_metrics = task.metrics(jax.device_get(state.sums))
-                        metrics_log.write(step, "train", train_metrics)
-                        state = state.replace(sums=fresh_sums())
-                        summary = f"loss {train_metrics['loss']:.4f}"
-                    if step % eval_every == 0 or step == stage_end:
-                        val = evaluate(
-                            eval_step,
-                            state.params,
-                            dataset.validation,
-                            config.data.eval_batch_size,
-                            task,
+            stage_done = step >= stage_end
+            for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, stage_end):
+                data_lib.check_batch(
+                    batch, dataset=dataset.name, split="train", index=i, expected=spec
+                )
+                state, finite = train_step(state, to_device_batch(batch))
+                step, ran = step + 1, ran + 1
+                if not bool(finite):
+                    progress["nonfinite_steps"] += 1
+                    log.warning("step %d: non-finite loss or gradient; update skipped", step)
+                    if progress["nonfinite_steps"] > config.train.max_nonfinite_steps:
+                        raise FloatingPointError(
+                            f"non-finite loss or gradient at step {step} "
+                            f"({progress['nonfinite_steps']} such steps; "
+                            f"config.train.max_nonfinite_steps={config.train.max_nonfinite_steps})"
                         )
-                        metrics_log.write(step, "validation", val)
-                        value = val[metric]
-                        if _better(value, progress["best_value"], mode, config.train.min_delta):
-                            progress.update(best_value=value, best_step=step, bad_evals=0)
-                        else:
-                            progress["bad_evals"] += 1
-                        if stage.patience and progress["bad_evals"] >= stage.patience:
-                            log.info("early stopping at step %d (stage %s)", step, stage.name)
-                            if stage_index == len(stages) - 1:
-                                progress["stopped"] = True
-                            else:  # skip to the next stage
-                                step = stage_end
-                                state = state.replace(step=np.int32(step))
-                        save(state, step, value)
-                        metrics_log.flush()
-                        summary = f"{summary}  val {metric} {value:.4f}"
-                    elif stop_after_steps is not None and ran >= stop_after_steps:
-                        save(state, step, None)
-                    bar.update(step, summary)
-                    if step >= stage_end or (stop_after_steps and ran >= stop_after_steps):
-                        break
-                if stop_after_steps is not None and ran >= stop_after_steps and step < total_steps:
-                    checkpoints.close()
-                    metrics_log.close()
-                    bar.close()
-                    return {"interrupted_at": step}
+                summary = ""
+                if step % config.train.log_every_steps == 0 or step == stage_end:
+                    train_metrics = task.metrics(jax.device_get(state.sums))
+                    metrics_log.write(step, "train", train_metrics)
+                    state = state.replace(sums=fresh_sums())
+                    summary = f"loss {train_metrics['loss']:.4f}"
+                stage_done = step == stage_end
+                saved = False
+                if step % eval_every == 0 or stage_done:
+                    value = evaluate_and_track(state, stage)
+                    summary += f"  val {metric} {value:.4f}"
+                    if stage.patience and progress["bad_evals"] >= stage.patience:
+                        log.info("early stopping at step %d (stage %s)", step, stage.name)
+                        stage_done = True
+                    save(state, value)
+                    saved = True
+                    metrics_log.flush()
+                bar.update(step, summary)
+                if stop_after_steps is not None and ran >= stop_after_steps:
+                    if not saved:
+                        save(state, None)
+                    interrupted = True
+                    break
+                if stage_done:
+                    break
+            if interrupted:
+                break
+            if stage_done:  # next stage: fresh optimizer state, fresh early-stopping count
+                progress.update(stage=progress["stage"] + 1, stage_start=step, bad_evals=0)
+                if progress["stage"] < len(stages):
+                    state = fresh_state(state.params, stages[progress["stage"]], step)
+                else:
+                    progress["stopped"] = step < sum(s.num_steps for s in stages)
     finally:
         bar.close()
         checkpoints.wait()
         metrics_log.flush()
 
+    if interrupted:
+        checkpoints.close()
+        metrics_log.close()
+        return {"interrupted_at": step}
     return _finish(
         config,
         workdir,
         dataset,
         task,
-        model,
         eval_step,
         checkpoints,
         metrics_log,
@@ -280,7 +288,6 @@ def _finish(
     workdir,
     dataset,
     task,
-    model,
     eval_step,
     checkpoints,
     metrics_log,

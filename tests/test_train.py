@@ -1,0 +1,147 @@
+"""The runner: exact resume, early stopping, artifacts, and refusal of bad configs."""
+
+import json
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.reporting import MetricsLog
+from fnn_jax.train import train_and_evaluate
+
+
+def _config(**overrides):
+    config = test_config.get_config()
+    with config.unlocked():
+        for dotted, value in overrides.items():
+            node = config
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
+def _latest_state(workdir):
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    step = checkpoints.latest_step()
+    restored = checkpoints.restore_saved(step)
+    checkpoints.close()
+    return step, restored
+
+
+def _metric_records(workdir):
+    return MetricsLog.read(workdir)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    report = train_and_evaluate(_config(**{"model.dropout": 0.2}), workdir)
+    return workdir, report
+
+
+@pytest.mark.parametrize("stop_at", [8, 13], ids=["at_eval_step", "between_evals"])
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, stop_at, tmp_path):
+    full_dir, full_report = uninterrupted
+    config = _config(**{"model.dropout": 0.2})
+    first = train_and_evaluate(config, tmp_path, stop_after_steps=stop_at)
+    assert first == {"interrupted_at": stop_at}
+    report = train_and_evaluate(config, tmp_path)
+
+    full_step, full_state = _latest_state(full_dir)
+    step, state = _latest_state(tmp_path)
+    assert step == full_step == 24
+    jax.tree.map(np.testing.assert_array_equal, state, full_state)
+    assert _metric_records(tmp_path) == _metric_records(full_dir)
+    assert report["results"] == full_report["results"]
+    assert report["best_step"] == full_report["best_step"]
+
+
+def test_run_writes_config_metrics_curves_report_and_events(uninterrupted):
+    workdir, report = uninterrupted
+    assert json.loads((workdir / "config.json").read_text())["model"]["hidden_size"] == 16
+    records = _metric_records(workdir)
+    assert [r["step"] for r in records if r["split"] == "validation"] == [8, 16, 24]
+    assert [r["step"] for r in records if r["split"] == "train"] == list(range(4, 25, 4))
+    assert (workdir / "curves.png").stat().st_size > 10_000
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((workdir / "report.json").read_text())
+    assert saved["results"] == report["results"]
+    assert "| test |" in (workdir / "report.md").read_text()
+    # The report's test numbers come from the best validation checkpoint.
+    best = max((r for r in records if r["split"] == "validation"), key=lambda r: r["accuracy"])
+    assert report["best_step"] == best["step"]
+    assert report["results"]["validation"]["accuracy"] == best["accuracy"]
+
+
+def test_running_a_finished_run_again_changes_nothing(uninterrupted):
+    workdir, report = uninterrupted
+    again = train_and_evaluate(_config(**{"model.dropout": 0.2}), workdir)
+    assert again["results"] == report["results"]
+    assert again["steps"] == 24
+
+
+def test_early_stopping_stops_after_patience_evaluations_without_improvement(tmp_path):
+    config = _config(**{"optimizer.learning_rate": 0.0, "train.patience": 2, "train.num_steps": 80})
+    report = train_and_evaluate(config, tmp_path)
+    # lr 0: the first evaluation is the best, the next two do not improve on it.
+    assert report["stopped_early"]
+    assert report["steps"] == 24
+    assert report["best_step"] == 8
+
+
+def test_workdir_with_a_different_model_refuses_to_resume(uninterrupted):
+    workdir, _ = uninterrupted
+    before = (workdir / "config.json").read_text()
+    config = _config(**{"model.dropout": 0.2, "model.hidden_size": 32})
+    with pytest.raises(ValueError, match=r"model.hidden_size: 16 -> 32"):
+        train_and_evaluate(config, workdir)
+    assert (workdir / "config.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("optimizer.name", "adm", r"optimizer.name='adm' is not valid \(did you mean 'adam'\?\)"),
+        ("optimizer.schedule", "cosine", r"valid choices: \['constant', 'exponential'"),
+        ("model.cell", "rnn", r"model.cell='rnn'.*'elman'"),
+        ("data.name", "mnist", r"data.name='mnist'.*'digits'"),
+    ],
+)
+def test_bad_config_values_fail_before_training_naming_the_key(key, value, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(_config(**{key: value}), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_value_of_the_wrong_type_names_key_and_type(tmp_path):
+    config = _config()
+    with config.unlocked():  # e.g. a model section loaded from JSON: no type safety
+        config.model = ml_collections.ConfigDict({**config.model.to_dict(), "hidden_size": "big"})
+    with pytest.raises(ValueError, match=r"config.model.hidden_size must be int; got 'big'"):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_config_key_names_the_close_match(tmp_path):
+    config = _config()
+    with config.unlocked():
+        config.optimizer.learning_rte = 1e-3
+    with pytest.raises(
+        ValueError, match=r"unknown config key 'optimizer.learning_rte'.*learning_rate"
+    ):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_dataset_option_names_the_config_key(tmp_path):
+    config = _config()
+    with config.unlocked():
+        config.data.options.window = 3
+    with pytest.raises(
+        ValueError, match=r"config.data.options.window is not an option of dataset 'digits'"
+    ):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
