@@ -6,7 +6,6 @@ JSON ``progress`` record (data position, early-stopping counters, fine-tuning st
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +14,34 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 
-def _score(metrics: dict[str, float]) -> float:
-    """Higher is better; NaN ranks last, so a diverged step never becomes the best."""
-    value = metrics["score"]
-    return -math.inf if math.isnan(value) else value
+def _best_rank(metrics: dict[str, float]) -> float:
+    return metrics["best_rank"]
 
 
 class Checkpoints:
-    """Saves and restores steps under ``directory``.
+    """Saves and restores steps under ``directory``: the latest ``keep`` plus the best.
 
-    ``mode`` is "max" or "min": which direction of the validation metric is better.
+    The runner decides which step is best (it tracks the validation metric, and a NaN never
+    wins); a best step is saved with rank = its step, any other with rank -1, so Orbax keeps
+    exactly the runner's best.
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3, mode: str = "max"):
+    def __init__(self, directory: str | Path, *, keep: int = 3):
         self.directory = Path(directory).absolute()
-        self.sign = 1.0 if mode == "max" else -1.0
         preservation = policies.AnyPreservationPolicy(
             [
                 policies.LatestN(n=max(keep, 1)),
-                policies.BestN(get_metric_fn=_score, n=1, keep_checkpoints_without_metrics=False),
+                policies.BestN(
+                    get_metric_fn=_best_rank, n=1, keep_checkpoints_without_metrics=False
+                ),
             ]
         )
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation, enable_async_checkpointing=True
+            preservation_policy=preservation,
+            # best_fn only makes Orbax write each step's metrics to disk, so the best step
+            # is still known (and kept) after a restart; the policy above decides.
+            best_fn=_best_rank,
+            enable_async_checkpointing=True,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -47,12 +51,12 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, progress: dict, metric: float | None = None) -> None:
+    def save(self, step: int, state: Any, progress: dict, is_best: bool = False) -> None:
         """Starts an async save; ``wait`` (or the next save) finishes it."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
-        metrics = None if metric is None else {"score": self.sign * float(metric)}
+        metrics = {"best_rank": float(step) if is_best else -1.0}
         self.manager.save(step, args=args, metrics=metrics, force=True)
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
@@ -88,3 +92,18 @@ class Checkpoints:
         """Finishes pending saves; always call before the process exits."""
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def export_params(directory: Path, params: Any) -> None:
+    """Plain model parameters (LoRA merged) for use outside the runner; replaced atomically."""
+    directory = Path(directory).absolute()
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory, params, force=True)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+
+
+def load_exported(directory: Path) -> Any:
+    """Parameters written by ``export_params``."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(Path(directory).absolute())

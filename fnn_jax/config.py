@@ -70,6 +70,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.regularization.l2 = 0.0
     c.regularization.exclude = r"(^|/)(b|b_\w+|bias)$"  # paths the penalty skips
 
+    # Fine-tuning (fnn_jax.finetune). Resume order: this workdir, else init_from, else scratch.
+    c.init_from = ""  # a pretrained workdir (or its checkpoints/ folder)
+    c.init_step = "best"  # "best", "latest" or a step number
+    c.finetune = ml_collections.ConfigDict()
+    c.finetune.reinit = ("head/.*",)  # parameters initialised fresh, not loaded
+    c.finetune.dont_load = ()  # checkpoint parameters the new model may leave unused
+    c.finetune.stages = []  # stage dicts; empty = one stage with config.optimizer
+    c.finetune.lora_rank = 0  # > 0: low-rank adapters on the kernels, base frozen
+    c.finetune.lora_alpha = 8.0
+    c.finetune.lora_targets = r"(.*/)?(w_ih|w_hh|kernel)"
+
     c.train = ml_collections.ConfigDict()
     c.train.num_epochs = 10
     c.train.num_steps = 0  # > 0 overrides num_epochs
@@ -118,8 +129,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     reference = default_config()
     reference_paths = dict(_walk(reference))
     for path, value in _walk(config):
-        if path.startswith(("finetune", "init_")):
-            continue  # owned by fnn_jax.finetune
         if path not in reference_paths:
             raise ValueError(f"unknown config key {path!r}{_suggest(path, reference_paths)}")
         expected = reference_paths[path]

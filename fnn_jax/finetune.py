@@ -1,30 +1,244 @@
-"""Fine-tuning: start from a pretrained checkpoint, replace the head, train in stages."""
+"""Fine-tuning: start from a pretrained checkpoint, replace the head, train in stages.
+
+Driven by config (see ``fnn_jax.config.default_config``):
+
+    config.init_from = "runs/digits_pretrain"     # a workdir or its checkpoints/ folder
+    config.init_step = "best"                     # "best", "latest" or a step number
+    config.finetune.reinit = ("head/.*",)         # initialised fresh for the new task
+    config.finetune.stages = classic_stages(head_epochs=10, all_epochs=10)
+
+A stage is a dict: name, rules (first-match (regex, "train" | "frozen") on '/'-joined
+parameter paths), optimizer (overrides of config.optimizer), num_steps or num_epochs,
+optional patience and lr_mults ((regex, multiplier), first match, default 1).
+"""
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
+from flax import traverse_util
 
+from fnn_jax import lora
 from fnn_jax.optim import frozen_mask
 
-
-def stages(
-    config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
-) -> list | None:
-    """The stage list of config.finetune, or None for plain training."""
-    if "finetune" not in config:
-        return None
-    raise NotImplementedError
+STAGE_KEYS = ("name", "rules", "optimizer", "num_steps", "num_epochs", "patience", "lr_mults")
 
 
-def initial_params(config: ml_collections.ConfigDict, params: Any, model, sample) -> Any:
-    """Parameters to start from: config.init_from merged into ``params``, or ``params``."""
-    if not config.get("init_from"):
+def classic_stages(
+    *,
+    head_epochs: int,
+    all_epochs: int,
+    head_learning_rate: float = 1e-3,
+    all_learning_rate: float = 1e-4,
+) -> list[dict]:
+    """Train the new head with everything else frozen, then everything at a lower rate."""
+    return [
+        {
+            "name": "head",
+            "rules": [("head/.*", "train"), (".*", "frozen")],
+            "optimizer": {"name": "adam", "learning_rate": head_learning_rate},
+            "num_epochs": head_epochs,
+        },
+        {
+            "name": "all",
+            "rules": [(".*", "train")],
+            "optimizer": {"name": "adam", "learning_rate": all_learning_rate},
+            "num_epochs": all_epochs,
+        },
+    ]
+
+
+def gradual_unfreezing(
+    blocks: Sequence[str],
+    *,
+    epochs_per_stage: int,
+    learning_rate: float,
+    head: str = "head/.*",
+) -> list[dict]:
+    """One stage per block: stage k trains the head and the k blocks nearest to it.
+
+    blocks: regexes from the top of the network (nearest the head) down, e.g.
+    ("encoder/layer_1/.*", "encoder/layer_0/.*").
+    """
+    stages = []
+    for k in range(len(blocks) + 1):
+        trained = [head, *blocks[:k]]
+        stages.append(
+            {
+                "name": "head" if k == 0 else f"unfreeze_{k}",
+                "rules": [(p, "train") for p in trained] + [(".*", "frozen")],
+                "optimizer": {"learning_rate": learning_rate},
+                "num_epochs": epochs_per_stage,
+            }
+        )
+    return stages
+
+
+def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any):
+    from fnn_jax.train.loop import Stage  # late import: the loop imports this module
+
+    where = f"config.finetune.stages[{index}]"
+    for key in spec:
+        if key not in STAGE_KEYS:
+            raise ValueError(f"{where}.{key} is not a stage key; valid: {list(STAGE_KEYS)}")
+    optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
+    for key, value in spec.get("optimizer", {}).items():
+        if key not in optimizer:
+            raise ValueError(f"{where}.optimizer.{key} is not an optimizer key")
+        optimizer[key] = value
+    if ("num_steps" in spec) == ("num_epochs" in spec):
+        raise ValueError(f"{where} needs exactly one of num_steps and num_epochs")
+    steps = spec.get("num_steps") or spec["num_epochs"] * steps_per_epoch
+    rules = tuple(tuple(rule) for rule in spec.get("rules", [(".*", "train")]))
+    if config.finetune.lora_rank:
+        rules = lora.rules(rules, _adapted_paths(config, params["base"]))
+    lr_mults = tuple(tuple(m) for m in spec.get("lr_mults", ()))
+    if config.finetune.lora_rank and lr_mults:
+        lr_mults = tuple((f"(base|lora)/{p}", m) for p, m in lr_mults)
+    return Stage(
+        name=spec.get("name", f"stage_{index}"),
+        num_steps=int(steps),
+        optimizer=optimizer,
+        rules=rules,
+        patience=spec.get("patience", config.train.patience),
+        lr_mults=lr_mults,
+    )
+
+
+def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> list | None:
+    """The Stage list of config.finetune.stages, or None for plain single-stage training."""
+    specs = list(config.finetune.stages)
+    if not specs:
+        if not config.finetune.lora_rank:
+            return None
+        specs = [{"name": "lora", "rules": [(".*", "train")]}]
+        specs[0]["num_steps"] = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+    return [_stage(config, i, spec, steps_per_epoch, params) for i, spec in enumerate(specs)]
+
+
+def _adapted_paths(config: ml_collections.ConfigDict, params: Any) -> list[str]:
+    """Kernels that get adapters: the LoRA targets, except freshly initialised ones."""
+    return lora.targeted_paths(params, config.finetune.lora_targets, config.finetune.reinit)
+
+
+def training_tree(config: ml_collections.ConfigDict, params: Any, key: jax.Array) -> Any:
+    """What the optimizer trains: the model's params, or {"base", "lora"} with adapters."""
+    if not config.finetune.lora_rank:
         return params
-    raise NotImplementedError
+    ft = config.finetune
+    adapters = lora.init_adapters(key, params, ft.lora_rank, ft.lora_targets, ft.reinit)
+    return {"base": params, "lora": adapters}
+
+
+def model_params(config: ml_collections.ConfigDict):
+    """A function from the training tree to the parameters the model is applied with."""
+    if not config.finetune.lora_rank:
+        return lambda tree: tree
+    return functools.partial(
+        lora.merge, alpha=config.finetune.lora_alpha, rank=config.finetune.lora_rank
+    )
 
 
 def frozen_tree(params: Any, rules) -> Any | None:
     """True where a parameter is frozen under ``rules``; None when nothing is frozen."""
     return None if rules is None else frozen_mask(params, rules)
+
+
+def pretrained_params(init_from: str, init_step: str) -> tuple[dict, int, Path]:
+    """(model parameters, step, checkpoint folder) from a pretrained run."""
+    from fnn_jax.checkpoint import Checkpoints
+
+    folder = Path(init_from)
+    if (folder / "checkpoints").is_dir():
+        folder = folder / "checkpoints"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"config.init_from: no checkpoint folder at {folder}")
+    checkpoints = Checkpoints(folder)
+    try:
+        steps = checkpoints.steps()
+        if not steps:
+            raise FileNotFoundError(f"config.init_from: no checkpoints in {folder}")
+        if init_step == "latest":
+            step = steps[-1]
+        elif init_step == "best":
+            progress = checkpoints.restore_progress(steps[-1])
+            step = progress["best_step"] if progress["best_step"] is not None else steps[-1]
+        elif init_step.isdigit():
+            step = int(init_step)
+        else:
+            raise ValueError(
+                f"config.init_step={init_step!r} must be 'best', 'latest' or a step number"
+            )
+        if step not in steps:
+            raise FileNotFoundError(f"config.init_step: no step {step} in {folder}; has {steps}")
+        state, progress = checkpoints.restore_saved(step)
+    finally:
+        checkpoints.close()
+    params = state["params"]
+    if lora.is_lora_tree(params):  # a LoRA run: start from its merged weights
+        params = lora.merge(params, progress["lora_alpha"], progress["lora_rank"])
+    return params, step, folder
+
+
+def merge_pretrained(
+    params: Any, loaded: Any, *, reinit: Sequence[str], dont_load: Sequence[str], source: str
+) -> Any:
+    """``params`` with every leaf taken from ``loaded`` except those matching ``reinit``.
+
+    Loud: a shape mismatch, a model parameter missing from the checkpoint, or a checkpoint
+    parameter the model does not use (unless it matches ``dont_load``) is an error.
+    """
+    fresh = traverse_util.flatten_dict(params, sep="/")
+    saved = traverse_util.flatten_dict(loaded, sep="/")
+    matches = lambda patterns, path: any(re.fullmatch(p, path) for p in patterns)
+    unused = [
+        p for p in saved if p not in fresh and not matches(dont_load, p) and not matches(reinit, p)
+    ]
+    if unused:
+        raise ValueError(
+            f"checkpoint {source} has parameters the model does not use: {unused}; "
+            f"list them in config.finetune.dont_load to skip them"
+        )
+    merged, mismatched = {}, []
+    for path, value in fresh.items():
+        if matches(reinit, path):
+            merged[path] = value
+            continue
+        if path not in saved:
+            raise ValueError(
+                f"parameter {path!r} (shape {tuple(value.shape)}) is not in checkpoint {source}; "
+                f"add it to config.finetune.reinit to initialise it fresh"
+            )
+        if tuple(saved[path].shape) != tuple(value.shape):
+            mismatched.append(
+                f"{path!r}: checkpoint {tuple(saved[path].shape)}, model {tuple(value.shape)}"
+            )
+        merged[path] = jax.numpy.asarray(saved[path], value.dtype)
+    if mismatched:
+        raise ValueError(
+            f"checkpoint {source} does not fit the model; shapes differ for:\n  "
+            + "\n  ".join(mismatched)
+        )
+    return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def initial_params(config: ml_collections.ConfigDict, tree: Any) -> Any:
+    """The training tree to start from: config.init_from merged in, or ``tree`` unchanged."""
+    if not config.init_from:
+        return tree
+    loaded, step, folder = pretrained_params(config.init_from, config.init_step)
+    base = tree["base"] if lora.is_lora_tree(tree) else tree
+    merged = merge_pretrained(
+        base,
+        loaded,
+        reinit=config.finetune.reinit,
+        dont_load=config.finetune.dont_load,
+        source=f"{folder} step {step}",
+    )
+    return {**tree, "base": merged} if lora.is_lora_tree(tree) else merged

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ LABELS = ("train", "frozen")
 
 
 def path_str(path) -> str:
-    """'/'-joined names of a pytree path: ('encoder', 'layer_0', 'w_ih') -> 'encoder/layer_0/w_ih'."""
+    """'/'-joined names of a pytree path, e.g. 'encoder/layer_0/w_ih'."""
     parts = []
     for entry in path:
         for attr in ("key", "name", "idx"):
@@ -95,22 +96,47 @@ def base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.ScalarOrSchedule):
     return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
 
 
+def first_match(params, patterns: Sequence[tuple[str, Any]], default: Any):
+    """A tree with, per leaf, the value of the first pattern that fully matches its path."""
+    compiled = [(re.compile(p), v) for p, v in patterns]
+
+    def pick(path, _):
+        name = path_str(path)
+        return next((v for p, v in compiled if p.fullmatch(name)), default)
+
+    return jax.tree_util.tree_map_with_path(pick, params)
+
+
+def scale_by_tree(factors) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by its factor: per-group learning-rate multipliers."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(
     cfg: ml_collections.ConfigDict,
     total_steps: int,
     params=None,
     rules: Rules | None = None,
+    lr_mults: Sequence[tuple[str, float]] = (),
 ) -> optax.GradientTransformation:
     """Gradient clipping, then the named optimizer with its schedule; frozen leaves untouched.
 
     ``rules`` (with ``params``) freeze parameters; without them everything trains.
+    ``lr_mults`` scale the learning rate of the leaves whose path they match first.
     """
     tx = base_optimizer(cfg, schedule(cfg, total_steps))
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-    if rules is None:
-        return tx
-    return optax.selective_transform(tx, freeze_mask=frozen_mask(params, rules))
+    if rules is not None:
+        tx = optax.selective_transform(tx, freeze_mask=frozen_mask(params, rules))
+    if lr_mults:
+        tx = optax.chain(tx, scale_by_tree(first_match(params, lr_mults, 1.0)))
+    return tx
 
 
 def penalty(params, l1: float, l2: float, exclude: str) -> jax.Array:

@@ -333,5 +333,7 @@ def test_optional_datasets_say_what_to_install_when_missing(monkeypatch, name, m
 
 def test_split_does_not_freeze_the_callers_arrays():
     inputs = np.zeros((2, 3, 1), np.float32)
-    Split(inputs, np.zeros(2, np.int32))
-    inputs[0, 0, 0] = 1.0  # still writeable
+    split = Split(inputs, np.zeros(2, np.int32))
+    assert inputs.flags.writeable and not split.inputs.flags.writeable
+    inputs[0, 0, 0] = 1.0  # the split is a read-only view of the same memory
+    assert split.inputs[0, 0, 0] == 1.0

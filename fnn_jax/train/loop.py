@@ -21,8 +21,8 @@ import numpy as np
 
 from fnn_jax import config as config_lib
 from fnn_jax import data as data_lib
-from fnn_jax import reporting
-from fnn_jax.checkpoint import Checkpoints
+from fnn_jax import finetune, reporting
+from fnn_jax.checkpoint import Checkpoints, export_params
 from fnn_jax.files import workdir_lock, write_json
 from fnn_jax.optim import make_optimizer
 from fnn_jax.tasks import Task, metric_mode
@@ -50,6 +50,7 @@ class Stage:
     optimizer: ml_collections.ConfigDict
     rules: tuple[tuple[str, str], ...] | None = None  # None: everything trains
     patience: int = 0
+    lr_mults: tuple[tuple[str, float], ...] = ()
 
 
 def load_dataset(cfg: ml_collections.ConfigDict) -> data_lib.Dataset:
@@ -134,29 +135,25 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
             f"of {dataset.name!r} ({len(dataset.train)} rows)"
         )
     total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
-
-    from fnn_jax import finetune  # late import: finetune builds on this module
-
-    stages = finetune.stages(config, total_steps, steps_per_epoch) or default_stages(
-        config, total_steps
-    )
     eval_every = config.train.eval_every_steps or steps_per_epoch
 
     model = build_model(config.model, dataset)
     sample = to_device_batch(next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0)))
-    init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
-    params = model.init(init_key, sample["inputs"], sample["lengths"])["params"]
-    sums0 = zero_sums(model, task, params, sample)
+    init_key, dropout_key, lora_key = jax.random.split(jax.random.key(config.seed), 3)
+    model_params = model.init(init_key, sample["inputs"], sample["lengths"])["params"]
+    sums0 = zero_sums(model, task, model_params, sample)
     fresh_sums = lambda: jax.tree.map(jnp.zeros_like, sums0)  # new buffers: steps donate them
-    eval_step = make_eval_step(model, task)
+    # What the optimizer trains: the model's parameters, or those plus LoRA adapters.
+    params = finetune.training_tree(config, model_params, lora_key)
+    to_model = finetune.model_params(config)
+    stages = finetune.stages(config, steps_per_epoch, params) or default_stages(config, total_steps)
+    eval_step = make_eval_step(model, task, to_model)
 
     def fresh_state(params, stage: Stage, step: int) -> TrainState:
-        tx = make_optimizer(stage.optimizer, stage.num_steps, params, stage.rules)
+        tx = make_optimizer(stage.optimizer, stage.num_steps, params, stage.rules, stage.lr_mults)
         return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), fresh_sums())
 
-    checkpoints = Checkpoints(
-        workdir / "checkpoints", keep=config.train.keep_checkpoints, mode=mode
-    )
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     latest = checkpoints.latest_step()
     if latest is not None:
         progress = checkpoints.restore_progress(latest)
@@ -164,9 +161,11 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         state, progress = checkpoints.restore(latest, like)
         log.info("resumed %s from step %d", workdir, latest)
     else:
-        params = finetune.initial_params(config, params, model, sample)
+        params = finetune.initial_params(config, params)
         state = fresh_state(params, stages[0], 0)
         progress = {
+            "lora_rank": config.finetune.lora_rank,
+            "lora_alpha": config.finetune.lora_alpha,
             "stage": 0,
             "stage_start": 0,
             "best_value": None,
@@ -180,11 +179,12 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
     metrics_log = reporting.MetricsLog(workdir, resume_step=step)
     bar = reporting.Progress(sum(s.num_steps for s in stages), step, config.train.log_every_steps)
 
-    def save(state: TrainState, value: float | None) -> None:
+    def save(state: TrainState) -> None:
         if not bool(all_finite(state.params)):
             raise FloatingPointError(f"refusing to save step {step}: parameters are not finite")
         epoch, position = divmod(step, steps_per_epoch)
-        checkpoints.save(step, state, {**progress, "epoch": epoch, "batch": position}, value)
+        record = {**progress, "epoch": epoch, "batch": position}
+        checkpoints.save(step, state, record, is_best=progress["best_step"] == step)
 
     def evaluate_and_track(state: TrainState, stage: Stage) -> float:
         val = evaluate(
@@ -205,9 +205,11 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
             stage = stages[progress["stage"]]
             stage_end = progress["stage_start"] + stage.num_steps
             frozen = finetune.frozen_tree(state.params, stage.rules)
-            tx = make_optimizer(stage.optimizer, stage.num_steps, state.params, stage.rules)
+            tx = make_optimizer(
+                stage.optimizer, stage.num_steps, state.params, stage.rules, stage.lr_mults
+            )
             train_step = make_train_step(
-                model, tx, task, config.regularization, dropout_key, frozen
+                model, tx, task, config.regularization, dropout_key, frozen, to_model
             )
             stage_done = step >= stage_end
             for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, stage_end):
@@ -239,13 +241,13 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                     if stage.patience and progress["bad_evals"] >= stage.patience:
                         log.info("early stopping at step %d (stage %s)", step, stage.name)
                         stage_done = True
-                    save(state, value)
+                    save(state)
                     saved = True
                     metrics_log.flush()
                 bar.update(step, summary)
                 if stop_after_steps is not None and ran >= stop_after_steps:
                     if not saved:
-                        save(state, None)
+                        save(state)
                     interrupted = True
                     break
                 if stage_done:
@@ -267,69 +269,62 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         checkpoints.close()
         metrics_log.close()
         return {"interrupted_at": step}
-    return _finish(
-        config,
-        workdir,
-        dataset,
-        task,
-        eval_step,
-        checkpoints,
-        metrics_log,
-        state,
-        progress,
-        metric,
-        step,
-        started,
-    )
+    return _finish(locals())
 
 
-def _finish(
-    config,
-    workdir,
-    dataset,
-    task,
-    eval_step,
-    checkpoints,
-    metrics_log,
-    state,
-    progress,
-    metric,
-    step,
-    started,
-) -> dict[str, Any]:
-    """Restores the best checkpoint, evaluates it on validation and test, writes the report."""
+def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
+    """Per stage, how many parameter values the optimizer updates."""
+    counts = {}
+    for stage in stages:
+        frozen = finetune.frozen_tree(params, stage.rules)
+        if frozen is None:
+            counts[stage.name] = count_params(params)
+        else:
+            leaves = zip(jax.tree.leaves(params), jax.tree.leaves(frozen), strict=True)
+            counts[stage.name] = int(sum(np.size(p) for p, f in leaves if not f))
+    return counts
+
+
+def _finish(run: dict[str, Any]) -> dict[str, Any]:
+    """Restores the best checkpoint, evaluates it on validation and test, exports its merged
+    parameters and writes the report."""
+    config, workdir, dataset, task = run["config"], run["workdir"], run["dataset"], run["task"]
+    checkpoints, progress, step = run["checkpoints"], run["progress"], run["step"]
     best_step = progress["best_step"] if progress["best_step"] is not None else step
     if best_step in checkpoints.steps():
-        best_state, _ = checkpoints.restore(best_step, state)
-        params = best_state.params
+        params = jax.tree.map(jnp.asarray, checkpoints.restore_saved(best_step)[0]["params"])
     else:
-        params = state.params
+        params = run["state"].params
     batch_size = config.data.eval_batch_size
     results = {
-        split: evaluate(eval_step, params, dataset.split(split), batch_size, task)
+        split: evaluate(run["eval_step"], params, dataset.split(split), batch_size, task)
         for split in ("validation", "test")
     }
+    exported = run["to_model"](params)
+    export_params(workdir / "export", exported)
     report = {
         "name": f"{dataset.name} / {config.model.cell}",
         "workdir": str(workdir),
         "steps": step,
         "best_step": best_step,
-        "metric": metric,
+        "metric": run["metric"],
         "stopped_early": bool(progress["stopped"]),
         "nonfinite_steps": progress["nonfinite_steps"],
         "results": results,
         "baselines": dataset.baselines,
-        "parameters": count_params(params),
-        "wall_time_s": round(time.time() - started, 1),
+        "parameters": count_params(exported),
+        "trainable_parameters": _trainable_counts(run["stages"], params),
+        "wall_time_s": round(time.time() - run["started"], 1),
         "paths": {
             "curves": str(workdir / "curves.png"),
             "report": str(workdir / "report.md"),
             "checkpoints": str(workdir / "checkpoints"),
+            "export": str(workdir / "export"),
             "tensorboard": str(workdir / "tensorboard"),
         },
     }
-    reporting.plot_curves(metrics_log.records, metric, workdir / "curves.png")
+    reporting.plot_curves(run["metrics_log"].records, run["metric"], workdir / "curves.png")
     reporting.write_report(workdir, report)
-    metrics_log.close()
+    run["metrics_log"].close()
     checkpoints.close()
     return report

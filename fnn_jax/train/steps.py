@@ -83,7 +83,7 @@ def eval_batches(split: data_lib.Split, batch_size: int) -> Iterator[dict]:
 
 
 def zero_sums(model: nn.Module, task: Task, params: Any, batch: dict) -> Any:
-    """A tree of zeros shaped like the task's sums."""
+    """A tree of zeros shaped like the task's sums (``params``: the model's parameters)."""
 
     def sums(params, batch):
         outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
@@ -107,9 +107,12 @@ def make_train_step(
     regularization: ml_collections.ConfigDict,
     dropout_key: Array,
     frozen: Any | None = None,
+    to_model: Callable[[Any], Any] = lambda tree: tree,
 ) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
     """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``.
 
+    ``frozen``: True where a leaf of state.params is frozen (its gradient is not computed).
+    ``to_model``: maps state.params to the model's parameters (e.g. merges LoRA adapters).
     A step whose loss or gradients are not finite changes nothing but the step counter
     (``finite`` is False); the caller decides how many such steps to tolerate.
     """
@@ -121,7 +124,7 @@ def make_train_step(
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)
             outputs = model.apply(
-                {"params": params},
+                {"params": to_model(params)},
                 batch["inputs"],
                 batch["lengths"],
                 train=True,
@@ -149,11 +152,13 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_eval_step(model: nn.Module, task: Task) -> Callable[[Any, dict], Any]:
+def make_eval_step(
+    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = lambda tree: tree
+) -> Callable[[Any, dict], Any]:
     """A jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
 
     def eval_step(params, batch):
-        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
+        outputs = model.apply({"params": to_model(params)}, batch["inputs"], batch["lengths"])
         return task.loss_and_sums(outputs, batch)[1]
 
     return jax.jit(eval_step)
