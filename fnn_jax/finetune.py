@@ -145,6 +145,18 @@ def model_params(config: ml_collections.ConfigDict):
     )
 
 
+def caches_features(config: ml_collections.ConfigDict, model, task: str, frozen) -> bool:
+    """Whether a stage can train its head on features computed once: everything below the
+    head is frozen, the encoder uses no dropout, and features are one vector per sequence."""
+    ft = config.finetune
+    if not ft.cache_features or frozen is None or ft.lora_rank or task == "tagging":
+        return False
+    if not getattr(model, "features_are_deterministic", False):
+        return False
+    flat = traverse_util.flatten_dict(frozen, sep="/")
+    return all(is_frozen for path, is_frozen in flat.items() if not path.startswith("head/"))
+
+
 def frozen_tree(params: Any, rules) -> Any | None:
     """True where a parameter is frozen under ``rules``; None when nothing is frozen."""
     return None if rules is None else frozen_mask(params, rules)

@@ -35,22 +35,31 @@ def pool(ys: Array, lengths: Array | None, mode: str, bidirectional: bool = Fals
 
 
 class Encoder(CellOptions):
-    """Fields shared by the models: a Stacked encoder named ``encoder``."""
+    """Fields shared by the models; ``encoder`` is a Stacked recurrent encoder.
+
+    Every model splits into ``features`` (everything below the head) and ``predict`` (the
+    head), so a fine-tuning stage that freezes the encoder can compute features once.
+    """
 
     num_layers: int = 1
     bidirectional: bool = False
     dropout: float = 0.0
 
-    def encode(self, xs: Array, lengths: Array | None, train: bool) -> Array:
-        encoder = Stacked(
+    def make_encoder(self) -> Stacked:
+        return Stacked(
             **self.cell_fields(),
             num_layers=self.num_layers,
             bidirectional=self.bidirectional,
             dropout=self.dropout,
-            name="encoder",
         )
-        _, ys = encoder(xs, lengths, deterministic=not train)
-        return ys
+
+    @property
+    def features_are_deterministic(self) -> bool:
+        """True when ``features`` uses no dropout in training (dropout sits between layers)."""
+        return self.dropout == 0 or self.num_layers == 1
+
+    def __call__(self, inputs: Array, lengths: Array | None = None, *, train: bool = False):
+        return self.predict(self.features(inputs, lengths, train=train), train=train)
 
 
 class SequenceClassifier(Encoder):
@@ -59,30 +68,40 @@ class SequenceClassifier(Encoder):
     num_classes: int = 2
     pooling: str = "last"
 
-    @nn.compact
-    def __call__(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
-        ys = self.encode(xs, lengths, train)
-        features = pool(ys, lengths, self.pooling, self.bidirectional)
-        features = nn.Dropout(self.dropout)(features, deterministic=not train or not self.dropout)
-        return nn.Dense(self.num_classes, name="head")(features)
+    def setup(self):
+        self.encoder = self.make_encoder()
+        self.head_dropout = nn.Dropout(self.dropout)
+        self.head = nn.Dense(self.num_classes)
+
+    def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
+        """[batch, encoder output] pooled over valid steps."""
+        _, ys = self.encoder(xs, lengths, deterministic=not train)
+        return pool(ys, lengths, self.pooling, self.bidirectional)
+
+    def predict(self, features: Array, *, train: bool = False) -> Array:
+        features = self.head_dropout(features, deterministic=not train or not self.dropout)
+        return self.head(features)
 
 
 class Forecaster(Encoder):
-    """xs [batch, time, features] -> the next ``horizon`` values [batch, horizon, targets].
-
-    ``targets`` defaults to the input's feature count.
-    """
+    """xs [batch, time, features] -> the next ``horizon`` values [batch, horizon, targets]."""
 
     horizon: int = 1
-    targets: int | None = None
+    targets: int = 1
 
-    @nn.compact
-    def __call__(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
-        targets = xs.shape[-1] if self.targets is None else self.targets
-        ys = self.encode(xs, lengths, train)
-        features = pool(ys, lengths, "last", self.bidirectional)
-        out = nn.Dense(self.horizon * targets, name="head")(features)
-        return out.reshape(xs.shape[0], self.horizon, targets)
+    def setup(self):
+        self.encoder = self.make_encoder()
+        self.head = nn.Dense(self.horizon * self.targets)
+
+    def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
+        """[batch, encoder output] at each sequence's last valid step."""
+        _, ys = self.encoder(xs, lengths, deterministic=not train)
+        return pool(ys, lengths, "last", self.bidirectional)
+
+    def predict(self, features: Array, *, train: bool = False) -> Array:
+        del train
+        out = self.head(features)
+        return out.reshape(features.shape[0], self.horizon, self.targets)
 
 
 class CharLM(Encoder):
@@ -91,16 +110,24 @@ class CharLM(Encoder):
     vocab_size: int = 128
     embed_dim: int = 64
 
-    @nn.compact
-    def __call__(
+    def setup(self):
+        self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+        self.encoder = self.make_encoder()
+        self.head_dropout = nn.Dropout(self.dropout)
+        self.head = nn.Dense(self.vocab_size)
+
+    def features(
         self, tokens: Array, lengths: Array | None = None, *, train: bool = False
     ) -> Array:
+        """[batch, time, encoder output]."""
         if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(
                 f"tokens must be integer [batch, time]; got shape {tuple(tokens.shape)} "
                 f"dtype {tokens.dtype}"
             )
-        xs = nn.Embed(self.vocab_size, self.embed_dim, name="embed")(tokens)
-        ys = self.encode(xs, lengths, train)
-        ys = nn.Dropout(self.dropout)(ys, deterministic=not train or not self.dropout)
-        return nn.Dense(self.vocab_size, name="head")(ys)
+        _, ys = self.encoder(self.embed(tokens), lengths, deterministic=not train)
+        return ys
+
+    def predict(self, features: Array, *, train: bool = False) -> Array:
+        features = self.head_dropout(features, deterministic=not train or not self.dropout)
+        return self.head(features)

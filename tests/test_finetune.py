@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import numpy_reference as ref
-import optax
 import pytest
 from flax import traverse_util
 
@@ -17,6 +16,7 @@ from fnn_jax.checkpoint import Checkpoints, load_exported
 from fnn_jax.config import default_config
 from fnn_jax.finetune import classic_stages, gradual_unfreezing, merge_pretrained, pretrained_params
 from fnn_jax.optim import make_optimizer
+from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import train_and_evaluate
 
 HEAD_STEPS, ALL_STEPS = 6, 6
@@ -92,18 +92,41 @@ def test_frozen_parameters_are_bit_identical_and_have_no_optimizer_state(pretrai
     assert sum(np.size(x) for x in moments) == 2 * head_size
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_finetune(pretrained, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finetune_full")
+    return workdir, train_and_evaluate(_finetune_config(pretrained), workdir)
+
+
 @pytest.mark.parametrize("stop_at", [4, HEAD_STEPS, HEAD_STEPS + 1])
-def test_resume_across_the_stage_boundary_is_exact(pretrained, stop_at, tmp_path):
+def test_resume_across_the_stage_boundary_is_exact(
+    pretrained, uninterrupted_finetune, stop_at, tmp_path
+):
+    full_dir, full = uninterrupted_finetune
     config = _finetune_config(pretrained)
-    full = train_and_evaluate(config, tmp_path / "full")
-    train_and_evaluate(config, tmp_path / "cut", stop_after_steps=stop_at)
-    resumed = train_and_evaluate(config, tmp_path / "cut")
+    train_and_evaluate(config, tmp_path, stop_after_steps=stop_at)
+    resumed = train_and_evaluate(config, tmp_path)
     total = HEAD_STEPS + ALL_STEPS
-    a, progress_a = _saved(tmp_path / "full", total)
-    b, progress_b = _saved(tmp_path / "cut", total)
+    a, progress_a = _saved(full_dir, total)
+    b, progress_b = _saved(tmp_path, total)
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert progress_a == progress_b and progress_a["stage"] == 1
     assert resumed["results"] == full["results"]
+    assert MetricsLog.read(tmp_path) == MetricsLog.read(full_dir)
+
+
+def test_head_stage_on_cached_features_equals_running_the_frozen_encoder(pretrained, tmp_path):
+    config = _finetune_config(pretrained)
+    uncached = _finetune_config(pretrained, **{"finetune.cache_features": False})
+    train_and_evaluate(config, tmp_path / "cached", stop_after_steps=HEAD_STEPS)
+    train_and_evaluate(uncached, tmp_path / "uncached", stop_after_steps=HEAD_STEPS)
+    cached_state, _ = _saved(tmp_path / "cached", HEAD_STEPS)
+    plain_state, _ = _saved(tmp_path / "uncached", HEAD_STEPS)
+    jax.tree.map(
+        functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6),
+        cached_state["params"],
+        plain_state["params"],
+    )
 
 
 def test_mismatched_hidden_size_names_the_path_and_both_shapes(pretrained, tmp_path):
@@ -219,6 +242,3 @@ def test_lora_run_trains_only_adapters_and_head_and_exports_merged_weights(pretr
     )
     assert report["trainable_parameters"] == {"lora": lora_count}
     assert report["parameters"] == sum(v.size for v in base.values())
-
-
-del functools, optax

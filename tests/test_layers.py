@@ -118,7 +118,11 @@ def test_last_pooling_takes_each_sequences_last_valid_step():
     ("model", "inputs", "shape"),
     [
         (models.SequenceClassifier(cell="lstm", hidden_size=8, num_classes=3), (2, 5, 4), (2, 3)),
-        (models.Forecaster(cell="jordan", hidden_size=8, horizon=3), (2, 5, 4), (2, 3, 4)),
+        (
+            models.Forecaster(cell="jordan", hidden_size=8, horizon=3, targets=4),
+            (2, 5, 4),
+            (2, 3, 4),
+        ),
         (models.CharLM(cell="gru", hidden_size=8, vocab_size=11, embed_dim=4), (2, 5), (2, 5, 11)),
     ],
     ids=["classifier", "forecaster", "charlm"],

@@ -30,6 +30,7 @@ from fnn_jax.train.steps import (
     TrainState,
     all_finite,
     build_model,
+    compute_features,
     count_params,
     evaluate,
     make_eval_step,
@@ -208,15 +209,24 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
             tx = make_optimizer(
                 stage.optimizer, stage.num_steps, state.params, stage.rules, stage.lr_mults
             )
+            cached = finetune.caches_features(config, model, task.kind, frozen)
             train_step = make_train_step(
-                model, tx, task, config.regularization, dropout_key, frozen, to_model
+                model, tx, task, config.regularization, dropout_key, frozen, to_model, cached
             )
+            if cached:  # the frozen encoder runs once per stage, not once per step
+                features = compute_features(
+                    model, state.params, dataset.train, config.data.eval_batch_size
+                )
             stage_done = step >= stage_end
             for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, stage_end):
                 data_lib.check_batch(
                     batch, dataset=dataset.name, split="train", index=i, expected=spec
                 )
-                state, finite = train_step(state, to_device_batch(batch))
+                device_batch = to_device_batch(batch)
+                if cached:
+                    device_batch = {**device_batch, "features": features[batch["index"]]}
+                    del device_batch["inputs"]
+                state, finite = train_step(state, device_batch)
                 step, ran = step + 1, ran + 1
                 if not bool(finite):
                     progress["nonfinite_steps"] += 1

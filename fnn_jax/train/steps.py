@@ -108,28 +108,33 @@ def make_train_step(
     dropout_key: Array,
     frozen: Any | None = None,
     to_model: Callable[[Any], Any] = lambda tree: tree,
+    cached_features: bool = False,
 ) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
     """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``.
 
     ``frozen``: True where a leaf of state.params is frozen (its gradient is not computed).
     ``to_model``: maps state.params to the model's parameters (e.g. merges LoRA adapters).
+    ``cached_features``: the batch carries ``features`` (the frozen encoder's output,
+    computed once) and only the head runs.
     A step whose loss or gradients are not finite changes nothing but the step counter
     (``finite`` is False); the caller decides how many such steps to tolerate.
     """
     reg = regularization
+
+    def forward(params, batch, key):
+        variables, rngs = {"params": to_model(params)}, {"dropout": key}
+        if cached_features:
+            return model.apply(
+                variables, batch["features"], train=True, rngs=rngs, method="predict"
+            )
+        return model.apply(variables, batch["inputs"], batch["lengths"], train=True, rngs=rngs)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
         key = jax.random.fold_in(dropout_key, state.step)
 
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)
-            outputs = model.apply(
-                {"params": to_model(params)},
-                batch["inputs"],
-                batch["lengths"],
-                train=True,
-                rngs={"dropout": key},
-            )
+            outputs = forward(params, batch, key)
             loss, sums = task.loss_and_sums(outputs, batch)
             return loss + penalty(params, reg.l1, reg.l2, reg.exclude), sums
 
@@ -171,6 +176,15 @@ def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, tas
         sums = eval_step(params, batch)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return task.metrics(jax.device_get(total))
+
+
+def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch_size: int):
+    """The model's ``features`` for every row of ``split``, in row order (on the device)."""
+    run = jax.jit(
+        lambda p, b: model.apply({"params": p}, b["inputs"], b["lengths"], method="features")
+    )
+    parts = [run(params, batch) for batch in eval_batches(split, batch_size)]
+    return jnp.concatenate(parts)[: len(split)]
 
 
 def all_finite(tree: Any) -> Array:
