@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.learning_rate = 2e-3
     config.optimizer.schedule = "warmup_cosine"
     config.optimizer.warmup_steps = 100
-    config.train.num_epochs = 3
+    config.train.num_epochs = 15
     config.train.eval_every_steps = 500
     config.train.early_stopping_metric = "bits_per_char"
     config.lock()

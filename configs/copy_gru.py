@@ -19,7 +19,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.embed_dim = 16
     config.optimizer.learning_rate = 3e-3
     config.optimizer.clip_norm = 1.0
-    config.train.num_epochs = 10
+    config.train.num_epochs = 20
     config.train.eval_every_steps = 250
     config.lock()
     return config

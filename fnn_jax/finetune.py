@@ -7,6 +7,9 @@ Driven by config (see ``fnn_jax.config.default_config``):
     config.finetune.reinit = ("head/.*",)         # initialised fresh for the new task
     config.finetune.stages = classic_stages(head_epochs=10, all_epochs=10)
 
+With init_from set and no stages, the classic recipe is the default: half of
+config.train's budget on the head (Adam 1e-3), half on everything (Adam 1e-4).
+
 A stage is a dict: name, rules (first-match (regex, "train" | "frozen") on '/'-joined
 parameter paths), optimizer (overrides of config.optimizer), num_steps or num_epochs,
 optional patience and lr_mults ((regex, multiplier), first match, default 1).
@@ -114,11 +117,17 @@ def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any):
 def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> list | None:
     """The Stage list of config.finetune.stages, or None for plain single-stage training."""
     specs = list(config.finetune.stages)
-    if not specs:
+    total = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+    if not specs and config.init_from and not config.finetune.lora_rank:
+        # The classic recipe by default: half the budget on the head, half on everything.
+        specs = classic_stages(head_epochs=1, all_epochs=1)
+        specs[0]["num_steps"], specs[1]["num_steps"] = total // 2, total - total // 2
+        for spec in specs:
+            del spec["num_epochs"]
+    elif not specs:
         if not config.finetune.lora_rank:
             return None
-        specs = [{"name": "lora", "rules": [(".*", "train")]}]
-        specs[0]["num_steps"] = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+        specs = [{"name": "lora", "rules": [(".*", "train")], "num_steps": total}]
     return [_stage(config, i, spec, steps_per_epoch, params) for i, spec in enumerate(specs)]
 
 

@@ -153,6 +153,18 @@ def test_merge_is_loud_about_unused_and_missing_parameters():
         )
 
 
+def test_init_from_without_stages_runs_the_classic_recipe(pretrained, tmp_path):
+    config = _finetune_config(pretrained)
+    with config.unlocked():
+        config.finetune.stages = []
+        config.train.num_steps = 8
+    report = train_and_evaluate(config, tmp_path)
+    assert report["trainable_parameters"]["head"] == 16 * 3 + 3
+    assert report["trainable_parameters"]["all"] == report["parameters"]
+    _, progress = _saved(tmp_path, 8)
+    assert progress["stage"] == 1 and progress["stage_start"] == 4
+
+
 def test_every_parameter_must_match_a_freezing_rule(pretrained, tmp_path):
     config = _finetune_config(pretrained)
     with config.unlocked():
