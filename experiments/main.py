@@ -4,7 +4,8 @@
     python experiments/main.py --config configs/digits_lstm.py --workdir runs/x \
         --config.optimizer.learning_rate=3e-4
 
-Running the same command again resumes from the workdir's last checkpoint.
+Running the same command again resumes from the workdir's last checkpoint. On SIGTERM the
+run saves at the next step boundary and exits with code 75 (EX_TEMPFAIL: run it again).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import 
 
 from fnn_jax import reporting  # noqa: E402
 from fnn_jax.train import train_and_evaluate  # noqa: E402
+from fnn_jax.train.loop import EXIT_PREEMPTED, Preempted  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots and the report.")
@@ -30,7 +32,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
-    report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except Preempted as stop:
+        print(stop, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     print()
     print(f"{report['name']}: best validation {report['metric']} at step {report['best_step']}")
     print(reporting.markdown_table(report["results"]))

@@ -1,21 +1,60 @@
 """Orbax checkpoints of a training run: the latest N steps plus the best one.
 
 Each step holds the train state (params, optimizer state, step, running metric sums) and a
-JSON ``progress`` record (data position, early-stopping counters, fine-tuning stage).
+JSON ``progress`` record (data position, early-stopping counters, fine-tuning stage, and a
+SHA-256 of every state leaf). Orbax commits a step atomically but keeps no checksums, so
+``restore_good`` re-hashes what it reads and falls back to the previous step when a file is
+missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger("fnn_jax")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written, or no readable checkpoint is left."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A step's files are missing, unreadable or do not match their stored hashes."""
 
 
 def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
+
+
+def _path(path) -> str:
+    from fnn_jax.optim import path_str
+
+    return path_str(path)
+
+
+def leaf_hashes(tree: Any) -> dict[str, str]:
+    """SHA-256 of every leaf's bytes, dtype and shape, keyed by its '/'-joined path."""
+    hashes = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
+        array = np.ascontiguousarray(leaf)
+        digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+        hashes[_path(path)] = digest.hexdigest()
+    return hashes
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    return {_path(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class Checkpoints:
@@ -42,6 +81,7 @@ class Checkpoints:
             # is still known (and kept) after a restart; the policy above decides.
             best_fn=_best_rank,
             enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,  # half-written steps of a killed process
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -52,23 +92,98 @@ class Checkpoints:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, progress: dict, is_best: bool = False) -> None:
-        """Starts an async save; ``wait`` (or the next save) finishes it."""
+        """Starts an async save; ``wait`` (or the next save) finishes it.
+
+        Raises CheckpointError naming the folder when the write fails (e.g. a full disk);
+        the previous steps stay intact because Orbax renames a step into place only once
+        it is complete.
+        """
+        progress = {**progress, "hashes": leaf_hashes(state)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
         metrics = {"best_rank": float(step) if is_best else -1.0}
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        try:
+            self.manager.save(step, args=args, metrics=metrics, force=True)
+        except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
+            raise CheckpointError(
+                f"could not write checkpoint step {step} to {self.directory}: {error}"
+            ) from error
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """The state at ``step`` shaped like ``like`` (a state or its abstract version)."""
+        """The state at ``step`` shaped like ``like``, checked against its stored hashes."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
-            ),
-        )
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), progress=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:
+            self._check_architecture(step, like)
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory} could not be read: {error}"
+            ) from error
+        stored = restored.progress.get("hashes", {})
+        for path, digest in leaf_hashes(restored.state).items():
+            if stored.get(path) != digest:
+                raise CorruptCheckpoint(
+                    f"step {step} in {self.directory}: {path!r} does not match its stored "
+                    f"SHA-256 (files under {self.directory / str(step) / 'state'})"
+                )
         return restored.state, restored.progress
+
+    def _check_architecture(self, step: int, like: Any) -> None:
+        """Raises ValueError naming each parameter whose saved shape differs from ``like``'s."""
+        try:
+            saved, _ = self.restore_saved(step)
+        except Exception:
+            return  # unreadable: reported as corruption by the caller
+        want = _shapes(like.params if hasattr(like, "params") else like["params"])
+        got = _shapes(saved["params"])
+        differ = [
+            f"{p!r}: checkpoint {got.get(p)}, model {s}" for p, s in want.items() if got.get(p) != s
+        ]
+        if differ:
+            raise ValueError(
+                f"checkpoint step {step} in {self.directory} was written by another "
+                f"architecture; shapes differ for:\n  " + "\n  ".join(differ)
+            )
+
+    def restore_good(self, like_for: Callable[[dict], Any]) -> tuple[int, Any, dict] | None:
+        """The newest step that reads back intact, as (step, state, progress); None if there
+        are no steps. ``like_for(progress)`` gives the target state for a step's progress.
+
+        A corrupt step is logged with the reason, moved to ``<directory>-corrupt/`` and the
+        previous one is tried. No intact step left is a CheckpointError.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        problems = []
+        for step in reversed(steps):
+            try:
+                progress = self.restore_progress(step)
+                state, progress = self.restore(step, like_for(progress))
+                return step, state, progress
+            except (CorruptCheckpoint, ValueError, OSError, KeyError) as error:
+                if isinstance(error, ValueError) and "another architecture" in str(error):
+                    raise
+                log.warning(
+                    "checkpoint step %d is unusable, trying the previous one: %s", step, error
+                )
+                problems.append(f"step {step}: {error}")
+                self._move_aside(step)
+        raise CheckpointError(
+            f"no intact checkpoint left in {self.directory}:\n  " + "\n  ".join(problems)
+        )
+
+    def _move_aside(self, step: int) -> None:
+        aside = self.directory.parent / f"{self.directory.name}-corrupt"
+        aside.mkdir(exist_ok=True)
+        shutil.move(str(self.directory / str(step)), str(aside / str(step)))
+        self.manager.reload()
 
     def restore_saved(self, step: int) -> tuple[Any, dict]:
         """The state at ``step`` as saved (nested dicts of arrays), with no target to shape it."""
@@ -86,11 +201,17 @@ class Checkpoints:
         ).progress
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until pending saves are on disk; a failed write raises CheckpointError."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
+            raise CheckpointError(
+                f"could not write a checkpoint to {self.directory}: {error}"
+            ) from error
 
     def close(self) -> None:
         """Finishes pending saves; always call before the process exits."""
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,30 @@ from fnn_jax.train.steps import (
 )
 
 log = logging.getLogger("fnn_jax")
+
+
+EXIT_PREEMPTED = 75  # os.EX_TEMPFAIL: "try again"; what experiments/main.py exits with
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; the run saved its state at a step boundary and stopped."""
+
+
+class PreemptionFlag:
+    """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,11 +181,12 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), fresh_sums())
 
     checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    latest = checkpoints.latest_step()
-    if latest is not None:
-        progress = checkpoints.restore_progress(latest)
-        like = fresh_state(params, stages[progress["stage"]], 0)
-        state, progress = checkpoints.restore(latest, like)
+    restored = checkpoints.restore_good(
+        lambda progress: fresh_state(params, stages[progress["stage"]], 0)
+    )
+    if restored is not None:
+        latest, state, progress = restored
+        progress.pop("hashes", None)
         log.info("resumed %s from step %d", workdir, latest)
     else:
         params = finetune.initial_params(config, params)
@@ -201,6 +228,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
 
     ran = 0
     interrupted = False
+    preemption = PreemptionFlag()
     try:
         while progress["stage"] < len(stages) and not progress["stopped"]:
             stage = stages[progress["stage"]]
@@ -255,7 +283,9 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                     saved = True
                     metrics_log.flush()
                 bar.update(step, summary)
-                if stop_after_steps is not None and ran >= stop_after_steps:
+                if preemption.requested or (
+                    stop_after_steps is not None and ran >= stop_after_steps
+                ):
                     if not saved:
                         save(state)
                     interrupted = True
@@ -271,6 +301,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                 else:
                     progress["stopped"] = step < sum(s.num_steps for s in stages)
     finally:
+        preemption.restore()
         bar.close()
         checkpoints.wait()
         metrics_log.flush()
@@ -278,6 +309,8 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
     if interrupted:
         checkpoints.close()
         metrics_log.close()
+        if preemption.requested:
+            raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run again to resume")
         return {"interrupted_at": step}
     return _finish(locals())
 

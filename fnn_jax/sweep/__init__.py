@@ -1,0 +1,45 @@
+"""Hyperparameter sweeps: many runs of one config, each with a few values changed.
+
+    from fnn_jax import sweep
+    trials = sweep.seeds(sweep.product({"optimizer.learning_rate": [1e-3, 3e-3],
+                                        "model.hidden_size": [64, 128]}), 3)
+    result = sweep.run(config, trials, "runs/my_sweep", parallel=2)
+    print(result.table(), result.best.name)
+
+A trial is a dict of dotted config keys to values; a sweep is a list of them (``product``,
+``zipped``, ``random_search``, ``seeds``, ``parse_cli``, or any list you write). Every trial is
+an ordinary run in ``workdir/trials/<name>``, so the runner's resume applies to each, and a
+re-run of the sweep skips the finished ones.
+"""
+
+from fnn_jax.sweep.results import SeedGroup, SweepResult, TrialResult
+from fnn_jax.sweep.runner import run
+from fnn_jax.sweep.spec import (
+    Trial,
+    apply_overrides,
+    parse_axes,
+    parse_cli,
+    product,
+    random_search,
+    seeds,
+    trial_name,
+    validate_sweep,
+    zipped,
+)
+
+__all__ = [
+    "SeedGroup",
+    "SweepResult",
+    "Trial",
+    "TrialResult",
+    "apply_overrides",
+    "parse_axes",
+    "parse_cli",
+    "product",
+    "random_search",
+    "run",
+    "seeds",
+    "trial_name",
+    "validate_sweep",
+    "zipped",
+]

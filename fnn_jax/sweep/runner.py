@@ -1,0 +1,231 @@
+"""``run``: a list of trials, each a ``train_and_evaluate`` in its own sub-workdir.
+
+Layout of a sweep workdir::
+
+    sweep.json  the spec (base config + trials; a re-run with another spec is refused) and results
+    sweep.csv   one row per trial          sweep.md   the same, plus seed averages and failures
+    sweep.png   metric vs swept values, and all validation curves
+    trials/<name>/   an ordinary run workdir (config.json, checkpoints, report.json, ...)
+
+Re-running the same sweep skips finished trials (report.json present, config.json equal to
+the trial's config), resumes interrupted ones from their checkpoints (the runner does that)
+and re-tries failed ones.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import json
+import logging
+import multiprocessing
+import os
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from fnn_jax import config as config_lib
+from fnn_jax.files import workdir_lock, write_atomic
+from fnn_jax.sweep import results as results_lib
+from fnn_jax.sweep.plot import plot_sweep
+from fnn_jax.sweep.results import SweepResult, TrialResult
+from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
+from fnn_jax.train import train_and_evaluate
+from fnn_jax.train.loop import Preempted
+
+log = logging.getLogger("fnn_jax")
+
+
+def run(
+    config: ml_collections.ConfigDict,
+    trials: Sequence[Overrides],
+    workdir: str | os.PathLike,
+    *,
+    parallel: int = 1,
+) -> SweepResult:
+    """Runs every trial of the sweep (``config`` with each trial's overrides) in ``workdir``.
+
+    All trials are validated before any runs. A trial that raises is recorded (type, message;
+    traceback in its error.txt) and the others go on. ``parallel`` > 1 runs that many trials
+    at once in spawned worker processes, the machine's cores split among them (see
+    ``_init_worker``). KeyboardInterrupt stops the sweep; running it again continues it.
+    """
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1; got {parallel}")
+    planned = validate_sweep(config, trials)
+    workdir = Path(workdir).absolute()
+    with workdir_lock(workdir):
+        spec = _check_spec(workdir, config, planned)
+        trial_results = [_previous(trial, workdir / "trials" / trial.name) for trial in planned]
+        todo = [i for i, r in enumerate(trial_results) if r.status != "done"]
+        log.info("sweep %s: %d trials, %d to run", workdir, len(planned), len(todo))
+
+        def record(i: int, outcome: dict[str, Any]) -> None:
+            trial = trial_results[i]
+            trial.status, trial.report, trial.error = (
+                outcome["status"],
+                outcome.get("report"),
+                outcome.get("error", ""),
+            )
+            log.info("trial %s: %s %s", trial.name, trial.status, trial.error)
+            results_lib.write_tables(_summarise(workdir, trial_results), spec)
+
+        results_lib.write_tables(_summarise(workdir, trial_results), spec)
+        workers = min(parallel, len(todo))
+        if workers <= 1:
+            for i in todo:
+                record(i, _run_trial(planned[i].config, str(trial_results[i].workdir)))
+        else:
+            _run_parallel(planned, trial_results, todo, workers, record)
+
+        result = _summarise(workdir, trial_results)
+        result.paths["plot"] = workdir / "sweep.png"
+        plot_sweep(result, result.paths["plot"])
+        results_lib.write_tables(result, spec)
+        return result
+
+
+def _summarise(workdir: Path, trials: list[TrialResult]) -> SweepResult:
+    metric, mode = results_lib.sweep_metric(trials)
+    return SweepResult(
+        workdir=workdir,
+        trials=trials,
+        metric=metric,
+        mode=mode,
+        best=results_lib.best_trial(trials, metric, mode),
+        seed_groups=results_lib.seed_groups(trials, metric),
+        paths={name: workdir / f"sweep.{name}" for name in ("json", "csv", "md")},
+    )
+
+
+def _check_spec(
+    workdir: Path, config: ml_collections.ConfigDict, planned: list[Trial]
+) -> dict[str, Any]:
+    """The sweep's spec; refuses a workdir that holds a sweep with another base config or
+    other trials (mixing them would make one table out of two experiments)."""
+    spec = json.loads(
+        json.dumps(
+            {
+                "config": config_lib.to_dict(config),
+                "trials": [{"name": t.name, "overrides": t.overrides} for t in planned],
+            },
+            default=list,
+        )
+    )
+    path = workdir / "sweep.json"
+    if not path.exists():
+        return spec
+    old = json.loads(path.read_text())["spec"]
+    problems = [f"base config {d}" for d in config_lib.differences(old["config"], spec["config"])]
+    before = {t["name"]: t["overrides"] for t in old["trials"]}
+    after = {t["name"]: t["overrides"] for t in spec["trials"]}
+    problems += [f"trial {n} is new" for n in after if n not in before]
+    problems += [f"trial {n} was dropped" for n in before if n not in after]
+    problems += [f"trial {n} changed" for n in after if n in before and after[n] != before[n]]
+    if problems:
+        raise ValueError(
+            f"{workdir} holds a different sweep; refusing to mix the two (use a new workdir):\n  "
+            + "\n  ".join(problems)
+        )
+    return spec
+
+
+def _previous(trial: Trial, trial_dir: Path) -> TrialResult:
+    """The trial as done if its workdir holds a finished run of exactly this config."""
+    result = TrialResult(trial.name, trial.overrides, trial_dir)
+    report, saved = trial_dir / "report.json", trial_dir / "config.json"
+    finished = report.exists() and saved.exists()
+    if finished and json.loads(saved.read_text()) == config_lib.to_dict(trial.config):
+        result.status, result.reused = "done", True
+        result.report = json.loads(report.read_text())
+    return result
+
+
+def _run_trial(config: ml_collections.ConfigDict, trial_dir: str) -> dict[str, Any]:
+    """One trial, in this process or a worker: {"status", "report"} or {"status", "error"}.
+
+    Exceptions become a failed status (traceback to error.txt). Preempted (SIGTERM: the
+    trial saved its state), KeyboardInterrupt and other BaseExceptions propagate and stop the
+    sweep: the trial is not broken, and the next invocation resumes it.
+    """
+    path = Path(trial_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    error_file = path / "error.txt"
+    error_file.unlink(missing_ok=True)
+    try:
+        report = train_and_evaluate(config, path)
+    except Preempted:
+        raise
+    except Exception as e:
+        write_atomic(error_file, traceback.format_exc())
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+    if "interrupted_at" in report:  # the runner stopped early on its own; resumable
+        return {"status": "pending"}
+    return {"status": "done", "report": report}
+
+
+# ---------------------------------------------------------------------------- parallel
+
+
+def _split_cpus(cpus: list[int], n: int) -> list[list[int]]:
+    """n disjoint, near-equal shares of the CPUs (one each, reused, if there are fewer)."""
+    if n <= len(cpus):
+        return [cpus[i::n] for i in range(n)]
+    return [[cpus[i % len(cpus)]] for i in range(n)]
+
+
+def _init_worker(shares: Any) -> None:
+    """Runs first in each worker: confines it to its share of the cores.
+
+    JAX is already imported here (unpickling this function imports fnn_jax), but its backend
+    is not yet started, and XLA sizes its thread pools from the affinity mask only when it
+    starts. So: pin the process to its CPUs (rather than XLA_FLAGS, which also change the
+    compilation-cache key); limit BLAS/OpenMP threads; and do not let each worker grab most
+    of a GPU's memory up front.
+    """
+    cpus = shares.get()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cpus)
+    threads = str(len(cpus))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = threads
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def _run_parallel(
+    planned: list[Trial],
+    trial_results: list[TrialResult],
+    todo: list[int],
+    workers: int,
+    record: Any,
+) -> None:
+    """Runs the ``todo`` trials in ``workers`` spawned processes ('spawn': a fork of a process
+    that already started JAX's threads can deadlock). On KeyboardInterrupt, trials not yet
+    started are cancelled; running ones stop with their own SIGINT (Ctrl-C reaches the whole
+    process group) or finish."""
+    context = multiprocessing.get_context("spawn")
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cpus = cpus or list(range(os.cpu_count() or 1))
+    shares = context.Queue()
+    for share in _split_cpus(cpus, workers):
+        shares.put(share)
+    pool = futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(shares,)
+    )
+    try:
+        pending = {
+            pool.submit(_run_trial, planned[i].config, str(trial_results[i].workdir)): i
+            for i in todo
+        }
+        for future in futures.as_completed(pending):
+            try:
+                outcome = future.result()
+            except futures.process.BrokenProcessPool as e:  # a worker died (out of memory?)
+                outcome = {"status": "failed", "error": f"BrokenProcessPool: {e}"}
+            record(pending[future], outcome)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()

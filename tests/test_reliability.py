@@ -1,0 +1,224 @@
+"""Nothing is lost under kill -9, SIGTERM, corrupt checkpoints, a full disk, NaNs, config
+drift, a second process or an architecture mismatch."""
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from fnn_jax.checkpoint import CheckpointError, Checkpoints
+from fnn_jax.files import WorkdirLocked, workdir_lock
+from fnn_jax.reporting import MetricsLog
+from fnn_jax.train import train_and_evaluate
+from fnn_jax.train.loop import EXIT_PREEMPTED, _better
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 40
+OVERRIDES = {"train.num_steps": STEPS, "train.eval_every_steps": 4}
+
+
+def _config(**overrides):
+    config = test_config.get_config()
+    with config.unlocked():
+        for dotted, value in {**OVERRIDES, **overrides}.items():
+            section, name = dotted.split(".")
+            config[section][name] = value
+    return config
+
+
+def _command(workdir):
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    main = str(ROOT / "experiments" / "main.py")
+    return [
+        sys.executable,
+        main,
+        "--config",
+        str(ROOT / "configs/test.py"),
+        "--workdir",
+        str(workdir),
+        *flags,
+    ]
+
+
+def _final(workdir, step=STEPS):
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    state, progress = checkpoints.restore_saved(step)
+    checkpoints.close()
+    return state
+
+
+def _assert_same_run(workdir, reference):
+    jax.tree.map(np.testing.assert_array_equal, _final(workdir), _final(reference))
+    assert MetricsLog.read(workdir) == MetricsLog.read(reference)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    train_and_evaluate(_config(), workdir)
+    return workdir
+
+
+def test_kill_9_at_random_moments_then_resume_equals_uninterrupted_run(reference, tmp_path):
+    rng = np.random.default_rng(0)
+    kills = 0
+    for _ in range(6):
+        process = subprocess.Popen(
+            _command(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            process.wait(timeout=rng.uniform(5.0, 9.0))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            continue
+        assert process.returncode == 0
+        break
+    else:
+        assert subprocess.run(_command(tmp_path), capture_output=True).returncode == 0
+    assert kills >= 1, "the run finished before any kill: make it longer"
+    _assert_same_run(tmp_path, reference)
+
+
+def test_sigterm_saves_exits_with_preempted_code_and_resumes_exactly(reference, tmp_path):
+    process = subprocess.Popen(
+        _command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    # Wait until training is under way (the first progress line), then preempt.
+    for line in process.stdout:
+        if line.startswith("step "):
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED, err
+    assert "SIGTERM: saved step" in err
+    saved = Checkpoints(tmp_path / "checkpoints")
+    assert saved.latest_step() < STEPS
+    saved.close()
+    assert subprocess.run(_command(tmp_path), capture_output=True).returncode == 0
+    _assert_same_run(tmp_path, reference)
+
+
+def _largest_file(step_dir: Path) -> Path:
+    return max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _flip_byte,
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+        lambda p: p.unlink(),
+    ],
+    ids=["bit_flip", "truncated", "missing"],
+)
+def test_corrupt_last_step_falls_back_to_previous_good_step(reference, damage, tmp_path, caplog):
+    train_and_evaluate(_config(), tmp_path, stop_after_steps=STEPS - 6)
+    last = Checkpoints(tmp_path / "checkpoints").latest_step()
+    damage(_largest_file(tmp_path / "checkpoints" / str(last) / "state"))
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        train_and_evaluate(_config(), tmp_path)
+    assert f"checkpoint step {last} is unusable" in caplog.text
+    assert (tmp_path / "checkpoints-corrupt" / str(last)).is_dir(), "moved aside, not deleted"
+    _assert_same_run(tmp_path, reference)
+
+
+def test_no_intact_step_is_a_clear_error(tmp_path):
+    train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
+    for step_dir in (tmp_path / "checkpoints").iterdir():
+        if step_dir.name.isdigit():
+            _largest_file(step_dir / "state").unlink()
+    with pytest.raises(CheckpointError, match="no intact checkpoint left in .*checkpoints"):
+        train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
+
+
+DISK_FULL = """
+import resource, signal, sys
+import jax.numpy as jnp
+from fnn_jax.checkpoint import Checkpoints, CheckpointError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a too-large write then fails with EFBIG
+checkpoints = Checkpoints(sys.argv[1])
+checkpoints.save(1, {"w": jnp.ones(4)}, {})
+checkpoints.wait()
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+try:
+    checkpoints.save(2, {"w": jnp.arange(1_000_000, dtype=jnp.float32)}, {})
+    checkpoints.wait()
+except CheckpointError as error:
+    print(error)
+    sys.exit(3)
+"""
+
+
+def test_full_disk_is_a_clear_error_and_the_previous_step_survives(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", DISK_FULL, str(tmp_path / "ckpt")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "could not write" in result.stdout and str(tmp_path / "ckpt") in result.stdout
+    checkpoints = Checkpoints(tmp_path / "ckpt")
+    assert checkpoints.steps() == [1]
+    state, _ = checkpoints.restore(1, {"w": jnp.zeros(4)})
+    np.testing.assert_array_equal(state["w"], np.ones(4))
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step_and_saves_nothing_bad(tmp_path):
+    config = _config(**{"regularization.l2": 1e38})  # the penalty overflows to inf
+    with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
+        train_and_evaluate(config, tmp_path)
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    for step in checkpoints.steps():
+        state, _ = checkpoints.restore_saved(step)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+def test_nan_validation_metric_never_becomes_best():
+    assert not _better(float("nan"), None, "max", 0.0)
+    assert not _better(float("nan"), 0.5, "min", 0.0)
+    assert _better(0.6, 0.5, "max", 0.0) and _better(0.4, 0.5, "min", 0.0)
+
+
+def test_changed_training_settings_resume_with_a_warning_listing_them(tmp_path, caplog):
+    train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        train_and_evaluate(_config(**{"train.num_steps": 12}), tmp_path)
+    assert "train.num_steps: 8 -> 12" in caplog.text
+
+
+def test_second_process_on_a_workdir_refuses_and_touches_nothing(tmp_path):
+    with (
+        workdir_lock(tmp_path),
+        pytest.raises(WorkdirLocked, match=f"locked by pid {os.getpid()}"),
+    ):
+        train_and_evaluate(_config(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
+def test_restoring_into_another_architecture_names_path_and_shapes(tmp_path):
+    checkpoints = Checkpoints(tmp_path)
+    checkpoints.save(1, {"params": {"encoder": {"w_hh": jnp.ones((16, 64))}}}, {})
+    checkpoints.wait()
+    like = {"params": {"encoder": {"w_hh": jnp.ones((12, 48))}}}
+    with pytest.raises(
+        ValueError,
+        match=r"another architecture.*\n  'encoder/w_hh': checkpoint \(16, 64\), model \(12, 48\)",
+    ):
+        checkpoints.restore(1, like)
