@@ -14,6 +14,10 @@ Section ``cells`` (the only one so far) measures, for each of --cells (lstm, gru
 * the compile time of our lstm forward+backward at two lengths (256 and 4096 by default),
   which stays flat because the time loop is a ``lax.scan``, not unrolled.
 
+All jax implementations of a cell are timed round-robin (one call of each per round), so a
+load that comes and goes on the machine hits them alike and the ratios stay fair; torch runs
+after all jax work, since its OpenMP threads keep spinning for a while after each call.
+
 FLOPs count the matmuls only: 2*B*T*(I+H)*G*H forward with G gates (lstm 4, gru 3, elman 1);
 forward+backward counts 3x forward. Defaults: batch 64, length 256, input 128, hidden 256,
 float32. Results print as a table and go to --out as JSON with the device, versions and cores.
@@ -48,14 +52,16 @@ except ImportError:  # torch is a test extra; the torch rows are skipped without
     torch = None
 
 GATES: dict[str, int] = {"lstm": 4, "gru": 3, "elman": 1}
-FLAX_CELLS: dict[str, list[tuple[str, Callable[[int], nn.Module]]]] = {
-    "lstm": [
-        ("flax", lambda h: nn.LSTMCell(features=h)),
-        ("flax_opt", lambda h: nn.OptimizedLSTMCell(features=h)),
-    ],
-    "gru": [("flax", lambda h: nn.GRUCell(features=h))],
-    "elman": [("flax", lambda h: nn.SimpleCell(features=h))],
+FLAX_CELLS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
+    "lstm": {
+        "flax": lambda h: nn.LSTMCell(features=h),
+        "flax_opt": lambda h: nn.OptimizedLSTMCell(features=h),
+    },
+    "gru": {"flax": lambda h: nn.GRUCell(features=h)},
+    "elman": {"flax": lambda h: nn.SimpleCell(features=h)},
 }
+MODES = ("fwd", "fwd_bwd")
+NO_HOIST = "ours:hoist_inputs=False"
 QUICK = {"batch": 8, "length": 32, "hidden_size": 32, "repeats": 3}
 
 FLAGS = flags.FLAGS
@@ -88,52 +94,71 @@ class Config:
     use_torch: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Timed:
+    """Something to time: ``sync(fn())`` is one complete run of ``flops`` FLOPs."""
+
+    fn: Callable[[], Any]
+    sync: Callable[[Any], Any]
+    flops: float
+
+
+Benches = dict[str, Timed]  # mode ("fwd", "fwd_bwd") -> Timed
+Timing = dict[str, float]
+
+
 # ----------------------------------------------------------------------------- timing
 
 
-def time_fn(
-    fn: Callable[[], Any], sync: Callable[[Any], Any], *, repeats: int, warmup: int
-) -> dict[str, float]:
-    """Median/min/max wall time (ms) of ``sync(fn())`` over ``repeats`` runs after warm-up.
-
-    The first call (compilation, for jitted functions) is timed separately as ``first_ms``.
-    """
+def time_fn(timed: Timed) -> float:
+    """Wall seconds of one run, waiting for the result (block_until_ready / cuda sync)."""
     start = time.perf_counter()
-    sync(fn())
-    first = time.perf_counter() - start
+    timed.sync(timed.fn())
+    return time.perf_counter() - start
+
+
+def time_interleaved(cases: dict[str, Timed], *, repeats: int, warmup: int) -> dict[str, Timing]:
+    """Times every case ``repeats`` times, round-robin, after ``warmup`` untimed runs each.
+
+    Returns per case the median/min/max in ms, GFLOP/s at the median, and ``first_ms`` (the
+    first call: compilation, for jitted functions).
+    """
+    first = {name: time_fn(timed) for name, timed in cases.items()}
     for _ in range(warmup):
-        sync(fn())
-    times = []
+        for timed in cases.values():
+            time_fn(timed)
+    times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
-        start = time.perf_counter()
-        sync(fn())
-        times.append(time.perf_counter() - start)
-    return {
-        "ms": 1e3 * statistics.median(times),
-        "min_ms": 1e3 * min(times),
-        "max_ms": 1e3 * max(times),
-        "first_ms": 1e3 * first,
-        "repeats": repeats,
-    }
+        for name, timed in cases.items():
+            times[name].append(time_fn(timed))
+    stats = {}
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        stats[name] = {
+            "ms": 1e3 * median,
+            "min_ms": 1e3 * min(ts),
+            "max_ms": 1e3 * max(ts),
+            "first_ms": 1e3 * first[name],
+            "gflops": cases[name].flops / median / 1e9,
+            "repeats": repeats,
+        }
+    return stats
 
 
-def forward_flops(cfg: Config, cell: str, length: int | None = None) -> float:
+def time_implementations(impls: dict[str, Benches], cfg: Config) -> dict[str, dict[str, Timing]]:
+    """time_interleaved over every (implementation, mode); returns impl -> mode -> timing."""
+    cases = {f"{impl}|{mode}": t for impl, modes in impls.items() for mode, t in modes.items()}
+    stats = time_interleaved(cases, repeats=cfg.repeats, warmup=cfg.warmup)
+    return {impl: {m: stats[f"{impl}|{m}"] for m in modes} for impl, modes in impls.items()}
+
+
+def forward_flops(cfg: Config, cell: str) -> float:
     """Matmul FLOPs of one forward pass: 2*B*T*(I+H)*G*H."""
-    t = cfg.length if length is None else length
     h = cfg.hidden_size
-    return 2.0 * cfg.batch * t * (cfg.input_size + h) * GATES[cell] * h
-
-
-def with_flops(timing: dict[str, float], flops: float) -> dict[str, float]:
-    return {**timing, "gflops": flops / (timing["ms"] * 1e-3) / 1e9}
+    return 2.0 * cfg.batch * cfg.length * (cfg.input_size + h) * GATES[cell] * h
 
 
 # ----------------------------------------------------------------------------- jax
-
-
-def _jax_input(cfg: Config) -> jax.Array:
-    shape = (cfg.batch, cfg.length, cfg.input_size)
-    return jax.random.normal(jax.random.key(1), shape, jnp.float32)
 
 
 def _jax_fns(module: nn.Module) -> tuple[Callable, Callable]:
@@ -148,17 +173,17 @@ def _jax_fns(module: nn.Module) -> tuple[Callable, Callable]:
     return jax.jit(forward), jax.jit(jax.grad(loss, argnums=(0, 1)))
 
 
-def bench_module(module: nn.Module, cfg: Config, cell: str) -> dict[str, dict[str, float]]:
-    """Forward and forward+backward timings of a flax module over [batch, length, input]."""
-    xs = _jax_input(cfg)
+def bench_module(module: nn.Module, cfg: Config, cell: str) -> Benches:
+    """Forward and forward+backward of a flax module over [batch, length, input] inputs."""
+    shape = (cfg.batch, cfg.length, cfg.input_size)
+    xs = jax.random.normal(jax.random.key(1), shape, jnp.float32)
     variables = module.init(jax.random.key(0), xs)
     fwd, fwd_bwd = _jax_fns(module)
     flops = forward_flops(cfg, cell)
-    opts = {"repeats": cfg.repeats, "warmup": cfg.warmup}
     sync = jax.block_until_ready
     return {
-        "fwd": with_flops(time_fn(lambda: fwd(variables, xs), sync, **opts), flops),
-        "fwd_bwd": with_flops(time_fn(lambda: fwd_bwd(variables, xs), sync, **opts), 3 * flops),
+        "fwd": Timed(lambda: fwd(variables, xs), sync, flops),
+        "fwd_bwd": Timed(lambda: fwd_bwd(variables, xs), sync, 3 * flops),
     }
 
 
@@ -166,16 +191,12 @@ def ours(cell: str, cfg: Config, **options: Any) -> nn.Module:
     return Recurrent(cell=cell, hidden_size=cfg.hidden_size, **options)
 
 
-def bench_ours(
-    cell: str, cfg: Config, *, hoist_inputs: bool = True, unroll: int = 1
-) -> dict[str, dict[str, float]]:
+def bench_ours(cell: str, cfg: Config, *, hoist_inputs: bool = True, unroll: int = 1) -> Benches:
     """fnn_jax.layers.Recurrent (our layer) with the given hoist/unroll settings."""
     return bench_module(ours(cell, cfg, hoist_inputs=hoist_inputs, unroll=unroll), cfg, cell)
 
 
-def bench_flax(
-    cell: str, cfg: Config, make_cell: Callable[[int], nn.Module]
-) -> dict[str, dict[str, float]]:
+def bench_flax(cell: str, cfg: Config, make_cell: Callable[[int], nn.Module]) -> Benches:
     """flax.linen.RNN over a flax cell (the cell's own step, input matmul inside the loop)."""
     return bench_module(nn.RNN(make_cell(cfg.hidden_size)), cfg, cell)
 
@@ -201,7 +222,7 @@ def torch_device() -> str:
     return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
 
-def bench_torch(cell: str, cfg: Config) -> dict[str, dict[str, float]] | None:
+def bench_torch(cell: str, cfg: Config) -> Benches | None:
     """nn.LSTM / nn.GRU / nn.RNN (batch_first); None when torch is not importable."""
     if torch is None:
         return None
@@ -225,56 +246,42 @@ def bench_torch(cell: str, cfg: Config) -> dict[str, dict[str, float]] | None:
         layer(xs)[0].sum().backward()
 
     flops = forward_flops(cfg, cell)
-    opts = {"repeats": cfg.repeats, "warmup": cfg.warmup}
-    return {
-        "fwd": with_flops(time_fn(fwd, sync, **opts), flops),
-        "fwd_bwd": with_flops(time_fn(fwd_bwd, sync, **opts), 3 * flops),
-    }
+    return {"fwd": Timed(fwd, sync, flops), "fwd_bwd": Timed(fwd_bwd, sync, 3 * flops)}
 
 
 # ----------------------------------------------------------------------------- sections
 
 
-def ratios(
-    results: dict[str, dict[str, dict[str, float]]], reference: str
-) -> dict[str, dict[str, float]]:
-    """Time of ``reference`` / time of each other implementation, per mode (< 1: faster)."""
-    ref = results[reference]
+def ratios(rows: dict[str, dict[str, Timing]], reference: str) -> dict[str, dict[str, float]]:
+    """Median time of ``reference`` / median time of each other row, per mode (< 1: faster)."""
+    ref = rows[reference]
     return {
-        peer: {mode: ref[mode]["ms"] / timing[mode]["ms"] for mode in ref}
-        for peer, timing in results.items()
-        if peer != reference
+        name: {mode: ref[mode]["ms"] / timing[mode]["ms"] for mode in MODES}
+        for name, timing in rows.items()
+        if name != reference
     }
+
+
+def jax_implementations(cell: str, cfg: Config) -> dict[str, Benches]:
+    """Ours (default), ours without hoisting, ours unrolled (lstm), and the flax peers."""
+    impls = {"ours": bench_ours(cell, cfg), NO_HOIST: bench_ours(cell, cfg, hoist_inputs=False)}
+    if cell == "lstm":
+        for k in cfg.unrolls:
+            if k != 1:  # unroll=1 is the default: "ours"
+                impls[f"ours:unroll={k}"] = bench_ours(cell, cfg, unroll=k)
+    for name, make_cell in FLAX_CELLS[cell].items():
+        impls[name] = bench_flax(cell, cfg, make_cell)
+    return impls
 
 
 def section_cells(cfg: Config) -> dict[str, Any]:
     """Ours vs flax vs torch per cell, hoist on/off, lstm unroll sweep, compile time."""
-    compare: dict[str, dict[str, Any]] = {cell: {} for cell in cfg.cells}
-    # All jax measurements first and torch last, so torch's OpenMP worker threads (which
-    # spin for a while after each parallel region) do not steal cores from XLA's.
+    timings: dict[str, dict[str, dict[str, Timing]]] = {}
     for cell in cfg.cells:
-        print(f"[cells] {cell}: ours", flush=True)
-        compare[cell]["ours"] = bench_ours(cell, cfg)
-        for name, make_cell in FLAX_CELLS[cell]:
-            print(f"[cells] {cell}: {name}", flush=True)
-            compare[cell][name] = bench_flax(cell, cfg, make_cell)
-
-    hoist: dict[str, dict[str, Any]] = {}
-    for cell in cfg.cells:
-        print(f"[cells] {cell}: hoist_inputs=False", flush=True)
-        hoist[cell] = {
-            "hoist_inputs=True": compare[cell]["ours"],
-            "hoist_inputs=False": bench_ours(cell, cfg, hoist_inputs=False),
-        }
-
-    unroll: dict[str, Any] = {}
-    if "lstm" in cfg.cells:
-        for k in cfg.unrolls:
-            print(f"[cells] lstm: unroll={k}", flush=True)
-            same = k == 1  # the default, measured above
-            unroll[f"unroll={k}"] = (
-                compare["lstm"]["ours"] if same else bench_ours("lstm", cfg, unroll=k)
-            )
+        impls = jax_implementations(cell, cfg)
+        print(f"[cells] {cell}: timing {', '.join(impls)}", flush=True)
+        timings[cell] = time_implementations(impls, cfg)
+        del impls  # frees the compiled functions and their inputs
 
     print("[cells] compile time", flush=True)
     compile_times = {}
@@ -283,15 +290,30 @@ def section_cells(cfg: Config) -> dict[str, Any]:
         runs = [compile_seconds("lstm", cfg, length) for _ in range(2)]
         compile_times[str(length)] = min(runs, key=lambda r: r["total_s"])
 
+    # Torch last: its OpenMP workers spin after each call and would slow the jax runs.
     if cfg.use_torch and torch is not None:
-        torch.set_num_threads(available_cores())
         for cell in cfg.cells:
-            print(f"[cells] {cell}: torch ({torch_device()})", flush=True)
-            compare[cell]["torch"] = bench_torch(cell, cfg)
+            print(f"[cells] {cell}: timing torch ({torch_device()})", flush=True)
+            timings[cell].update(time_implementations({"torch": bench_torch(cell, cfg)}, cfg))
 
+    compare = {  # ours (defaults) and the peers
+        cell: {name: t for name, t in rows.items() if not name.startswith("ours:")}
+        for cell, rows in timings.items()
+    }
+    hoist = {
+        cell: {"hoist_inputs=True": rows["ours"], "hoist_inputs=False": rows[NO_HOIST]}
+        for cell, rows in timings.items()
+    }
+    unroll = {}
+    if "lstm" in timings:
+        rows = timings["lstm"]
+        unroll = {
+            f"unroll={k}": rows["ours"] if k == 1 else rows[f"ours:unroll={k}"] for k in cfg.unrolls
+        }
     return {
+        "timings": timings,
         "compare": compare,
-        "ratios_ours_over_peer": {cell: ratios(compare[cell], "ours") for cell in cfg.cells},
+        "ratios_ours_over_peer": {cell: ratios(rows, "ours") for cell, rows in compare.items()},
         "hoist_inputs": hoist,
         "unroll_lstm": unroll,
         "compile_lstm_fwd_bwd": compile_times,
@@ -304,38 +326,32 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {"cells": section_cell
 # ----------------------------------------------------------------------------- report
 
 
-def _row(name: str, timing: dict[str, dict[str, float]], ref: dict | None) -> str:
+def _row(name: str, timing: dict[str, Timing], ref: dict[str, Timing] | None) -> str:
     cols = [f"{name:<22}"]
-    for mode in ("fwd", "fwd_bwd"):
+    for mode in MODES:
         t = timing[mode]
         ratio = f"{ref[mode]['ms'] / t['ms']:6.2f}" if ref is not None else "     -"
         cols.append(f"{t['ms']:10.2f} {t['gflops']:8.1f} {ratio}")
     return " | ".join(cols)
 
 
-def _header(title: str) -> str:
+def _table(title: str, rows: dict[str, dict[str, Timing]], reference: str) -> None:
     cols = f"{'':<22} | {'fwd ms':>10} {'GFLOP/s':>8} {'ratio':>6} | "
     cols += f"{'f+b ms':>10} {'GFLOP/s':>8} {'ratio':>6}"
-    return f"\n{title}\n{cols}\n{'-' * len(cols)}"
+    print(f"\n{title}\n{cols}\n{'-' * len(cols)}")
+    for name, timing in rows.items():
+        print(_row(name, timing, None if name == reference else rows[reference]))
 
 
 def print_cells(result: dict[str, Any], cfg: Config) -> None:
-    """Tables for the cells section; ratio = ours (or the first row) / this row."""
+    """Tables for the cells section; each ratio is the reference row's time / this row's."""
     for cell, rows in result["compare"].items():
-        print(_header(f"{cell}: ratio = ours / peer (< 1: ours faster)"))
-        for name, timing in rows.items():
-            print(_row(name, timing, None if name == "ours" else rows["ours"]))
+        _table(f"{cell}: ratio = ours / peer (< 1: ours faster)", rows, "ours")
     for cell, rows in result["hoist_inputs"].items():
-        print(_header(f"{cell} (ours): ratio = hoist_inputs=True / this row"))
-        ref = rows["hoist_inputs=True"]
-        for name, timing in rows.items():
-            print(_row(name, timing, None if timing is ref else ref))
+        title = f"{cell} (ours): ratio = hoist_inputs=True / this row"
+        _table(title, rows, "hoist_inputs=True")
     if result["unroll_lstm"]:
-        rows = result["unroll_lstm"]
-        print(_header("lstm (ours): ratio = unroll=1 / this row"))
-        ref = rows.get("unroll=1")
-        for name, timing in rows.items():
-            print(_row(name, timing, None if timing is ref else ref))
+        _table("lstm (ours): ratio = unroll=1 / this row", result["unroll_lstm"], "unroll=1")
     print("\nlstm (ours) fwd+bwd compile time by length (lax.scan: flat in length)")
     for length, t in result["compile_lstm_fwd_bwd"].items():
         print(
@@ -354,6 +370,16 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def environment() -> dict[str, Any]:
     device = jax.devices()[0]
     env = {
@@ -368,6 +394,8 @@ def environment() -> dict[str, Any]:
         "processor": _cpu_model(),
         "cores": available_cores(),
         "torch": None if torch is None else torch.__version__,
+        # Other processes on the machine skew the timings; the load average shows how busy.
+        "loadavg_start": os.getloadavg(),
     }
     if torch is not None:
         env["torch_device"] = torch_device()
@@ -375,16 +403,6 @@ def environment() -> dict[str, Any]:
         if torch.cuda.is_available():
             env["torch_device_name"] = torch.cuda.get_device_name(0)
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def config_from_flags() -> Config:
@@ -411,10 +429,9 @@ def main(argv: list[str]) -> None:
     if unknown:
         raise app.UsageError(f"unknown --section {unknown}; valid choices: {sorted(SECTIONS)}")
     cfg = config_from_flags()
-    env = environment()
     if torch is not None:
-        torch.set_num_threads(env["cores"])
-        env["torch_threads"] = torch.get_num_threads()
+        torch.set_num_threads(available_cores())  # jax uses every available core too
+    env = environment()
     print(f"config: {dataclasses.asdict(cfg)}")
     print(f"environment: {env}", flush=True)
 
@@ -424,6 +441,7 @@ def main(argv: list[str]) -> None:
         report[name] = result
         PRINTERS.get(name, lambda r, c: print(json.dumps(r, indent=2)))(result, cfg)
 
+    env["loadavg_end"] = os.getloadavg()
     out = Path(FLAGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
