@@ -1,0 +1,104 @@
+"""python experiments/sweep.py --config configs/digits_sweep.py --workdir runs/digits_sweep_grid
+
+Runs a hyperparameter sweep: many runs of one config, each in workdir/trials/<name>, then
+sweep.md / sweep.csv / sweep.json tables (best trial named; mean ± std over seeds) and
+sweep.png. The trials come from the config file's get_sweep(), or from the command line:
+
+    python experiments/sweep.py --config configs/test.py --workdir runs/s \
+        --sweep optimizer.learning_rate=1e-3,3e-3 --sweep model.hidden_size=16,32 --seeds 2
+    python experiments/sweep.py --config configs/test.py --workdir runs/r --random 8 \
+        --sweep 'optimizer.learning_rate=log_uniform(1e-4,1e-2)' --sweep model.cell=lstm,gru
+    python experiments/sweep.py ... --parallel 2      # two trials at once, cores split
+
+--config.key=value overrides change the base config of every trial. Running the same command
+again skips finished trials, resumes interrupted ones and retries failed ones. Exit status 1
+when a trial failed; 75 when SIGTERM stopped the sweep (run it again to go on).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging as pylogging
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
+
+from fnn_jax import sweep  # noqa: E402
+from fnn_jax.files import WorkdirLocked  # noqa: E402
+from fnn_jax.train.loop import EXIT_PREEMPTED, Preempted  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Sweep directory: trials/, sweep.{json,csv,md,png}.")
+flags.DEFINE_multi_string(
+    "sweep", [], "An axis, key=v1,v2,... (repeatable; grid over all). Default: get_sweep()."
+)
+flags.DEFINE_integer("random", 0, "> 0: this many random trials from the --sweep axes.")
+flags.DEFINE_integer("random_seed", 0, "Seed of --random.")
+flags.DEFINE_integer("seeds", 0, "> 0: repeat every trial with seed=0..N-1.")
+flags.DEFINE_integer("parallel", 1, "Trials run at once, in worker processes.")
+flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
+
+
+def config_file_sweep() -> list[dict]:
+    """The trial list from the config file's ``get_sweep()``."""
+    path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
+    spec = importlib.util.spec_from_file_location("_sweep_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_sweep"):
+        raise app.UsageError(f"{path} has no get_sweep(); give the axes with --sweep key=v1,v2")
+    return module.get_sweep()
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # one line per finished trial
+    config = FLAGS.config
+    if FLAGS.random and not FLAGS.sweep:
+        raise app.UsageError("--random needs the space as --sweep axes")
+    try:
+        if FLAGS.random:
+            axes = sweep.parse_axes(FLAGS.sweep, config)
+            trials = sweep.random_search(axes, FLAGS.random, FLAGS.random_seed)
+        else:
+            trials = sweep.parse_cli(FLAGS.sweep, config) if FLAGS.sweep else config_file_sweep()
+        if FLAGS.seeds:
+            trials = sweep.seeds(trials, FLAGS.seeds)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+
+    try:
+        result = sweep.run(config, trials, FLAGS.workdir, parallel=FLAGS.parallel)
+    except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
+        sys.exit(f"error: {e}")
+    except Preempted as stop:  # SIGTERM: the running trial saved its state
+        print(stop, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    print()
+    print(result.table())
+    if result.seed_groups:
+        print(f"\nover seeds (mean ± sample std):\n{result.seed_table()}")
+    if result.best is not None:
+        best = result.best
+        print(
+            f"\nbest trial: {best.name} (validation {result.metric} "
+            f"{best.value('validation', result.metric):.4f}, "
+            f"test {best.value('test', result.metric):.4f}) in {best.workdir}"
+        )
+    for trial in result.failed:
+        print(f"failed: {trial.name}: {trial.error}  ({trial.workdir / 'error.txt'})")
+    for what, path in result.paths.items():
+        print(f"{what:>6}: {path}")
+    if result.failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)
