@@ -82,8 +82,8 @@ def scan(
     check_sequence(xs, lengths)
     inputs = _time_major(xs)
     if project is not None:
-        # Time-major first: the transpose then moves the (narrower) raw inputs, and the
-        # projection is a plain 2-D matmul, which XLA:CPU runs faster than a batched einsum.
+        # Time-major first: the transpose then moves the (narrower) raw inputs. Whether
+        # hoisting pays at all depends on the platform (see layers.hoists_inputs).
         inputs = project(params, inputs)
     body = jax.checkpoint(step) if remat else step
 

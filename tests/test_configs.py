@@ -1,27 +1,41 @@
 """Every shipped config runs end to end at a tiny size; the adding problem really learns."""
 
 import importlib
+import importlib.util
 import inspect
 import math
+from pathlib import Path
 
 import pytest
 
 from fnn_jax import data
 from fnn_jax.train import train_and_evaluate
 
-CONFIGS = ["digits_lstm", "adding_lstm", "copy_gru", "sunspots_jordan", "charlm_gru", "test"]
+CONFIGS = [
+    "digits_lstm",
+    "adding_lstm",
+    "copy_gru",
+    "sunspots_jordan",
+    "charlm_gru",
+    "test",
+    "digits_pretrain",
+    "sunspots_pretrain",
+    "digits_sweep",
+]
+ALL_CONFIG_FILES = sorted(p.stem for p in Path(__file__).parents[1].glob("configs/[!_]*.py"))
 TINY_DATA = {"num_train": 64, "num_validation": 32, "num_test": 32, "max_chars": 20_000}
 EXPECTED_METRICS = {
     "digits": {"accuracy", "precision", "recall", "f1"},
     "adding": {"mse", "rmse", "mae"},
     "copy_memory": {"cross_entropy", "perplexity", "bits_per_char", "accuracy"},
     "sunspots": {"mse", "rmse", "mae"},
+    "italy_power_demand": {"accuracy", "f1"},
     "text": {"cross_entropy", "perplexity", "bits_per_char"},
 }
 
 
-def _load(name):
-    return importlib.import_module(f"configs.{name}").get_config()
+def _load(name, arg=None):
+    return importlib.import_module(f"configs.{name}").get_config(arg)
 
 
 def _shrink(config):
@@ -58,8 +72,18 @@ def test_config_runs_end_to_end_at_tiny_size(name, tmp_path):
     assert (tmp_path / "report.md").exists() and (tmp_path / "curves.png").exists()
 
 
+@pytest.mark.skipif(not importlib.util.find_spec("sktime"), reason="needs the timeseries extra")
+def test_time_series_classifier_config_runs_at_tiny_size(tmp_path):
+    config = _shrink(_load("italy_finetune", "scratch"))
+    report = train_and_evaluate(config, tmp_path)
+    assert report["steps"] == 6 and EXPECTED_METRICS["italy_power_demand"] <= set(
+        report["results"]["test"]
+    )
+
+
 def test_config_docstring_opens_with_its_run_command():
-    for name in CONFIGS:
+    assert len(ALL_CONFIG_FILES) >= 11
+    for name in ALL_CONFIG_FILES:
         module = importlib.import_module(f"configs.{name}")
         first = module.__doc__.strip().splitlines()[0]
         assert first == (
