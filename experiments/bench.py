@@ -23,6 +23,9 @@ FLOPs count the matmuls only: 2*B*T*(I+H)*G*H forward with G gates (lstm 4, gru 
 forward+backward counts 3x forward. Defaults: batch 64, length 256, input 128, hidden 256,
 float32. Results print as a table and go to --out as JSON with the device, versions and cores.
 
+Section ``finetune`` (experiments/bench_finetune.py) times one epoch of a head-only stage on
+cached frozen features against one epoch of full fine-tuning.
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -44,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
 
 from fnn_jax.layers import Recurrent
 
@@ -329,7 +333,10 @@ def section_cells(cfg: Config) -> dict[str, Any]:
     }
 
 
-SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {"cells": section_cells}
+SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
+    "cells": section_cells,
+    "finetune": section_finetune,
+}
 
 
 # ----------------------------------------------------------------------------- report

@@ -312,7 +312,24 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         if preemption.requested:
             raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run again to resume")
         return {"interrupted_at": step}
-    return _finish(locals())
+    return _finish(
+        dict(
+            config=config,
+            workdir=workdir,
+            dataset=dataset,
+            task=task,
+            checkpoints=checkpoints,
+            progress=progress,
+            step=step,
+            state=state,
+            eval_step=eval_step,
+            to_model=to_model,
+            metric=metric,
+            stages=stages,
+            metrics_log=metrics_log,
+            started=started,
+        )
+    )
 
 
 def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:

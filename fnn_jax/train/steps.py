@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -178,12 +179,14 @@ def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, tas
     return task.metrics(jax.device_get(total))
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _features(model: nn.Module, params: Any, batch: dict) -> Array:
+    return model.apply({"params": params}, batch["inputs"], batch["lengths"], method="features")
+
+
 def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch_size: int):
     """The model's ``features`` for every row of ``split``, in row order (on the device)."""
-    run = jax.jit(
-        lambda p, b: model.apply({"params": p}, b["inputs"], b["lengths"], method="features")
-    )
-    parts = [run(params, batch) for batch in eval_batches(split, batch_size)]
+    parts = [_features(model, params, batch) for batch in eval_batches(split, batch_size)]
     return jnp.concatenate(parts)[: len(split)]
 
 
