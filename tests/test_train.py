@@ -145,3 +145,11 @@ def test_unknown_dataset_option_names_the_config_key(tmp_path):
     ):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_right_after_an_early_stop_stops_too(tmp_path):
+    config = _config(**{"optimizer.learning_rate": 0.0, "train.patience": 2, "train.num_steps": 80})
+    # Interrupted at step 24: the evaluation there triggered the early stop and was saved.
+    assert train_and_evaluate(config, tmp_path, stop_after_steps=24) == {"interrupted_at": 24}
+    report = train_and_evaluate(config, tmp_path)
+    assert report["stopped_early"] and report["steps"] == 24

@@ -245,8 +245,12 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                 features = compute_features(
                     model, state.params, dataset.train, config.data.eval_batch_size
                 )
-            stage_done = step >= stage_end
-            for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, stage_end):
+            # A stage can be over on entry: resumed at its end, or after its early stop.
+            stage_done = step >= stage_end or bool(
+                stage.patience and progress["bad_evals"] >= stage.patience
+            )
+            end = step if stage_done else stage_end
+            for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, end):
                 data_lib.check_batch(
                     batch, dataset=dataset.name, split="train", index=i, expected=spec
                 )
