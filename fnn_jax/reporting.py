@@ -14,7 +14,6 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
-from tensorboardX import SummaryWriter  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from fnn_jax.files import write_atomic, write_json  # noqa: E402
@@ -31,6 +30,9 @@ class MetricsLog:
         self.path = workdir / "metrics.jsonl"
         self.records = [r for r in self.read(workdir) if r["step"] <= resume_step]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        # Imported here: tensorboardX imports torch when it is installed (about 1 s).
+        from tensorboardX import SummaryWriter
+
         self.writer = SummaryWriter(str(workdir / "tensorboard"))
         self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
 
