@@ -9,6 +9,7 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
     python experiments/sweep.py --config configs/test.py --workdir runs/r --random 8 \
         --sweep 'optimizer.learning_rate=log_uniform(1e-4,1e-2)' --sweep model.cell=lstm,gru
     python experiments/sweep.py ... --parallel 2      # two trials at once, cores split
+    python experiments/sweep.py ... --backend ray --ray_address auto   # on a Ray cluster
 
 --config.key=value overrides change the base config of every trial. Running the same command
 again skips finished trials, resumes interrupted ones and retries failed ones. Exit status 1
@@ -40,6 +41,12 @@ flags.DEFINE_integer("random", 0, "> 0: this many random trials from the --sweep
 flags.DEFINE_integer("random_seed", 0, "Seed of --random.")
 flags.DEFINE_integer("seeds", 0, "> 0: repeat every trial with seed=0..N-1.")
 flags.DEFINE_integer("parallel", 1, "Trials run at once, in worker processes.")
+flags.DEFINE_enum(
+    "backend", "local", ["local", "ray"], "Where trials run (ray: pip install -e '.[ray]')."
+)
+flags.DEFINE_string(
+    "ray_address", None, "Ray cluster address for --backend ray; none starts a local Ray."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 
@@ -75,7 +82,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(str(e)) from e
 
     try:
-        result = sweep.run(config, trials, FLAGS.workdir, parallel=FLAGS.parallel)
+        result = sweep.run(
+            config,
+            trials,
+            FLAGS.workdir,
+            parallel=FLAGS.parallel,
+            backend=FLAGS.backend,
+            ray_address=FLAGS.ray_address,
+        )
     except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
         sys.exit(f"error: {e}")
     except Preempted as stop:  # SIGTERM: the running trial saved its state

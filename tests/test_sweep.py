@@ -387,3 +387,24 @@ def test_uninterrupted_parallel_sweep_gives_the_same_table(killed_and_resumed, t
     assert result.failed[0].error.startswith("ValueError: config.data.batch_size=4096")
     assert "Traceback" in (tmp_path / "trials/batch_size=4096/error.txt").read_text()
     assert "- batch_size=4096: ValueError" in (tmp_path / "sweep.md").read_text()
+
+
+def test_sweep_on_a_local_ray_gives_the_same_table(killed_and_resumed, tmp_path):
+    """--backend ray: the same sub-workdirs and results as the local runs, on a Ray started
+    here (a cluster would be ray.init(address=...))."""
+    ray = pytest.importorskip("ray")
+    serial_dir, serial, _ = killed_and_resumed
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = sweep.run(_config(), REAL_TRIALS, tmp_path, backend="ray")
+    finally:
+        ray.shutdown()
+    assert _table(tmp_path) == _table(serial_dir)
+    assert result.best.name == serial.best.name
+    assert (tmp_path / "trials/learning_rate=0.001/report.json").exists()
+    assert result.failed[0].error.startswith("ValueError: config.data.batch_size=4096")
+
+
+def test_unknown_backend_lists_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"backend='dask'.*\['local', 'ray'\]"):
+        sweep.run(_config(), [{LR: 1e-3}], tmp_path, backend="dask")

@@ -36,6 +36,7 @@ from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.loop import Preempted
 
 log = logging.getLogger("fnn_jax")
+BACKENDS = ("local", "ray")
 
 
 def run(
@@ -44,16 +45,22 @@ def run(
     workdir: str | os.PathLike,
     *,
     parallel: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
 ) -> SweepResult:
     """Runs every trial of the sweep (``config`` with each trial's overrides) in ``workdir``.
 
     All trials are validated before any runs. A trial that raises is recorded (type, message;
     traceback in its error.txt) and the others go on. ``parallel`` > 1 runs that many trials
     at once in spawned worker processes, the machine's cores split among them (see
-    ``_init_worker``). KeyboardInterrupt stops the sweep; running it again continues it.
+    ``_init_worker``). ``backend="ray"`` sends the trials to a Ray cluster instead
+    (``ray.init(address=ray_address)``; None starts a local one); the trial workdirs must then
+    be on storage every node can reach. KeyboardInterrupt stops the sweep; running it again
+    continues it.
     """
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1; got {parallel}")
+    config_lib.check_choice("backend", backend, BACKENDS)
     planned = validate_sweep(config, trials)
     workdir = Path(workdir).absolute()
     with workdir_lock(workdir):
@@ -74,7 +81,9 @@ def run(
 
         results_lib.write_tables(_summarise(workdir, trial_results), spec)
         workers = min(parallel, len(todo))
-        if workers <= 1:
+        if backend == "ray" and todo:
+            _run_ray(planned, trial_results, todo, ray_address, record)
+        elif workers <= 1:
             for i in todo:
                 record(i, _run_trial(planned[i].config, str(trial_results[i].workdir)))
         else:
@@ -229,3 +238,42 @@ def _run_parallel(
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+# ---------------------------------------------------------------------------- ray
+
+
+def _run_ray(
+    planned: list[Trial],
+    trial_results: list[TrialResult],
+    todo: list[int],
+    address: str | None,
+    record: Any,
+) -> None:
+    """Runs the ``todo`` trials as Ray tasks (one CPU each), recording each as it finishes.
+
+    A task that dies (its node lost, say) is recorded as failed and retried by the next run.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise ImportError(
+            "backend='ray' needs the optional package ray: pip install -e '.[ray]'"
+        ) from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = ray.remote(num_cpus=1)(_run_trial)
+        pending = {remote.remote(planned[i].config, str(trial_results[i].workdir)): i for i in todo}
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready)
+            try:
+                outcome = ray.get(ready)
+            except ray.exceptions.RayError as e:
+                outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+            record(i, outcome)
+    finally:
+        if started_here:
+            ray.shutdown()
