@@ -10,6 +10,10 @@ import csv
 import importlib
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -408,3 +412,40 @@ def test_sweep_on_a_local_ray_gives_the_same_table(killed_and_resumed, tmp_path)
 def test_unknown_backend_lists_the_choices(tmp_path):
     with pytest.raises(ValueError, match=r"backend='dask'.*\['local', 'ray'\]"):
         sweep.run(_config(), [{LR: 1e-3}], tmp_path, backend="dask")
+
+
+def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
+    """The parent forwards SIGTERM to its workers; each running trial saves; a re-run ends
+    with the same table as a sweep that was never stopped."""
+    root = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        str(root / "experiments/sweep.py"),
+        "--config",
+        str(root / "configs/test.py"),
+        "--config.train.num_steps=40",
+        "--config.train.eval_every_steps=4",
+        "--sweep",
+        "optimizer.learning_rate=0.001,0.003",
+        "--parallel",
+        "2",
+    ]
+    stopped = tmp_path / "stopped"
+    process = subprocess.Popen([*command, "--workdir", str(stopped)], stderr=subprocess.PIPE)
+    trials = [stopped / "trials/learning_rate=0.001", stopped / "trials/learning_rate=0.003"]
+    deadline = time.time() + 120
+    while not all((t / "metrics.jsonl").exists() for t in trials) and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 75, err[-2000:]
+    assert not any((t / "report.json").exists() for t in trials)
+    assert (
+        subprocess.run([*command, "--workdir", str(stopped)], capture_output=True).returncode == 0
+    )
+    uninterrupted = tmp_path / "uninterrupted"
+    assert (
+        subprocess.run([*command, "--workdir", str(uninterrupted)], capture_output=True).returncode
+        == 0
+    )
+    assert _table(stopped) == _table(uninterrupted)

@@ -19,6 +19,8 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +35,7 @@ from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
 from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
 from fnn_jax.train import train_and_evaluate
-from fnn_jax.train.loop import Preempted
+from fnn_jax.train.loop import Preempted, request_preemption
 
 log = logging.getLogger("fnn_jax")
 BACKENDS = ("local", "ray")
@@ -201,6 +203,9 @@ def _init_worker(shares: Any) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = threads
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    # SIGTERM (forwarded by the parent) must never kill a worker mid-setup: the trial's run
+    # notices it and stops at a step boundary with its state saved.
+    signal.signal(signal.SIGTERM, request_preemption)
 
 
 def _run_parallel(
@@ -223,6 +228,16 @@ def _run_parallel(
     pool = futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(shares,)
     )
+
+    def forward_sigterm(signum, frame) -> None:
+        # Preemption: each worker's run saves at its next step boundary and raises
+        # Preempted, which reaches this process through the futures and stops the sweep.
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, forward_sigterm) if on_main_thread else None
     try:
         pending = {
             pool.submit(_run_trial, planned[i].config, str(trial_results[i].workdir)): i
@@ -234,9 +249,15 @@ def _run_parallel(
             except futures.process.BrokenProcessPool as e:  # a worker died (out of memory?)
                 outcome = {"status": "failed", "error": f"BrokenProcessPool: {e}"}
             record(pending[future], outcome)
+    except Preempted:  # let the other running trials finish saving before we exit
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     pool.shutdown()
 
 

@@ -51,17 +51,29 @@ class Preempted(RuntimeError):
     """SIGTERM arrived; the run saved its state at a step boundary and stopped."""
 
 
+_SIGTERM_SEEN = threading.Event()  # set by request_preemption, e.g. in sweep workers
+
+
+def request_preemption(signum=None, frame=None) -> None:
+    """A SIGTERM handler for processes that run trials: the next (or current) run stops at
+    a step boundary and saves, however early the signal came."""
+    _SIGTERM_SEEN.set()
+
+
 class PreemptionFlag:
     """Turns SIGTERM into a flag the loop checks between steps (main thread only)."""
 
     def __init__(self):
-        self.requested = False
         self.previous = None
         if threading.current_thread() is threading.main_thread():
             self.previous = signal.signal(signal.SIGTERM, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        return _SIGTERM_SEEN.is_set()
+
     def _handle(self, signum, frame) -> None:
-        self.requested = True
+        _SIGTERM_SEEN.set()
 
     def restore(self) -> None:
         if self.previous is not None:
@@ -314,6 +326,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         checkpoints.close()
         metrics_log.close()
         if preemption.requested:
+            _SIGTERM_SEEN.clear()  # consumed: a later run in this process starts normally
             raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run again to resume")
         return {"interrupted_at": step}
     return _finish(
