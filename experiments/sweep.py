@@ -10,6 +10,9 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
         --sweep 'optimizer.learning_rate=log_uniform(1e-4,1e-2)' --sweep model.cell=lstm,gru
     python experiments/sweep.py ... --parallel 2      # two trials at once, cores split
     python experiments/sweep.py ... --backend ray --ray_address auto   # on a Ray cluster
+    python experiments/sweep.py --config configs/test.py --workdir runs/v --seeds 8 --vectorize
+        # trials that differ only in seed / lr / weight decay / momentum / l1 / l2 train
+        # together in one vmapped program, each with its own early stopping and checkpoints
 
 --config.key=value overrides change the base config of every trial. Running the same command
 again skips finished trials, resumes interrupted ones and retries failed ones. Exit status 1
@@ -46,6 +49,11 @@ flags.DEFINE_enum(
 )
 flags.DEFINE_string(
     "ray_address", None, "Ray cluster address for --backend ray; none starts a local Ray."
+)
+flags.DEFINE_bool(
+    "vectorize",
+    False,
+    "Train trials that differ only in seed and scalar optimizer settings together (jax.vmap).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -89,6 +97,7 @@ def main(argv: list[str]) -> None:
             parallel=FLAGS.parallel,
             backend=FLAGS.backend,
             ray_address=FLAGS.ray_address,
+            vectorize=FLAGS.vectorize,
         )
     except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
         sys.exit(f"error: {e}")

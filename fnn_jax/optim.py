@@ -85,15 +85,23 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
     return decay
 
 
-def base_optimizer(cfg: ml_collections.ConfigDict, lr: optax.ScalarOrSchedule):
+def base_optimizer(
+    cfg: ml_collections.ConfigDict,
+    lr: optax.ScalarOrSchedule,
+    weight_decay: float | jax.Array | None = None,
+    momentum: float | jax.Array | None = None,
+):
+    """The optimizer cfg.name; ``weight_decay``/``momentum`` (default: cfg's) may be traced."""
     check_choice("optimizer.name", cfg.name, OPTIMIZERS)
+    weight_decay = cfg.weight_decay if weight_decay is None else weight_decay
+    momentum = (cfg.momentum or None) if momentum is None else momentum
     if cfg.name == "adam":
         return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     if cfg.name == "adamw":
-        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=weight_decay)
     if cfg.name == "rmsprop":
-        return optax.rmsprop(lr, eps=cfg.eps, momentum=cfg.momentum or None)
-    return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+        return optax.rmsprop(lr, eps=cfg.eps, momentum=momentum)
+    return optax.sgd(lr, momentum=momentum, nesterov=cfg.nesterov)
 
 
 def first_match(params, patterns: Sequence[tuple[str, Any]], default: Any):
@@ -123,13 +131,20 @@ def make_optimizer(
     params=None,
     rules: Rules | None = None,
     lr_mults: Sequence[tuple[str, float]] = (),
+    *,
+    learning_rate: optax.Schedule | None = None,
+    weight_decay: jax.Array | None = None,
+    momentum: jax.Array | None = None,
 ) -> optax.GradientTransformation:
     """Gradient clipping, then the named optimizer with its schedule; frozen leaves untouched.
 
     ``rules`` (with ``params``) freeze parameters; without them everything trains.
     ``lr_mults`` scale the learning rate of the leaves whose path they match first.
+    ``learning_rate`` (a schedule), ``weight_decay`` and ``momentum`` replace cfg's values;
+    vectorised trials pass their own, traced, here.
     """
-    tx = base_optimizer(cfg, schedule(cfg, total_steps))
+    lr = schedule(cfg, total_steps) if learning_rate is None else learning_rate
+    tx = base_optimizer(cfg, lr, weight_decay, momentum)
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     if rules is not None:
@@ -139,20 +154,26 @@ def make_optimizer(
     return tx
 
 
-def penalty(params, l1: float, l2: float, exclude: str) -> jax.Array:
+def penalty(params, l1: float | jax.Array, l2: float | jax.Array, exclude: str) -> jax.Array:
     """lambda_1 * sum|w| + lambda_2 * sum w^2 over parameters whose path doesn't match exclude.
 
-    Kept in the loss, separate from AdamW's decoupled decay.
+    Kept in the loss, separate from AdamW's decoupled decay. ``l1``/``l2`` may be traced.
     """
     skip = re.compile(exclude) if exclude else None
     total = jnp.zeros((), jnp.float32)
-    if not (l1 or l2):
+    use_l1, use_l2 = not _is_zero(l1), not _is_zero(l2)
+    if not (use_l1 or use_l2):
         return total
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         if skip is not None and skip.search(path_str(path)):
             continue
-        if l1:
+        if use_l1:
             total = total + l1 * jnp.sum(jnp.abs(leaf))
-        if l2:
+        if use_l2:
             total = total + l2 * jnp.sum(jnp.square(leaf))
     return total
+
+
+def _is_zero(weight) -> bool:
+    """A Python 0 (term left out); a traced weight (a vectorised trial's) always counts."""
+    return isinstance(weight, int | float) and weight == 0

@@ -10,13 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")  # no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from fnn_jax.files import write_atomic, write_json  # noqa: E402
+from fnn_jax.files import write_atomic, write_json
 
 
 class MetricsLog:
@@ -91,7 +88,11 @@ class Progress:
 
 def plot_curves(records: list[dict[str, Any]], metric: str, path: Path) -> None:
     """curves.png: train and validation loss, and the chosen validation metric, against step."""
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    # A bare Figure (no pyplot state) with fixed margins: a third of the time of
+    # plt.subplots + tight_layout, which matters when a sweep draws one per trial.
+    fig = Figure(figsize=(10, 4))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
+    ax_loss, ax_metric = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("validation", "o-")):
         rows = [r for r in records if r["split"] == split and "loss" in r]
         if rows:
@@ -101,10 +102,8 @@ def plot_curves(records: list[dict[str, Any]], metric: str, path: Path) -> None:
     rows = [r for r in records if r["split"] == "validation" and metric in r]
     ax_metric.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color="C1")
     ax_metric.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
-    fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
 
 

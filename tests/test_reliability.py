@@ -18,7 +18,7 @@ from fnn_jax.checkpoint import CheckpointError, Checkpoints
 from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import train_and_evaluate
-from fnn_jax.train.loop import EXIT_PREEMPTED, _better
+from fnn_jax.train.loop import EXIT_PREEMPTED, improves
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40
@@ -191,9 +191,9 @@ def test_nonfinite_loss_stops_the_run_naming_the_step_and_saves_nothing_bad(tmp_
 
 
 def test_nan_validation_metric_never_becomes_best():
-    assert not _better(float("nan"), None, "max", 0.0)
-    assert not _better(float("nan"), 0.5, "min", 0.0)
-    assert _better(0.6, 0.5, "max", 0.0) and _better(0.4, 0.5, "min", 0.0)
+    assert not improves(float("nan"), None, "max", 0.0)
+    assert not improves(float("nan"), 0.5, "min", 0.0)
+    assert improves(0.6, 0.5, "max", 0.0) and improves(0.4, 0.5, "min", 0.0)
 
 
 def test_changed_training_settings_resume_with_a_warning_listing_them(tmp_path, caplog):

@@ -10,6 +10,10 @@ Layout of a sweep workdir::
 Re-running the same sweep skips finished trials (report.json present, config.json equal to
 the trial's config), resumes interrupted ones from their checkpoints (the runner does that)
 and re-tries failed ones.
+
+Work is handed out in units: one trial, or with ``vectorize`` a group of trials that differ
+only in seed and scalar optimizer settings, trained together by
+``fnn_jax.train.vectorized.train_together`` (each still in its own sub-workdir).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ from fnn_jax.sweep.results import SweepResult, TrialResult
 from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.loop import Preempted, request_preemption
+from fnn_jax.train.vectorized import group_key, train_together
 
 log = logging.getLogger("fnn_jax")
 BACKENDS = ("local", "ray")
+# A unit of work: the configs of its trials and their workdirs (one trial, or a vectorised
+# group); picklable, for worker processes and Ray tasks.
+Work = tuple[list[ml_collections.ConfigDict], list[str]]
 
 
 def run(
@@ -49,6 +57,7 @@ def run(
     parallel: int = 1,
     backend: str = "local",
     ray_address: str | None = None,
+    vectorize: bool = False,
 ) -> SweepResult:
     """Runs every trial of the sweep (``config`` with each trial's overrides) in ``workdir``.
 
@@ -57,8 +66,10 @@ def run(
     at once in spawned worker processes, the machine's cores split among them (see
     ``_init_worker``). ``backend="ray"`` sends the trials to a Ray cluster instead
     (``ray.init(address=ray_address)``; None starts a local one); the trial workdirs must then
-    be on storage every node can reach. KeyboardInterrupt stops the sweep; running it again
-    continues it.
+    be on storage every node can reach. ``vectorize``: trials that differ only in seed and
+    scalar optimizer settings train together as one vmapped program (a unit of work; see
+    ``vectorized.group_key``); the others run alone. KeyboardInterrupt stops the sweep;
+    running it again continues it.
     """
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1; got {parallel}")
@@ -82,14 +93,24 @@ def run(
             results_lib.write_tables(_summarise(workdir, trial_results), spec)
 
         results_lib.write_tables(_summarise(workdir, trial_results), spec)
-        workers = min(parallel, len(todo))
-        if backend == "ray" and todo:
-            _run_ray(planned, trial_results, todo, ray_address, record)
+        units = _units(planned, todo, vectorize)
+        work = [
+            ([planned[i].config for i in unit], [str(trial_results[i].workdir) for i in unit])
+            for unit in units
+        ]
+
+        def record_unit(u: int, outcomes: list[dict[str, Any]]) -> None:
+            for i, outcome in zip(units[u], outcomes, strict=True):
+                record(i, outcome)
+
+        workers = min(parallel, len(units))
+        if backend == "ray" and units:
+            _run_ray(work, ray_address, record_unit)
         elif workers <= 1:
-            for i in todo:
-                record(i, _run_trial(planned[i].config, str(trial_results[i].workdir)))
+            for u, (configs, dirs) in enumerate(work):
+                record_unit(u, _run_unit(configs, dirs))
         else:
-            _run_parallel(planned, trial_results, todo, workers, record)
+            _run_parallel(work, workers, record_unit)
 
         result = _summarise(workdir, trial_results)
         result.paths["plot"] = workdir / "sweep.png"
@@ -154,27 +175,58 @@ def _previous(trial: Trial, trial_dir: Path) -> TrialResult:
     return result
 
 
-def _run_trial(config: ml_collections.ConfigDict, trial_dir: str) -> dict[str, Any]:
-    """One trial, in this process or a worker: {"status", "report"} or {"status", "error"}.
+def _units(planned: list[Trial], todo: list[int], vectorize: bool) -> list[list[int]]:
+    """The ``todo`` trials as units of work: each alone, or with ``vectorize`` grouped by
+    ``group_key`` (in order of first appearance; a trial that fine-tunes stays alone)."""
+    if not vectorize:
+        return [[i] for i in todo]
+    groups: dict[str, list[int]] = {}
+    units = []
+    for i in todo:
+        key = group_key(planned[i].config)
+        if key is None:
+            units.append([i])
+        elif key in groups:
+            groups[key].append(i)
+        else:
+            groups[key] = [i]
+            units.append(groups[key])
+    log.info("vectorised: %d trials in %d programs", len(todo), len(units))
+    return units
+
+
+def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list[dict[str, Any]]:
+    """One unit of work, in this process, a worker or a Ray task: per trial, {"status",
+    "report"} or {"status", "error"}.
 
     Exceptions become a failed status (traceback to error.txt). Preempted (SIGTERM: the
-    trial saved its state), KeyboardInterrupt and other BaseExceptions propagate and stop the
-    sweep: the trial is not broken, and the next invocation resumes it.
+    trials saved their state), KeyboardInterrupt and other BaseExceptions propagate and stop
+    the sweep: the trials are not broken, and the next invocation resumes them.
     """
-    path = Path(trial_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    error_file = path / "error.txt"
-    error_file.unlink(missing_ok=True)
+    paths = [Path(d) for d in dirs]
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "error.txt").unlink(missing_ok=True)
     try:
-        report = train_and_evaluate(config, path)
+        if len(configs) == 1:
+            results = [train_and_evaluate(configs[0], paths[0])]
+        else:
+            results = train_together(configs, paths)
     except Preempted:
         raise
-    except Exception as e:
-        write_atomic(error_file, traceback.format_exc())
-        return {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-    if "interrupted_at" in report:  # the runner stopped early on its own; resumable
+    except Exception as e:  # for a group: the whole program failed, so every trial did
+        results = [e] * len(configs)
+    return [_outcome(result, path) for result, path in zip(results, paths, strict=True)]
+
+
+def _outcome(result: dict[str, Any] | Exception, trial_dir: Path) -> dict[str, Any]:
+    """A run's report, interruption or exception, as the sweep records it."""
+    if isinstance(result, Exception):
+        write_atomic(trial_dir / "error.txt", "".join(traceback.format_exception(result)))
+        return {"status": "failed", "error": f"{type(result).__name__}: {result}"}
+    if "interrupted_at" in result:  # the runner stopped early on its own; resumable
         return {"status": "pending"}
-    return {"status": "done", "report": report}
+    return {"status": "done", "report": result}
 
 
 # ---------------------------------------------------------------------------- parallel
@@ -208,17 +260,11 @@ def _init_worker(shares: Any) -> None:
     signal.signal(signal.SIGTERM, request_preemption)
 
 
-def _run_parallel(
-    planned: list[Trial],
-    trial_results: list[TrialResult],
-    todo: list[int],
-    workers: int,
-    record: Any,
-) -> None:
-    """Runs the ``todo`` trials in ``workers`` spawned processes ('spawn': a fork of a process
-    that already started JAX's threads can deadlock). On KeyboardInterrupt, trials not yet
-    started are cancelled; running ones stop with their own SIGINT (Ctrl-C reaches the whole
-    process group) or finish."""
+def _run_parallel(work: list[Work], workers: int, record_unit: Any) -> None:
+    """Runs the units of ``work`` in ``workers`` spawned processes ('spawn': a fork of a
+    process that already started JAX's threads can deadlock). On KeyboardInterrupt, units not
+    yet started are cancelled; running ones stop with their own SIGINT (Ctrl-C reaches the
+    whole process group) or finish."""
     context = multiprocessing.get_context("spawn")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     cpus = cpus or list(range(os.cpu_count() or 1))
@@ -239,16 +285,16 @@ def _run_parallel(
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, forward_sigterm) if on_main_thread else None
     try:
-        pending = {
-            pool.submit(_run_trial, planned[i].config, str(trial_results[i].workdir)): i
-            for i in todo
-        }
+        pending = {pool.submit(_run_unit, *unit): u for u, unit in enumerate(work)}
         for future in futures.as_completed(pending):
+            u = pending[future]
             try:
-                outcome = future.result()
+                outcomes = future.result()
             except futures.process.BrokenProcessPool as e:  # a worker died (out of memory?)
-                outcome = {"status": "failed", "error": f"BrokenProcessPool: {e}"}
-            record(pending[future], outcome)
+                outcomes = [{"status": "failed", "error": f"BrokenProcessPool: {e}"}] * len(
+                    work[u][0]
+                )
+            record_unit(u, outcomes)
     except Preempted:  # let the other running trials finish saving before we exit
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -264,14 +310,8 @@ def _run_parallel(
 # ---------------------------------------------------------------------------- ray
 
 
-def _run_ray(
-    planned: list[Trial],
-    trial_results: list[TrialResult],
-    todo: list[int],
-    address: str | None,
-    record: Any,
-) -> None:
-    """Runs the ``todo`` trials as Ray tasks (one CPU each), recording each as it finishes.
+def _run_ray(work: list[Work], address: str | None, record_unit: Any) -> None:
+    """Runs the units of ``work`` as Ray tasks (one CPU each), recording each as it finishes.
 
     A task that dies (its node lost, say) is recorded as failed and retried by the next run.
     """
@@ -285,16 +325,17 @@ def _run_ray(
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1)(_run_trial)
-        pending = {remote.remote(planned[i].config, str(trial_results[i].workdir)): i for i in todo}
+        remote = ray.remote(num_cpus=1)(_run_unit)
+        pending = {remote.remote(*unit): u for u, unit in enumerate(work)}
         while pending:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready)
+            u = pending.pop(ready)
             try:
-                outcome = ray.get(ready)
+                outcomes = ray.get(ready)
             except ray.exceptions.RayError as e:
-                outcome = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-            record(i, outcome)
+                failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                outcomes = [failed] * len(work[u][0])
+            record_unit(u, outcomes)
     finally:
         if started_here:
             ray.shutdown()

@@ -35,6 +35,7 @@ from fnn_jax.train.steps import (
     compute_features,
     count_params,
     evaluate,
+    init_params,
     make_eval_step,
     make_train_step,
     to_device_batch,
@@ -58,6 +59,11 @@ def request_preemption(signum=None, frame=None) -> None:
     """A SIGTERM handler for processes that run trials: the next (or current) run stops at
     a step boundary and saves, however early the signal came."""
     _SIGTERM_SEEN.set()
+
+
+def clear_preemption() -> None:
+    """Marks a SIGTERM as handled (its run saved and stopped): later runs start normally."""
+    _SIGTERM_SEEN.clear()
 
 
 class PreemptionFlag:
@@ -118,7 +124,7 @@ def default_stages(config: ml_collections.ConfigDict, total_steps: int) -> list[
     return [Stage("train", total_steps, config.optimizer, None, config.train.patience)]
 
 
-def _better(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     if np.isnan(value):
         return False
     if best is None:
@@ -159,13 +165,35 @@ def _train_batches(split, batch_size: int, seed: int, start: int, end: int):
                 return
 
 
-def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
-    started = time.time()
-    dataset = load_dataset(config.data)
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config fixes before training starts: data, task, model and step budget."""
+
+    dataset: data_lib.Dataset
+    task: Task
+    metric: str  # the validation metric for early stopping and the best checkpoint
+    mode: str  # "min" | "max": which way ``metric`` improves
+    spec: Any  # the shape/dtype every train batch must have (data.batch_spec)
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    eval_every: int
+    model: Any
+    sample: dict  # a train batch, for model.init
+
+    def train_batches(self, seed: int, start: int, end: int):
+        """Checked train batches (index in epoch, batch) for global steps start..end-1."""
+        name, train = self.dataset.name, self.dataset.train
+        for i, batch in _train_batches(train, self.batch_size, seed, start, end):
+            data_lib.check_batch(batch, dataset=name, split="train", index=i, expected=self.spec)
+            yield i, batch
+
+
+def setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None) -> Setup:
+    """The run's Setup (``dataset``: config.data already loaded, e.g. shared by trials)."""
+    dataset = dataset or load_dataset(config.data)
     task = Task(dataset.task, dataset.num_classes)
     metric = config.train.early_stopping_metric or task.main_metric
-    mode = metric_mode(metric)
-    spec = data_lib.batch_spec(dataset)
     batch_size = config.data.batch_size
     steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
     if steps_per_epoch == 0:
@@ -173,13 +201,48 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
             f"config.data.batch_size={batch_size} is larger than the training split "
             f"of {dataset.name!r} ({len(dataset.train)} rows)"
         )
-    total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
-    eval_every = config.train.eval_every_steps or steps_per_epoch
+    return Setup(
+        dataset=dataset,
+        task=task,
+        metric=metric,
+        mode=metric_mode(metric),
+        spec=data_lib.batch_spec(dataset),
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=config.train.num_steps or config.train.num_epochs * steps_per_epoch,
+        eval_every=config.train.eval_every_steps or steps_per_epoch,
+        model=build_model(config.model, dataset),
+        sample=to_device_batch(next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))),
+    )
 
-    model = build_model(config.model, dataset)
-    sample = to_device_batch(next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0)))
+
+def initial_progress(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The bookkeeping a fresh run starts with (saved beside every checkpoint)."""
+    return {
+        "lora_rank": config.finetune.lora_rank,
+        "lora_alpha": config.finetune.lora_alpha,
+        "stage": 0,
+        "stage_start": 0,
+        "best_value": None,
+        "best_step": None,
+        "bad_evals": 0,
+        "stopped": False,
+        "nonfinite_steps": 0,
+    }
+
+
+def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
+    started = time.time()
+    plan = setup(config)
+    dataset, task, metric, mode = plan.dataset, plan.task, plan.metric, plan.mode
+    steps_per_epoch, total_steps, eval_every = (
+        plan.steps_per_epoch,
+        plan.total_steps,
+        plan.eval_every,
+    )
+    model, sample = plan.model, plan.sample
     init_key, dropout_key, lora_key = jax.random.split(jax.random.key(config.seed), 3)
-    model_params = model.init(init_key, sample["inputs"], sample["lengths"])["params"]
+    model_params = init_params(model, init_key, sample)
     sums0 = zero_sums(model, task, model_params, sample)
     fresh_sums = lambda: jax.tree.map(jnp.zeros_like, sums0)  # new buffers: steps donate them
     # What the optimizer trains: the model's parameters, or those plus LoRA adapters.
@@ -203,17 +266,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
     else:
         params = finetune.initial_params(config, params)
         state = fresh_state(params, stages[0], 0)
-        progress = {
-            "lora_rank": config.finetune.lora_rank,
-            "lora_alpha": config.finetune.lora_alpha,
-            "stage": 0,
-            "stage_start": 0,
-            "best_value": None,
-            "best_step": None,
-            "bad_evals": 0,
-            "stopped": False,
-            "nonfinite_steps": 0,
-        }
+        progress = initial_progress(config)
 
     step = int(state.step)
     metrics_log = reporting.MetricsLog(workdir, resume_step=step)
@@ -232,7 +285,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         )
         metrics_log.write(step, "validation", val)
         value = val[metric]
-        if _better(value, progress["best_value"], mode, config.train.min_delta):
+        if improves(value, progress["best_value"], mode, config.train.min_delta):
             progress.update(best_value=value, best_step=step, bad_evals=0)
         else:
             progress["bad_evals"] += 1
@@ -262,10 +315,7 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                 stage.patience and progress["bad_evals"] >= stage.patience
             )
             end = step if stage_done else stage_end
-            for i, batch in _train_batches(dataset.train, batch_size, config.seed, step, end):
-                data_lib.check_batch(
-                    batch, dataset=dataset.name, split="train", index=i, expected=spec
-                )
+            for _, batch in plan.train_batches(config.seed, step, end):
                 device_batch = to_device_batch(batch)
                 if cached:
                     device_batch = {**device_batch, "features": features[batch["index"]]}
@@ -326,10 +376,10 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
         checkpoints.close()
         metrics_log.close()
         if preemption.requested:
-            _SIGTERM_SEEN.clear()  # consumed: a later run in this process starts normally
+            clear_preemption()
             raise Preempted(f"SIGTERM: saved step {step} in {workdir}; run again to resume")
         return {"interrupted_at": step}
-    return _finish(
+    return finish(
         dict(
             config=config,
             workdir=workdir,
@@ -362,14 +412,15 @@ def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
     return counts
 
 
-def _finish(run: dict[str, Any]) -> dict[str, Any]:
+def finish(run: dict[str, Any]) -> dict[str, Any]:
     """Restores the best checkpoint, evaluates it on validation and test, exports its merged
     parameters and writes the report."""
     config, workdir, dataset, task = run["config"], run["workdir"], run["dataset"], run["task"]
     checkpoints, progress, step = run["checkpoints"], run["progress"], run["step"]
     best_step = progress["best_step"] if progress["best_step"] is not None else step
     if best_step in checkpoints.steps():
-        params = jax.tree.map(jnp.asarray, checkpoints.restore_saved(best_step)[0]["params"])
+        # Host copies: committed arrays straight from Orbax would make eval_step recompile.
+        params = jax.tree.map(np.asarray, checkpoints.restore_saved(best_step)[0]["params"])
     else:
         params = run["state"].params
     batch_size = config.data.eval_batch_size
@@ -399,6 +450,7 @@ def _finish(run: dict[str, Any]) -> dict[str, Any]:
             "export": str(workdir / "export"),
             "tensorboard": str(workdir / "tensorboard"),
         },
+        **run.get("extra", {}),
     }
     reporting.plot_curves(run["metrics_log"].records, run["metric"], workdir / "curves.png")
     reporting.write_report(workdir, report)

@@ -101,18 +101,19 @@ def stop_frozen_gradients(params: Any, frozen: Any | None) -> Any:
     return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
 
 
-def make_train_step(
+def train_step_body(
     model: nn.Module,
-    tx: optax.GradientTransformation,
     task: Task,
-    regularization: ml_collections.ConfigDict,
-    dropout_key: Array,
+    exclude: str = "",
     frozen: Any | None = None,
     to_model: Callable[[Any], Any] = lambda tree: tree,
     cached_features: bool = False,
-) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
-    """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``.
+) -> Callable[..., tuple[TrainState, Array]]:
+    """The un-jitted ``body(state, batch, dropout_key, tx, l1, l2) -> (state, finite)``.
 
+    Everything a trial may vary (the dropout key, the optimizer, the penalty weights) is an
+    argument, so ``jax.vmap`` can run several trials at once (fnn_jax.train.vectorized).
+    ``l1``/``l2`` may be traced scalars; a Python 0 leaves its penalty term out.
     ``frozen``: True where a leaf of state.params is frozen (its gradient is not computed).
     ``to_model``: maps state.params to the model's parameters (e.g. merges LoRA adapters).
     ``cached_features``: the batch carries ``features`` (the frozen encoder's output,
@@ -120,7 +121,6 @@ def make_train_step(
     A step whose loss or gradients are not finite changes nothing but the step counter
     (``finite`` is False); the caller decides how many such steps to tolerate.
     """
-    reg = regularization
 
     def forward(params, batch, key):
         variables, rngs = {"params": to_model(params)}, {"dropout": key}
@@ -130,14 +130,14 @@ def make_train_step(
             )
         return model.apply(variables, batch["inputs"], batch["lengths"], train=True, rngs=rngs)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
+    def body(state: TrainState, batch: dict, dropout_key: Array, tx, l1, l2):
         key = jax.random.fold_in(dropout_key, state.step)
 
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)
             outputs = forward(params, batch, key)
             loss, sums = task.loss_and_sums(outputs, batch)
-            return loss + penalty(params, reg.l1, reg.l2, reg.exclude), sums
+            return loss + penalty(params, l1, l2, exclude), sums
 
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -155,19 +155,47 @@ def make_train_step(
             finite,
         )
 
+    return body
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    task: Task,
+    regularization: ml_collections.ConfigDict,
+    dropout_key: Array,
+    frozen: Any | None = None,
+    to_model: Callable[[Any], Any] = lambda tree: tree,
+    cached_features: bool = False,
+) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
+    """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``
+    (one trial; see ``train_step_body`` for the arguments)."""
+    reg = regularization
+    body = train_step_body(model, task, reg.exclude, frozen, to_model, cached_features)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
+        return body(state, batch, dropout_key, tx, reg.l1, reg.l2)
+
     return jax.jit(train_step, donate_argnums=0)
+
+
+def eval_step_body(
+    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = lambda tree: tree
+) -> Callable[[Any, dict], Any]:
+    """The un-jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
+
+    def eval_step(params, batch):
+        outputs = model.apply({"params": to_model(params)}, batch["inputs"], batch["lengths"])
+        return task.loss_and_sums(outputs, batch)[1]
+
+    return eval_step
 
 
 def make_eval_step(
     model: nn.Module, task: Task, to_model: Callable[[Any], Any] = lambda tree: tree
 ) -> Callable[[Any, dict], Any]:
     """A jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
-
-    def eval_step(params, batch):
-        outputs = model.apply({"params": to_model(params)}, batch["inputs"], batch["lengths"])
-        return task.loss_and_sums(outputs, batch)[1]
-
-    return jax.jit(eval_step)
+    return jax.jit(eval_step_body(model, task, to_model))
 
 
 def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
@@ -190,6 +218,18 @@ def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch
     return jnp.concatenate(parts)[: len(split)]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: nn.Module, key: Array, inputs: Array, lengths: Array) -> Any:
+    return model.init(key, inputs, lengths)["params"]
+
+
+def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
+    """The model's initial parameters for ``key``, shaped by ``batch`` (compiled once, so a
+    second run or a vectorised group's trials reuse the program)."""
+    return _init(model, key, batch["inputs"], batch["lengths"])
+
+
+@jax.jit
 def all_finite(tree: Any) -> Array:
     leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

@@ -1,0 +1,216 @@
+"""Vectorised trials: K trials in one vmapped program give what K runs one by one give.
+
+The reference is the ordinary runner, ``train_and_evaluate``, on each trial's config: the
+same stopping step and best step, metrics and parameters equal to float tolerance (batched
+matrix products may round differently). Each trial keeps its own early stopping, checkpoints
+and workdir, so an interrupted group resumes (together, or a trial alone) to the same result.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from fnn_jax import sweep
+from fnn_jax.checkpoint import load_exported
+from fnn_jax.sweep import runner
+from fnn_jax.train import train_and_evaluate
+from fnn_jax.train.loop import Preempted, request_preemption
+from fnn_jax.train.vectorized import train_together
+
+ROOT = Path(__file__).resolve().parents[1]
+# configs/test.py shrunk to 4 steps of a 4-unit Elman net: for tests of bookkeeping.
+TINY = {
+    "model.cell": "elman",
+    "model.hidden_size": 4,
+    "train.num_steps": 4,
+    "train.eval_every_steps": 2,
+    "train.log_every_steps": 2,
+    "optimizer.warmup_steps": 0,
+}
+
+
+def _config(**overrides):
+    """configs/test.py (24 steps of a 16-unit LSTM on digits, validation every 8 steps) with
+    AdamW, early stopping after one evaluation without improvement, and ``overrides``."""
+    config = test_config.get_config()
+    with config.unlocked():
+        config.optimizer.name = "adamw"
+        config.train.patience = 1
+    return sweep.apply_overrides(config, overrides)
+
+
+def _tiny(**overrides):
+    return sweep.apply_overrides(test_config.get_config(), {**TINY, **overrides})
+
+
+# Trial 2's learning rate is too small to change the validation accuracy: it stops early.
+TRIALS = [
+    {"seed": 0, "optimizer.learning_rate": 3e-3},
+    {
+        "seed": 1,
+        "optimizer.learning_rate": 1e-2,
+        "optimizer.weight_decay": 0.1,
+        "regularization.l1": 1e-4,
+        "regularization.l2": 1e-3,
+    },
+    {"seed": 2, "optimizer.learning_rate": 1e-7, "optimizer.weight_decay": 0.0},
+]
+
+
+def _results(report):
+    """{"validation/accuracy": ..., "test/loss": ...}"""
+    return {
+        f"{split}/{name}": value
+        for split in ("validation", "test")
+        for name, value in report["results"][split].items()
+    }
+
+
+def _curve(workdir):
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def assert_same_run(one, alone_dir, together, together_dir, exact=False):
+    """Two runs of one trial agree: steps, best step and stop exactly; metrics, curves and
+    exported parameters to float tolerance (or bit for bit with ``exact``)."""
+    for key in ("steps", "best_step", "stopped_early", "nonfinite_steps"):
+        assert together[key] == one[key], key
+    close = (lambda a, b: a == b) if exact else (lambda a, b: b == pytest.approx(a, 1e-5, 1e-6))
+    assert close(_results(one), _results(together))
+    curve, other = _curve(alone_dir), _curve(together_dir)
+    assert [(r["step"], r["split"]) for r in other] == [(r["step"], r["split"]) for r in curve]
+    for a, b in zip(curve, other, strict=True):
+        numbers = lambda record: {k: v for k, v in record.items() if k != "split"}
+        assert close(numbers(a), numbers(b))
+    params = jax.tree.leaves(load_exported(Path(alone_dir) / "export"))
+    others = jax.tree.leaves(load_exported(Path(together_dir) / "export"))
+    for a, b in zip(params, others, strict=True):
+        if exact:
+            np.testing.assert_array_equal(b, a)
+        else:
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=2e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """TRIALS run one by one, and together."""
+    root = tmp_path_factory.mktemp("vectorized")
+    configs = [_config(**trial) for trial in TRIALS]
+    alone = [root / f"alone{k}" for k in range(len(configs))]
+    together = [root / f"together{k}" for k in range(len(configs))]
+    reports = [train_and_evaluate(c, d) for c, d in zip(configs, alone, strict=True)]
+    return configs, alone, reports, together, train_together(configs, together)
+
+
+def test_vectorized_trials_equal_the_same_trials_run_one_by_one(runs):
+    _, alone, reports, together, vectorized = runs
+    for k in range(len(TRIALS)):
+        assert_same_run(reports[k], alone[k], vectorized[k], together[k])
+        assert vectorized[k]["vectorized_with"] == len(TRIALS)
+    # Each trial stopped on its own: trial 2 early, the others at the end.
+    assert [r["steps"] for r in vectorized] == [24, 24, 16]
+    assert [r["stopped_early"] for r in vectorized] == [False, False, True]
+
+
+def test_an_interrupted_group_resumes_together_or_alone_to_the_same_results(runs, tmp_path):
+    configs, alone, reports, together, vectorized = runs
+    dirs = [tmp_path / f"t{k}" for k in range(len(configs))]
+    stopped = train_together(configs, dirs, stop_after_steps=10)
+    assert stopped == [{"interrupted_at": 10}] * len(configs)
+    assert all((d / "checkpoints/10").is_dir() for d in dirs)
+    # Trial 0 resumes alone (the ordinary runner reads the group's checkpoint), the others
+    # together: each ends as it would have.
+    assert_same_run(reports[0], alone[0], train_and_evaluate(configs[0], dirs[0]), dirs[0])
+    rest = train_together(configs[1:], dirs[1:])
+    for k, report in enumerate(rest, 1):
+        assert_same_run(vectorized[k], together[k], report, dirs[k])
+
+
+def test_a_preempted_group_saves_every_trial_and_resumes_bit_for_bit(tmp_path):
+    configs = [_tiny(seed=seed) for seed in range(3)]
+    uninterrupted = train_together(configs, [tmp_path / f"u{k}" for k in range(3)])
+    dirs = [tmp_path / f"p{k}" for k in range(3)]
+    request_preemption()  # as a SIGTERM would: the group stops after its current step
+    with pytest.raises(Preempted, match="saved 3 vectorised trials"):
+        train_together(configs, dirs)
+    assert all((d / "checkpoints/1").is_dir() for d in dirs)
+    assert not any((d / "report.json").exists() for d in dirs)
+    for k, report in enumerate(train_together(configs, dirs)):
+        assert_same_run(uninterrupted[k], tmp_path / f"u{k}", report, dirs[k], exact=True)
+
+
+def test_momentum_trials_train_together_as_they_train_alone(tmp_path):
+    trials = [
+        {"seed": 0, "optimizer.momentum": 0.9, "optimizer.learning_rate": 0.05},
+        {"seed": 1, "optimizer.momentum": 0.5, "optimizer.learning_rate": 0.2},
+    ]
+    configs = [_tiny(**{"optimizer.name": "sgd", **trial}) for trial in trials]
+    dirs = [tmp_path / f"together{k}" for k in range(2)]
+    together = train_together(configs, dirs)
+    for k, config in enumerate(configs):
+        one = train_and_evaluate(config, tmp_path / f"alone{k}")
+        assert_same_run(one, tmp_path / f"alone{k}", together[k], dirs[k])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"model.hidden_size": 8}, r"model\.hidden_size: 4 -> 8"),
+        ({"data.batch_size": 8}, r"data\.batch_size: 16 -> 8"),
+        ({"optimizer.momentum": 0.0}, r"optimizer\.momentum: 0 and non-zero"),
+        ({"init_from": "runs/pretrained"}, r"trial 1 fine-tunes"),
+    ],
+)
+def test_trials_that_differ_in_more_than_scalar_settings_are_refused(overrides, message, tmp_path):
+    configs = [_tiny(**{"optimizer.name": "sgd"}), _tiny(**{"optimizer.name": "sgd", **overrides})]
+    with pytest.raises(ValueError, match=message):
+        train_together(configs, [tmp_path / "a", tmp_path / "b"])
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_vectorized_sweep_from_the_command_line_matches_the_sequential_sweep(tmp_path):
+    """--vectorize: L2 x seeds train as one program per hidden size; the NaN-penalty
+    trials fail alone; every trial ends as in a sweep run trial by trial."""
+    axes = ["regularization.l2=0.001,nan", "model.hidden_size=4,6"]
+    command = [sys.executable, str(ROOT / "experiments/sweep.py")]
+    command += ["--config", str(ROOT / "configs/test.py")]
+    command += [f"--config.{key}={value}" for key, value in TINY.items()]
+    command += [f"--sweep={axis}" for axis in axes]
+    command += ["--vectorize", "--workdir", str(tmp_path / "v")]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]  # 1: some trials failed
+    assert "best trial:" in done.stdout and "failed: l2=nan" in done.stdout
+
+    sequential = sweep.run(_tiny(), sweep.parse_cli(axes, _tiny()), tmp_path / "s")
+    for trial in sequential.trials:
+        vectorized = tmp_path / "v/trials" / trial.name
+        if trial.status == "failed":
+            assert "l2=nan" in trial.name
+            error = (vectorized / "error.txt").read_text()
+            assert "FloatingPointError: non-finite loss or gradient at step 1" in error
+            assert not (vectorized / "report.json").exists()
+            continue
+        report = json.loads((vectorized / "report.json").read_text())
+        assert report["vectorized_with"] == 2  # l2 0.001 and nan, for this hidden size
+        assert _results(report) == pytest.approx(_results(trial.report), 1e-5, 1e-6)
+
+
+def test_fine_tuning_trials_stay_alone_and_the_others_group_by_shared_settings():
+    base = _tiny()
+    trials = [
+        {"seed": 0, "model.hidden_size": 4},
+        {"seed": 1, "model.hidden_size": 8},
+        {"seed": 2, "model.hidden_size": 4},
+        {"seed": 3, "init_from": "runs/pretrained"},
+        {"seed": 4, "optimizer.learning_rate": 0.1, "model.hidden_size": 8},
+    ]
+    planned = sweep.validate_sweep(base, trials)
+    assert runner._units(planned, [0, 1, 2, 3, 4], vectorize=True) == [[0, 2], [1, 4], [3]]
+    assert runner._units(planned, [1, 2], vectorize=False) == [[1], [2]]
