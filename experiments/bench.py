@@ -26,6 +26,10 @@ float32. Results print as a table and go to --out as JSON with the device, versi
 Section ``finetune`` (experiments/bench_finetune.py) times one epoch of a head-only stage on
 cached frozen features against one epoch of full fine-tuning.
 
+Section ``vectorize`` (experiments/bench_vectorize.py) times 8 seeds of the digits LSTM
+trained as one vectorised program against the same 8 runs one by one (whole runs: compile,
+train, validate, checkpoint, report).
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -48,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
+from bench_vectorize import section_vectorize
 
 from fnn_jax.layers import Recurrent
 
@@ -336,6 +341,7 @@ def section_cells(cfg: Config) -> dict[str, Any]:
 SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "cells": section_cells,
     "finetune": section_finetune,
+    "vectorize": section_vectorize,
 }
 
 

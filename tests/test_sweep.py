@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
-from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from configs import test as test_config
 from fnn_jax import config as config_lib
@@ -321,28 +319,7 @@ REAL_TRIALS = sweep.product({LR: [1e-3, 3e-2]}) + [{"data.batch_size": 4096}]  #
 
 
 @pytest.fixture(scope="module")
-def persistent_cache(tmp_path_factory):
-    """The same trials train in several sweeps here; a persistent compilation cache compiles
-    each once (about 10 s -> 2 s a trial on a busy CPU). Workers inherit it through the
-    environment. Restored afterwards."""
-    settings = {
-        "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-        "jax_persistent_cache_min_compile_time_secs": 0.0,
-    }
-    old = {name: getattr(jax.config, name) for name in settings}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in settings.items():
-            patch.setenv(name.upper(), str(value))  # read by spawned workers' jax import
-            jax.config.update(name, value)
-        jax_cache.reset_cache()  # a cache checked earlier in this process is re-read
-        yield
-        for name, value in old.items():
-            jax.config.update(name, value)
-        jax_cache.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def killed_and_resumed(tmp_path_factory, persistent_cache):
+def killed_and_resumed(tmp_path_factory):
     """A serial sweep killed half-way through its second trial, then started again."""
     workdir = tmp_path_factory.mktemp("killed")
     real, calls, seen = runner.train_and_evaluate, [], {}

@@ -5,6 +5,7 @@
                                         "model.hidden_size": [64, 128]}), 3)
     result = sweep.run(config, trials, "runs/my_sweep", parallel=2)
     print(result.table(), result.best.name)
+    sweep.run(config, sweep.seeds([{}], 8), "runs/seeds", vectorize=True)  # one vmapped program
 
 A trial is a dict of dotted config keys to values; a sweep is a list of them (``product``,
 ``zipped``, ``random_search``, ``seeds``, ``parse_cli``, or any list you write). Every trial is

@@ -125,6 +125,7 @@ def default_stages(config: ml_collections.ConfigDict, total_steps: int) -> list[
 
 
 def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    """Whether a validation value beats the best so far by more than min_delta (never NaN)."""
     if np.isnan(value):
         return False
     if best is None:
@@ -414,7 +415,7 @@ def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
 
 def finish(run: dict[str, Any]) -> dict[str, Any]:
     """Restores the best checkpoint, evaluates it on validation and test, exports its merged
-    parameters and writes the report."""
+    parameters and writes the report (``run["extra"]``, if given, is added to it)."""
     config, workdir, dataset, task = run["config"], run["workdir"], run["dataset"], run["task"]
     checkpoints, progress, step = run["checkpoints"], run["progress"], run["step"]
     best_step = progress["best_step"] if progress["best_step"] is not None else step

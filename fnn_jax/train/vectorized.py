@@ -172,6 +172,9 @@ def zero_rows(rows: jax.Array, tree: Any) -> Any:
 
 
 class _Group:
+    """The trials' stacked device state ([trials, ...] leaves) and the loop that drives it,
+    step by step as the single-run loop does, with every decision taken per trial."""
+
     def __init__(self, configs, workdirs):
         self.started = time.time()
         self.configs = list(configs)
@@ -281,9 +284,10 @@ class _Group:
                 if preemption.requested or (
                     stop_after_steps is not None and ran >= stop_after_steps
                 ):
-                    for k, trial in enumerate(self.trials):
-                        if trial.active and k not in saved:
-                            self._save(k, self.slices()[k])
+                    unsaved = [k for k, t in enumerate(self.trials) if t.active and k not in saved]
+                    slices = self.slices() if unsaved else []
+                    for k in unsaved:
+                        self._save(k, slices[k])
                     interrupted = True
                     break
         finally:
@@ -319,7 +323,8 @@ class _Group:
         for trial in self.trials:
             rows.append(to_device_batch(next(trial.batches)[1]) if trial.active else None)
         filler = next(row for row in rows if row is not None)  # inactive: any batch, masked
-        batch = {name: np.stack([(row or filler)[name] for row in rows]) for name in filler}
+        rows = [filler if row is None else row for row in rows]
+        batch = {name: np.stack([row[name] for row in rows]) for name in filler}
         self.state, finite = self.train_step(
             self.state, batch, self.dropout_keys, self.hyper, active
         )
