@@ -66,6 +66,8 @@ def config_file_sweep() -> list[dict]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, "get_sweep"):
+        if FLAGS.seeds:
+            return [{}]  # the config itself, repeated over seeds
         raise app.UsageError(f"{path} has no get_sweep(); give the axes with --sweep key=v1,v2")
     return module.get_sweep()
 
