@@ -190,9 +190,9 @@ class Setup:
             yield i, batch
 
 
-def setup(config: ml_collections.ConfigDict, dataset: data_lib.Dataset | None = None) -> Setup:
-    """The run's Setup (``dataset``: config.data already loaded, e.g. shared by trials)."""
-    dataset = dataset or load_dataset(config.data)
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """The run's Setup: config.data loaded, the model built, the step budget worked out."""
+    dataset = load_dataset(config.data)
     task = Task(dataset.task, dataset.num_classes)
     metric = config.train.early_stopping_metric or task.main_metric
     batch_size = config.data.batch_size
@@ -236,12 +236,8 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
     started = time.time()
     plan = setup(config)
     dataset, task, metric, mode = plan.dataset, plan.task, plan.metric, plan.mode
-    steps_per_epoch, total_steps, eval_every = (
-        plan.steps_per_epoch,
-        plan.total_steps,
-        plan.eval_every,
-    )
-    model, sample = plan.model, plan.sample
+    steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
+    model, sample, eval_every = plan.model, plan.sample, plan.eval_every
     init_key, dropout_key, lora_key = jax.random.split(jax.random.key(config.seed), 3)
     model_params = init_params(model, init_key, sample)
     sums0 = zero_sums(model, task, model_params, sample)

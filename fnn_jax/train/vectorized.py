@@ -263,10 +263,10 @@ class _Group:
             else:
                 trial.batches = plan.train_batches(trial.config.seed, trial.step, self.total)
             trial.metrics_log = reporting.MetricsLog(trial.workdir, resume_step=trial.step)
-        slices = self.slices()
-        for trial, state in zip(self.trials, slices, strict=True):
-            if not trial.active:
-                trial.final_state = state
+        if not all(t.active for t in self.trials):  # done before this call: keep their state
+            for trial, state in zip(self.trials, self.slices(), strict=True):
+                if not trial.active:
+                    trial.final_state = state
         bar = reporting.Progress(
             self.total, min(t.step for t in self.trials), cfg.train.log_every_steps
         )
