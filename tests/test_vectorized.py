@@ -7,6 +7,7 @@ and workdir, so an interrupted group resumes (together, or a trial alone) to the
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -119,31 +120,22 @@ def test_vectorized_trials_equal_the_same_trials_run_one_by_one(runs):
     assert [r["stopped_early"] for r in vectorized] == [False, False, True]
 
 
-def test_an_interrupted_group_resumes_together_or_alone_to_the_same_results(runs, tmp_path):
+def test_an_interrupted_group_resumes_bit_for_bit_and_its_trials_resume_alone(runs, tmp_path):
     configs, alone, reports, together, vectorized = runs
     dirs = [tmp_path / f"t{k}" for k in range(len(configs))]
     stopped = train_together(configs, dirs, stop_after_steps=10)
     assert stopped == [{"interrupted_at": 10}] * len(configs)
-    assert all((d / "checkpoints/10").is_dir() for d in dirs)
-    # Trial 0 resumes alone (the ordinary runner reads the group's checkpoint), the others
-    # together: each ends as it would have.
-    assert_same_run(reports[0], alone[0], train_and_evaluate(configs[0], dirs[0]), dirs[0])
-    rest = train_together(configs[1:], dirs[1:])
-    for k, report in enumerate(rest, 1):
-        assert_same_run(vectorized[k], together[k], report, dirs[k])
-
-
-def test_a_preempted_group_saves_every_trial_and_resumes_bit_for_bit(tmp_path):
-    configs = [_tiny(seed=seed) for seed in range(3)]
-    uninterrupted = train_together(configs, [tmp_path / f"u{k}" for k in range(3)])
-    dirs = [tmp_path / f"p{k}" for k in range(3)]
-    request_preemption()  # as a SIGTERM would: the group stops after its current step
+    shutil.copytree(dirs[0], tmp_path / "alone0")
+    request_preemption()  # as a SIGTERM would: every trial saves after the current step
     with pytest.raises(Preempted, match="saved 3 vectorised trials"):
         train_together(configs, dirs)
-    assert all((d / "checkpoints/1").is_dir() for d in dirs)
+    assert all((d / "checkpoints/11").is_dir() for d in dirs)
     assert not any((d / "report.json").exists() for d in dirs)
     for k, report in enumerate(train_together(configs, dirs)):
-        assert_same_run(uninterrupted[k], tmp_path / f"u{k}", report, dirs[k], exact=True)
+        assert_same_run(vectorized[k], together[k], report, dirs[k], exact=True)
+    # The ordinary runner resumes a trial from the group's checkpoint, and ends as alone.
+    resumed = train_and_evaluate(configs[0], tmp_path / "alone0")
+    assert_same_run(reports[0], alone[0], resumed, tmp_path / "alone0")
 
 
 def test_momentum_trials_train_together_as_they_train_alone(tmp_path):
