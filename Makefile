@@ -20,10 +20,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/python experiments/main.py --config configs/digits_lstm.py --workdir runs/demo
 
+# pytest in two workers (pytest-xdist): CI has 2 cores, and much of the suite waits on
+# subprocesses and disk (9 min -> 7 min here). `.venv/bin/python -m pytest tests/x.py` is serial.
 test: $(VENV)/.installed-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check --fix .
