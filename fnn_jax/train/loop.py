@@ -124,6 +124,21 @@ def default_stages(config: ml_collections.ConfigDict, total_steps: int) -> list[
     return [Stage("train", total_steps, config.optimizer, None, config.train.patience)]
 
 
+def count_nonfinite(
+    progress: dict[str, Any], step: int, limit: int, run: str = ""
+) -> FloatingPointError | None:
+    """Counts a skipped non-finite step in ``progress``; past ``limit`` such steps, returns
+    the error that ends the run (``run`` names it in the log, e.g. a vectorised trial)."""
+    progress["nonfinite_steps"] += 1
+    log.warning("%sstep %d: non-finite loss or gradient; update skipped", run, step)
+    if progress["nonfinite_steps"] <= limit:
+        return None
+    return FloatingPointError(
+        f"non-finite loss or gradient at step {step} ({progress['nonfinite_steps']} such "
+        f"steps; config.train.max_nonfinite_steps={limit})"
+    )
+
+
 def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
     """Whether a validation value beats the best so far by more than min_delta (never NaN)."""
     if np.isnan(value):
@@ -320,14 +335,9 @@ def _run(config, workdir: Path, stop_after_steps: int | None) -> dict[str, Any]:
                 state, finite = train_step(state, device_batch)
                 step, ran = step + 1, ran + 1
                 if not bool(finite):
-                    progress["nonfinite_steps"] += 1
-                    log.warning("step %d: non-finite loss or gradient; update skipped", step)
-                    if progress["nonfinite_steps"] > config.train.max_nonfinite_steps:
-                        raise FloatingPointError(
-                            f"non-finite loss or gradient at step {step} "
-                            f"({progress['nonfinite_steps']} such steps; "
-                            f"config.train.max_nonfinite_steps={config.train.max_nonfinite_steps})"
-                        )
+                    error = count_nonfinite(progress, step, config.train.max_nonfinite_steps)
+                    if error is not None:
+                        raise error
                 summary = ""
                 if step % config.train.log_every_steps == 0 or step == stage_end:
                     train_metrics = task.metrics(jax.device_get(state.sums))

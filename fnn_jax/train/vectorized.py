@@ -205,7 +205,6 @@ class _Group:
         self.dropout_keys = jnp.stack(keys)
         self.hyper = self._hyperparameters()
         self.train_step = self._vectorized_step()
-        self.slices = lambda: host_slices(self.state, len(self.trials))
 
     def _hyperparameters(self) -> dict[str, jax.Array]:
         """Per trial ([trials] or [trials, steps]): what the vmapped step takes as arguments.
@@ -264,7 +263,9 @@ class _Group:
                 trial.batches = plan.train_batches(trial.config.seed, trial.step, self.total)
             trial.metrics_log = reporting.MetricsLog(trial.workdir, resume_step=trial.step)
         if not all(t.active for t in self.trials):  # done before this call: keep their state
-            for trial, state in zip(self.trials, self.slices(), strict=True):
+            for trial, state in zip(
+                self.trials, host_slices(self.state, len(self.trials)), strict=True
+            ):
                 if not trial.active:
                     trial.final_state = state
         bar = reporting.Progress(
@@ -285,7 +286,7 @@ class _Group:
                     stop_after_steps is not None and ran >= stop_after_steps
                 ):
                     unsaved = [k for k, t in enumerate(self.trials) if t.active and k not in saved]
-                    slices = self.slices() if unsaved else []
+                    slices = host_slices(self.state, len(self.trials)) if unsaved else []
                     for k in unsaved:
                         self._save(k, slices[k])
                     interrupted = True
@@ -335,20 +336,9 @@ class _Group:
             trial.step += 1
             if finite[k]:
                 continue
-            progress = trial.progress
-            progress["nonfinite_steps"] += 1
-            log.warning(
-                "%s step %d: non-finite loss or gradient; update skipped",
-                trial.workdir.name,
-                trial.step,
-            )
-            if progress["nonfinite_steps"] > trial.config.train.max_nonfinite_steps:
-                trial.outcome = FloatingPointError(
-                    f"non-finite loss or gradient at step {trial.step} "
-                    f"({progress['nonfinite_steps']} such steps; "
-                    f"config.train.max_nonfinite_steps={trial.config.train.max_nonfinite_steps})"
-                )
-                trial.active = False
+            limit, name = trial.config.train.max_nonfinite_steps, f"{trial.workdir.name} "
+            trial.outcome = loop.count_nonfinite(trial.progress, trial.step, limit, name)
+            trial.active = trial.outcome is None
 
     def _log_evaluate_save(self) -> set[int]:
         """Train metrics, validation, early stopping and checkpoints of the trials whose step
@@ -359,11 +349,10 @@ class _Group:
             for t in self.trials
         ]
         if any(due_log):
-            sums = jax.device_get(self.state.sums)
+            sums = host_slices(self.state.sums, len(self.trials))
             for k, trial in enumerate(self.trials):
                 if due_log[k]:
-                    train = self.plan.task.metrics(jax.tree.map(lambda s, k=k: s[k], sums))
-                    trial.metrics_log.write(trial.step, "train", train)
+                    trial.metrics_log.write(trial.step, "train", self.plan.task.metrics(sums[k]))
             self.state = self.state.replace(sums=zero_rows(np.array(due_log), self.state.sums))
         due_eval = [
             t.active and (t.step % self.plan.eval_every == 0 or t.step == total)
@@ -372,7 +361,7 @@ class _Group:
         if not any(due_eval):
             return set()
         values = self._validate()
-        slices = self.slices()
+        slices = host_slices(self.state, len(self.trials))
         for k, trial in enumerate(self.trials):
             if not due_eval[k]:
                 continue
@@ -399,11 +388,7 @@ class _Group:
         for batch in eval_batches(split, batch_size):
             sums = self.batched_eval(self.state.params, batch)
             total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-        total = jax.device_get(total)
-        task = self.plan.task
-        return [
-            task.metrics(jax.tree.map(lambda s, k=k: s[k], total)) for k in range(len(self.trials))
-        ]
+        return [self.plan.task.metrics(sums) for sums in host_slices(total, len(self.trials))]
 
     def _save(self, k: int, state: TrainState) -> None:
         trial = self.trials[k]
