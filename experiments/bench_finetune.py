@@ -15,11 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from fnn_jax import data
+from fnn_jax import data, tasks
 from fnn_jax.config import default_config
 from fnn_jax.optim import frozen_mask, make_optimizer
-from fnn_jax.tasks import Task
 from fnn_jax.train.steps import (
+    StepSpec,
     TrainState,
     build_model,
     compute_features,
@@ -35,12 +35,11 @@ def _epoch_runner(model, task, params, dataset, batch_size, rules, features=None
     """A function that trains one epoch from ``params``; with ``features`` (the frozen
     encoder's output, computed beforehand) only the head runs."""
     config = default_config()
-    tx = make_optimizer(config.optimizer, 1000, params, rules)
+    tx = make_optimizer(config.optimizer, 1000, params=params, rules=rules)
     frozen = None if rules is None else frozen_mask(params, rules)
     cached = features is not None
-    step = make_train_step(
-        model, tx, task, config.regularization, jax.random.key(1), frozen, cached_features=cached
-    )
+    spec = StepSpec(model, task, config.regularization.exclude, frozen, cached_features=cached)
+    step = make_train_step(spec, tx, dropout_key=jax.random.key(1))
     sample = to_device_batch(next(data.batches(dataset.train, batch_size, seed=0, epoch=0)))
     sums = zero_sums(model, task, params, sample)
 
@@ -69,7 +68,7 @@ def _case(name: str, options: dict, repeats: int) -> dict[str, Any]:
     model = build_model(ml_collections.ConfigDict(default_config().model), dataset)
     sample = to_device_batch(next(data.batches(dataset.train, 32, seed=0, epoch=0)))
     params = model.init(jax.random.key(0), sample["inputs"], sample["lengths"])["params"]
-    task = Task(dataset.task, dataset.num_classes)
+    task = tasks.for_dataset(dataset)
     features = compute_features(model, params, dataset.train, 256)
     runners = {
         "full fine-tuning": _epoch_runner(model, task, params, dataset, 32, None),

@@ -19,8 +19,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
 from fnn_jax import reporting  # noqa: E402
-from fnn_jax.train import train_and_evaluate  # noqa: E402
-from fnn_jax.train.loop import EXIT_PREEMPTED, Preempted  # noqa: E402
+from fnn_jax.train import EXIT_PREEMPTED, Preempted, train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots and the report.")

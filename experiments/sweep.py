@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import 
 
 from fnn_jax import sweep  # noqa: E402
 from fnn_jax.files import WorkdirLocked  # noqa: E402
-from fnn_jax.train.loop import EXIT_PREEMPTED, Preempted  # noqa: E402
+from fnn_jax.train import EXIT_PREEMPTED, Preempted  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Sweep directory: trials/, sweep.{json,csv,md,png}.")

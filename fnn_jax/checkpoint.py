@@ -21,6 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fnn_jax.tree import path_str
+
 log = logging.getLogger("fnn_jax")
 
 
@@ -32,14 +34,13 @@ class CorruptCheckpoint(CheckpointError):
     """A step's files are missing, unreadable or do not match their stored hashes."""
 
 
+class ArchitectureMismatch(ValueError):
+    """A readable checkpoint whose parameter shapes differ from the model's: another run's,
+    not damage (it is never moved aside)."""
+
+
 def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
-
-
-def _path(path) -> str:
-    from fnn_jax.optim import path_str
-
-    return path_str(path)
 
 
 def leaf_hashes(tree: Any) -> dict[str, str]:
@@ -49,12 +50,12 @@ def leaf_hashes(tree: Any) -> dict[str, str]:
         array = np.ascontiguousarray(leaf)
         digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
-        hashes[_path(path)] = digest.hexdigest()
+        hashes[path_str(path)] = digest.hexdigest()
     return hashes
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
-    return {_path(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+    return {path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 class Checkpoints:
@@ -135,7 +136,7 @@ class Checkpoints:
         return restored.state, restored.progress
 
     def _check_architecture(self, step: int, like: Any) -> None:
-        """Raises ValueError naming each parameter whose saved shape differs from ``like``'s."""
+        """Raises ArchitectureMismatch naming each parameter whose saved shape differs."""
         try:
             saved, _ = self.restore_saved(step)
         except Exception:
@@ -146,7 +147,7 @@ class Checkpoints:
             f"{p!r}: checkpoint {got.get(p)}, model {s}" for p, s in want.items() if got.get(p) != s
         ]
         if differ:
-            raise ValueError(
+            raise ArchitectureMismatch(
                 f"checkpoint step {step} in {self.directory} was written by another "
                 f"architecture; shapes differ for:\n  " + "\n  ".join(differ)
             )
@@ -167,9 +168,9 @@ class Checkpoints:
                 progress = self.restore_progress(step)
                 state, progress = self.restore(step, like_for(progress))
                 return step, state, progress
+            except ArchitectureMismatch:
+                raise
             except (CorruptCheckpoint, ValueError, OSError, KeyError) as error:
-                if isinstance(error, ValueError) and "another architecture" in str(error):
-                    raise
                 log.warning(
                     "checkpoint step %d is unusable, trying the previous one: %s", step, error
                 )

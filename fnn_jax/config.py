@@ -1,23 +1,34 @@
-"""The full config schema, its validation, and comparison of two runs' configs.
+"""The one config schema, its validation, and comparison of two runs' configs.
 
 Every experiment config starts from ``default_config()`` and changes values; it never adds
 keys. ``validate`` catches what a locked ConfigDict cannot: wrong names for optimizers,
-schedules, cells and datasets, keys added to an unlocked dict, and values of the wrong type.
+schedules, cells and datasets, keys added to an unlocked dict, values of the wrong type and
+malformed fine-tuning stages. The runner, the sweep checker and stage validation all check
+keys and values with ``check_key`` / ``check_value`` here: one set of types, one message.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "sgd")
+# Each optimizer is the optax function of that name; the config.optimizer keys it reads
+# (besides learning_rate) are passed as its keyword arguments of the same name.
+OPTIMIZERS: dict[str, tuple[str, ...]] = {
+    "adam": ("b1", "b2", "eps"),
+    "adamw": ("b1", "b2", "eps", "weight_decay"),
+    "rmsprop": ("eps", "momentum"),
+    "sgd": ("momentum", "nesterov"),
+}
 SCHEDULES = ("constant", "warmup_cosine", "exponential", "step")
+STAGE_KEYS = ("name", "rules", "optimizer", "num_steps", "num_epochs", "patience", "lr_mults")
+RULE_LABELS = ("train", "frozen")
 # Sections whose differences make a checkpoint meaningless for this config.
 ARCHITECTURE_KEYS = ("model", "data", "seed")
 
@@ -47,7 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.embed_dim = 64  # token inputs (language models, copy memory)
     c.model.unroll = 1
     c.model.remat = False
-    c.model.parallel = False  # lru, mingru: associative scan over time
+    c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
@@ -104,11 +115,18 @@ def _walk(cfg: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tuple[st
             yield path, value
 
 
-def _lookup(cfg: ml_collections.ConfigDict, path: str) -> Any:
-    node = cfg
-    for part in path.split("."):
-        node = node[part]
-    return node
+@functools.cache
+def _schema() -> dict[str, tuple[type | None, Any]]:
+    """Every leaf key of ``default_config()``: (its type, its default)."""
+    reference = default_config()
+    schema = {}
+    for path, default in _walk(reference):
+        *parents, leaf = path.split(".")
+        node = reference
+        for part in parents:
+            node = node[part]
+        schema[path] = (node.get_type(leaf), default)
+    return schema
 
 
 def _suggest(name: str, options) -> str:
@@ -125,41 +143,100 @@ def check_choice(key: str, value: str, choices) -> None:
         )
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Fails before any training on unknown keys, wrong types or unknown names."""
-    reference = default_config()
-    reference_paths = dict(_walk(reference))
-    for path, value in _walk(config):
-        if path not in reference_paths:
-            raise ValueError(f"unknown config key {path!r}{_suggest(path, reference_paths)}")
-        expected = reference_paths[path]
-        field = reference
-        for part in path.split(".")[:-1]:
-            field = field[part]
-        expected_type = field.get_type(path.split(".")[-1])
-        if value is None or expected is None and expected_type is type(None):
-            continue
-        numeric = expected_type is float and isinstance(value, int) and not isinstance(value, bool)
-        if not isinstance(value, expected_type) and not numeric:
-            raise ValueError(
-                f"config.{path} must be {expected_type.__name__}; got {value!r} "
-                f"({type(value).__name__})"
-            )
-    # Late imports: reading a config must not pull in Flax or the dataset loaders.
-    from fnn_jax import data
-    from fnn_jax.layers import CELLS
+def check_key(key: str) -> type | None:
+    """The type of the config key ``key`` (dotted); ValueError naming it, with the closest
+    known key, if the schema has no such key. ``data.options.<name>`` is any dataset
+    option (its name is checked against the dataset by ``validate``): type None."""
+    schema = _schema()
+    if key in schema:
+        return schema[key][0]
+    if key.startswith("data.options.") and key.count(".") == 2:
+        return None
+    if any(path.startswith(key + ".") for path in schema):
+        raise ValueError(f"config key {key!r} is a section, not a value")
+    raise ValueError(f"unknown config key {key!r}{_suggest(key, schema)}")
 
-    check_choice("model.cell", config.model.cell, CELLS)
+
+def check_value(key: str, value: Any) -> None:
+    """Raises ValueError naming ``key`` when ``value`` is not of its schema type.
+
+    A bool is not an int; an int is a float; tuples and lists stand for each other;
+    None only where the default is None (a placeholder such as model.output_size).
+    """
+    expected = check_key(key)
+    default = _schema().get(key, (None, None))[1]
+    scalars = (bool, int, float, str, type(None))
+    if expected is None:
+        ok = isinstance(value, (*scalars, tuple, list))
+    elif value is None:
+        ok = default is None
+    elif expected is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected in (tuple, list):
+        ok = isinstance(value, tuple | list)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        name = expected.__name__ if expected else "a number, string, bool or tuple"
+        raise ValueError(f"config.{key} must be {name}; got {value!r} ({type(value).__name__})")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Fails before any training on unknown keys, wrong types, unknown names or bad stages."""
+    for path, value in _walk(config):
+        if path == "data.options":
+            continue
+        check_value(path, value)
+    # Late imports: reading a config must not pull in Flax or the dataset loaders.
+    from fnn_jax import cells, data
+
+    check_choice("model.cell", config.model.cell, cells.REGISTRY)
+    check_choice("model.scan_impl", config.model.scan_impl, cells.SCAN_IMPLS)
+    try:
+        cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
+    except ValueError as error:
+        raise ValueError(f"config.model.scan_impl: {error}") from None
     check_choice("data.name", config.data.name, data.available())
-    accepted = inspect.signature(data.REGISTRY[config.data.name]).parameters
-    for option in config.data.options:
-        if option not in accepted:
-            raise ValueError(
-                f"config.data.options.{option} is not an option of dataset "
-                f"{config.data.name!r}{_suggest(option, accepted)}; valid: {sorted(accepted)}"
-            )
+    data.check_options(config.data.name, config.data.options, where="config.data.options")
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+    for index, stage in enumerate(config.finetune.stages):
+        check_stage(f"config.finetune.stages[{index}]", stage)
+
+
+def check_stage(where: str, stage: Any) -> None:
+    """Raises ValueError naming ``where`` and the key when a stage dict is malformed."""
+    if not isinstance(stage, Mapping):
+        raise ValueError(f"{where} must be a dict with keys {list(STAGE_KEYS)}; got {stage!r}")
+    for key in stage:
+        if key not in STAGE_KEYS:
+            raise ValueError(
+                f"{where}.{key} is not a stage key{_suggest(key, STAGE_KEYS)}; "
+                f"valid: {list(STAGE_KEYS)}"
+            )
+    if ("num_steps" in stage) == ("num_epochs" in stage):
+        raise ValueError(f"{where} needs exactly one of num_steps and num_epochs")
+    for key in ("num_steps", "num_epochs", "patience"):
+        value = stage.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{where}.{key} must be a non-negative int; got {value!r}")
+    for key, value in dict(stage.get("optimizer", {})).items():
+        try:
+            check_value(f"optimizer.{key}", value)
+        except ValueError as error:
+            raise ValueError(f"{where}.optimizer: {error}") from None
+        if key == "name":
+            check_choice(f"{where[len('config.') :]}.optimizer.name", value, OPTIMIZERS)
+    for rule in stage.get("rules", ()):
+        if len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(f"{where}.rules: {rule!r} is not a (regex, label) pair")
+        check_choice(f"{where[len('config.') :]}.rules label of {rule[0]!r}", rule[1], RULE_LABELS)
+    for mult in stage.get("lr_mults", ()):
+        ok = len(mult) == 2 and isinstance(mult[0], str) and isinstance(mult[1], int | float)
+        if not ok:
+            raise ValueError(f"{where}.lr_mults: {mult!r} is not a (regex, multiplier) pair")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

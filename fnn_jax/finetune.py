@@ -17,6 +17,7 @@ optional patience and lr_mults ((regex, multiplier), first match, default 1).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import Sequence
@@ -28,9 +29,21 @@ import ml_collections
 from flax import traverse_util
 
 from fnn_jax import lora
+from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.optim import frozen_mask
+from fnn_jax.tasks import Task
 
-STAGE_KEYS = ("name", "rules", "optimizer", "num_steps", "num_epochs", "patience", "lr_mults")
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """A stretch of training with one optimizer and one set of freezing rules."""
+
+    name: str
+    num_steps: int
+    optimizer: ml_collections.ConfigDict
+    rules: tuple[tuple[str, str], ...] | None = None  # None: everything trains
+    patience: int = 0
+    lr_mults: tuple[tuple[str, float], ...] = ()
 
 
 def classic_stages(
@@ -83,20 +96,11 @@ def gradual_unfreezing(
     return stages
 
 
-def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any):
-    from fnn_jax.train.loop import Stage  # late import: the loop imports this module
-
-    where = f"config.finetune.stages[{index}]"
-    for key in spec:
-        if key not in STAGE_KEYS:
-            raise ValueError(f"{where}.{key} is not a stage key; valid: {list(STAGE_KEYS)}")
+def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any) -> Stage:
+    """One Stage from a stage dict (its keys were checked by config.check_stage)."""
     optimizer = ml_collections.ConfigDict(config.optimizer.to_dict())
     for key, value in spec.get("optimizer", {}).items():
-        if key not in optimizer:
-            raise ValueError(f"{where}.optimizer.{key} is not an optimizer key")
         optimizer[key] = value
-    if ("num_steps" in spec) == ("num_epochs" in spec):
-        raise ValueError(f"{where} needs exactly one of num_steps and num_epochs")
     steps = spec.get("num_steps") or spec["num_epochs"] * steps_per_epoch
     rules = tuple(tuple(rule) for rule in spec.get("rules", [(".*", "train")]))
     if config.finetune.lora_rank:
@@ -114,8 +118,9 @@ def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any):
     )
 
 
-def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> list | None:
-    """The Stage list of config.finetune.stages, or None for plain single-stage training."""
+def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any) -> list[Stage]:
+    """The Stages of config.finetune.stages; one stage with config.optimizer for plain
+    training (and the classic recipe for init_from without stages)."""
     specs = list(config.finetune.stages)
     total = config.train.num_steps or config.train.num_epochs * steps_per_epoch
     if not specs and config.init_from and not config.finetune.lora_rank:
@@ -126,7 +131,7 @@ def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any)
             del spec["num_epochs"]
     elif not specs:
         if not config.finetune.lora_rank:
-            return None
+            return [Stage("train", total, config.optimizer, None, config.train.patience)]
         specs = [{"name": "lora", "rules": [(".*", "train")], "num_steps": total}]
     return [_stage(config, i, spec, steps_per_epoch, params) for i, spec in enumerate(specs)]
 
@@ -154,11 +159,11 @@ def model_params(config: ml_collections.ConfigDict):
     )
 
 
-def caches_features(config: ml_collections.ConfigDict, model, task: str, frozen) -> bool:
+def caches_features(config: ml_collections.ConfigDict, model, task: Task, frozen) -> bool:
     """Whether a stage can train its head on features computed once: everything below the
     head is frozen, the encoder uses no dropout, and features are one vector per sequence."""
     ft = config.finetune
-    if not ft.cache_features or frozen is None or ft.lora_rank or task == "tagging":
+    if not ft.cache_features or frozen is None or ft.lora_rank or task.per_step_outputs:
         return False
     if not getattr(model, "features_are_deterministic", False):
         return False
@@ -173,8 +178,6 @@ def frozen_tree(params: Any, rules) -> Any | None:
 
 def pretrained_params(init_from: str, init_step: str) -> tuple[dict, int, Path]:
     """(model parameters, step, checkpoint folder) from a pretrained run."""
-    from fnn_jax.checkpoint import Checkpoints
-
     folder = Path(init_from)
     if (folder / "checkpoints").is_dir():
         folder = folder / "checkpoints"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from types import ModuleType
 from typing import Any
 
 import flax.linen as nn
@@ -12,29 +11,10 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax import cells
+from fnn_jax.cells import CellSpec, resolve_scan_impl
 from fnn_jax.scan import check_sequence, scan
 
 Array = jax.Array
-
-CELLS: dict[str, ModuleType] = {
-    "elman": cells.elman,
-    "jordan": cells.jordan,
-    "lstm": cells.lstm,
-    "gru": cells.gru,
-    "lru": cells.lru,
-    "mingru": cells.mingru,
-    "equilibrium": cells.equilibrium,
-}
-PARALLEL_CELLS = ("lru", "mingru")
-_INPUT_WEIGHT = {"lru": "b_re"}  # the [input, ...] weight; "w_ih" for every other cell
-
-
-def cell_module(name: str) -> ModuleType:
-    """The cell module for a name; unknown names list the valid ones."""
-    try:
-        return CELLS[name]
-    except KeyError:
-        raise ValueError(f"unknown cell {name!r}; valid choices: {sorted(CELLS)}") from None
 
 
 def hoists_inputs(setting: bool | None) -> bool:
@@ -60,8 +40,9 @@ def _keyword_options(fn, source: Any, exclude: tuple[str, ...] = ()) -> dict[str
 class CellOptions(nn.Module):
     """Fields shared by every layer that builds a cell (a base class, not a layer).
 
-    ``output_size`` applies to jordan and lru; ``activation`` to elman, jordan and
-    equilibrium; ``output_activation`` to jordan; ``max_iter``/``tol`` to equilibrium.
+    ``output_size`` applies to the cells whose spec takes one (jordan, lru); ``activation``
+    to elman, jordan and equilibrium; ``output_activation`` to jordan; ``max_iter``/``tol``
+    to equilibrium; ``scan_impl`` picks the time loop (see cells.resolve_scan_impl).
     """
 
     cell: str = "lstm"
@@ -74,7 +55,7 @@ class CellOptions(nn.Module):
     unroll: int = 1
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
-    parallel: bool = False
+    scan_impl: str = "sequential"  # "associative" (lru, mingru) or "auto": resolve_scan_impl
 
     def cell_fields(self) -> dict[str, Any]:
         skip = ("parent", "name")
@@ -91,13 +72,15 @@ class Recurrent(CellOptions):
     return_carry: bool = False
 
     @property
+    def spec(self) -> CellSpec:
+        return cells.get(self.cell)
+
+    @property
     def output_features(self) -> int:
-        if self.cell in ("jordan", "lru") and self.output_size is not None:
-            return self.output_size
-        return self.hidden_size
+        return self.spec.output_features(self.hidden_size, self.output_size)
 
     def _params(self, input_size: int) -> dict[str, Array]:
-        module = cell_module(self.cell)
+        module = self.spec
         options = _keyword_options(module.init_params, self, exclude=("dtype",))
         init = functools.partial(
             module.init_params, input_size=input_size, hidden_size=self.hidden_size, **options
@@ -106,19 +89,17 @@ class Recurrent(CellOptions):
         return {n: self.param(n, lambda key, n=n: init(key)[n]) for n in names}
 
     def initial_carry(self, batch_size: int) -> Any:
-        module = cell_module(self.cell)
-        size = self.output_features if self.cell == "jordan" else self.hidden_size
-        return module.init_carry((batch_size,), size)
+        spec = self.spec
+        return spec.init_carry((batch_size,), spec.carry_size(self.hidden_size, self.output_size))
 
     @nn.compact
     def __call__(
         self, xs: Array, lengths: Array | None = None, initial_carry: Any = None
     ) -> Array | tuple[Any, Array]:
         check_sequence(xs, lengths)
-        module = cell_module(self.cell)
-        input_weight = _INPUT_WEIGHT.get(self.cell, "w_ih")
-        if self.has_variable("params", input_weight):
-            expected = self.get_variable("params", input_weight).shape[0]
+        module = self.spec
+        if self.has_variable("params", module.input_weight):
+            expected = self.get_variable("params", module.input_weight).shape[0]
             if xs.shape[-1] != expected:
                 raise ValueError(
                     f"xs has shape {tuple(xs.shape)}; expected [batch, time, {expected}] "
@@ -126,7 +107,7 @@ class Recurrent(CellOptions):
                 )
         params = self._params(xs.shape[-1])
         carry = self.initial_carry(xs.shape[0]) if initial_carry is None else initial_carry
-        if self.parallel and self.cell in PARALLEL_CELLS:
+        if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
         else:
             step_options = _keyword_options(module.step_projected, self)

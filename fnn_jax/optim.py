@@ -17,21 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fnn_jax.config import OPTIMIZERS, SCHEDULES, check_choice
+from fnn_jax.config import OPTIMIZERS, RULE_LABELS, SCHEDULES, check_choice
+from fnn_jax.tree import first_match, path_str
 
 Rules = Sequence[tuple[str, str]]
-LABELS = ("train", "frozen")
-
-
-def path_str(path) -> str:
-    """'/'-joined names of a pytree path, e.g. 'encoder/layer_0/w_ih'."""
-    parts = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(entry, attr):
-                parts.append(str(getattr(entry, attr)))
-                break
-    return "/".join(parts)
 
 
 def label_params(params, rules: Rules):
@@ -41,7 +30,7 @@ def label_params(params, rules: Rules):
     cannot silently train (or freeze) the wrong thing.
     """
     for pattern, label in rules:
-        check_choice(f"rule {pattern!r} label", label, LABELS)
+        check_choice(f"rule {pattern!r} label", label, RULE_LABELS)
     compiled = [(re.compile(pattern), label) for pattern, label in rules]
 
     def label(path, _):
@@ -61,10 +50,14 @@ def frozen_mask(params, rules: Rules):
     return jax.tree.map(lambda lab: lab == "frozen", label_params(params, rules))
 
 
-def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """The learning-rate schedule named by cfg.schedule, peaking at cfg.learning_rate."""
+def schedule(
+    cfg: ml_collections.ConfigDict, total_steps: int, peak: float | jax.Array | None = None
+) -> optax.Schedule:
+    """The learning-rate schedule named by cfg.schedule, peaking at ``peak`` (default
+    cfg.learning_rate). Every schedule is linear in its peak: a trial's own rate is its
+    peak times ``schedule(cfg, total_steps, peak=1.0)``."""
     check_choice("optimizer.schedule", cfg.schedule, SCHEDULES)
-    lr = cfg.learning_rate
+    lr = cfg.learning_rate if peak is None else peak
     if cfg.schedule == "constant":
         if cfg.warmup_steps:
             return optax.linear_schedule(0.0, lr, cfg.warmup_steps)
@@ -85,34 +78,30 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
     return decay
 
 
+# The scalar settings a vectorised trial may hold as its own (traced) value.
+TRIAL_SETTINGS = ("learning_rate", "weight_decay", "momentum")
+
+
 def base_optimizer(
-    cfg: ml_collections.ConfigDict,
-    lr: optax.ScalarOrSchedule,
-    weight_decay: float | jax.Array | None = None,
-    momentum: float | jax.Array | None = None,
-):
-    """The optimizer cfg.name; ``weight_decay``/``momentum`` (default: cfg's) may be traced."""
+    cfg: ml_collections.ConfigDict, total_steps: int, trial: dict[str, Any] | None = None
+) -> optax.GradientTransformation:
+    """The optax optimizer called cfg.name, with the config keys it takes (config.OPTIMIZERS).
+
+    ``trial`` may replace learning_rate (the schedule's peak), weight_decay and momentum
+    with traced values (a vectorised trial's own); a momentum of 0 in cfg means no
+    momentum buffer at all.
+    """
     check_choice("optimizer.name", cfg.name, OPTIMIZERS)
-    weight_decay = cfg.weight_decay if weight_decay is None else weight_decay
-    momentum = (cfg.momentum or None) if momentum is None else momentum
-    if cfg.name == "adam":
-        return optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    if cfg.name == "adamw":
-        return optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=weight_decay)
-    if cfg.name == "rmsprop":
-        return optax.rmsprop(lr, eps=cfg.eps, momentum=momentum)
-    return optax.sgd(lr, momentum=momentum, nesterov=cfg.nesterov)
-
-
-def first_match(params, patterns: Sequence[tuple[str, Any]], default: Any):
-    """A tree with, per leaf, the value of the first pattern that fully matches its path."""
-    compiled = [(re.compile(p), v) for p, v in patterns]
-
-    def pick(path, _):
-        name = path_str(path)
-        return next((v for p, v in compiled if p.fullmatch(name)), default)
-
-    return jax.tree_util.tree_map_with_path(pick, params)
+    trial = trial or {}
+    kwargs = {key: trial.get(key, cfg[key]) for key in OPTIMIZERS[cfg.name]}
+    if "momentum" in kwargs and not cfg.momentum:
+        kwargs["momentum"] = None
+    if "learning_rate" in trial:  # the trial's peak times the schedule's shape
+        peak, unit = trial["learning_rate"], schedule(cfg, total_steps, peak=1.0)
+        lr = lambda count: peak * unit(count)
+    else:
+        lr = schedule(cfg, total_steps)
+    return getattr(optax, cfg.name)(lr, **kwargs)
 
 
 def scale_by_tree(factors) -> optax.GradientTransformation:
@@ -128,23 +117,19 @@ def scale_by_tree(factors) -> optax.GradientTransformation:
 def make_optimizer(
     cfg: ml_collections.ConfigDict,
     total_steps: int,
-    params=None,
+    *,
+    params: Any = None,
     rules: Rules | None = None,
     lr_mults: Sequence[tuple[str, float]] = (),
-    *,
-    learning_rate: optax.Schedule | None = None,
-    weight_decay: jax.Array | None = None,
-    momentum: jax.Array | None = None,
+    trial: dict[str, Any] | None = None,
 ) -> optax.GradientTransformation:
     """Gradient clipping, then the named optimizer with its schedule; frozen leaves untouched.
 
     ``rules`` (with ``params``) freeze parameters; without them everything trains.
     ``lr_mults`` scale the learning rate of the leaves whose path they match first.
-    ``learning_rate`` (a schedule), ``weight_decay`` and ``momentum`` replace cfg's values;
-    vectorised trials pass their own, traced, here.
+    ``trial``: a vectorised trial's own (traced) settings, see ``base_optimizer``.
     """
-    lr = schedule(cfg, total_steps) if learning_rate is None else learning_rate
-    tx = base_optimizer(cfg, lr, weight_decay, momentum)
+    tx = base_optimizer(cfg, total_steps, trial)
     if cfg.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     if rules is not None:

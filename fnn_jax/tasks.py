@@ -1,5 +1,6 @@
-"""What each kind of dataset asks of a model: its loss and its metrics.
+"""What each kind of dataset asks of a model: its targets, its model, its loss and metrics.
 
+One class per task kind, in ``REGISTRY``; nothing else branches on the kind's name.
 A batch is a dict with ``inputs``, ``targets``, ``lengths`` and ``weights`` ([batch]; 0 marks
 rows that only pad the last evaluation batch). ``sums`` are additive over batches; ``metrics``
 turns their totals into numbers.
@@ -8,22 +9,20 @@ turns their totals into numbers.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
-from fnn_jax import metrics
+from fnn_jax import metrics, models
 
 Array = jax.Array
 MAXIMISED = ("accuracy", "precision", "recall", "f1")
-TASK_METRIC = {
-    "classification": "accuracy",
-    "regression": "mse",
-    "forecast": "mse",
-    "tagging": "cross_entropy",
-}
+IGNORE_LABEL = -1  # tagging targets at padded positions
 
 
 def metric_mode(name: str) -> str:
@@ -31,60 +30,210 @@ def metric_mode(name: str) -> str:
     return "max" if name in MAXIMISED else "min"
 
 
+def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The recurrent encoder's fields from config.model (shared by every task's model)."""
+    names = (
+        "cell",
+        "hidden_size",
+        "num_layers",
+        "bidirectional",
+        "dropout",
+        "activation",
+        "output_activation",
+        "output_size",
+        "unroll",
+        "remat",
+        "scan_impl",
+    )
+    return {name: cfg[name] for name in names}
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
-    kind: str  # "classification" | "regression" | "forecast" | "tagging"
+    """A task kind (subclasses register themselves by ``kind``).
+
+    num_classes: classes (classification) or label vocabulary size (tagging); else None.
+    """
+
+    kind: ClassVar[str]
+    main_metric: ClassVar[str]
+    needs_classes: ClassVar[bool] = False
+    # True when outputs are per time step, so there is no one feature vector per sequence
+    # that a head-only fine-tuning stage could compute once.
+    per_step_outputs: ClassVar[bool] = False
+
     num_classes: int | None = None
 
-    @property
-    def main_metric(self) -> str:
-        return TASK_METRIC[self.kind]
+    def target_spec(self, dataset: Any) -> dict[str, Any]:
+        """The ``targets`` field of a batch spec (see fnn_jax.data.batch_spec)."""
+        raise NotImplementedError
+
+    def build_model(self, cfg: ml_collections.ConfigDict, dataset: Any) -> nn.Module:
+        """The model for this task, its encoder described by ``cfg`` (config.model)."""
+        raise NotImplementedError
 
     def loss_and_sums(self, outputs: Array, batch: dict) -> tuple[Array, dict[str, Array]]:
         """Mean loss over the batch's real rows, and this batch's additive sums."""
-        w = batch["weights"].astype(jnp.float32)
-        targets = batch["targets"]
-        if self.kind == "classification":
-            ce = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
-            count = jnp.sum(w)
-            sums = {
-                "loss": jnp.sum(ce * w),
-                "count": count,
-                "confusion": metrics.confusion_matrix(
-                    targets, jnp.argmax(outputs, -1), self.num_classes, w
-                ),
-            }
-            return sums["loss"] / count, sums
-        if self.kind in ("regression", "forecast"):
-            predictions = outputs.reshape(targets.shape)
-            error = (predictions - targets).reshape(targets.shape[0], -1)
-            per_row = error.shape[1]
-            sums = {
-                "loss": jnp.sum(jnp.sum(error**2, axis=1) * w),
-                "abs": jnp.sum(jnp.sum(jnp.abs(error), axis=1) * w),
-                "count": jnp.sum(w) * per_row,
-            }
-            return sums["loss"] / sums["count"], sums
-        if self.kind == "tagging":
-            valid = (targets >= 0).astype(jnp.float32) * w[:, None]
-            safe = jnp.maximum(targets, 0)
-            ce = optax.softmax_cross_entropy_with_integer_labels(outputs, safe)
-            correct = (jnp.argmax(outputs, -1) == safe).astype(jnp.float32)
-            sums = {
-                "loss": jnp.sum(ce * valid),
-                "correct": jnp.sum(correct * valid),
-                "count": jnp.maximum(jnp.sum(valid), 1.0),
-            }
-            return sums["loss"] / sums["count"], sums
-        raise ValueError(f"unknown task {self.kind!r}; valid choices: {sorted(TASK_METRIC)}")
+        raise NotImplementedError
 
     def metrics(self, sums: dict) -> dict[str, float]:
         """Host-side numbers from summed ``sums``."""
-        sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    REGISTRY[cls.kind] = cls
+    return cls
+
+
+def _host(sums: dict) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v, np.float64) for k, v in sums.items()}
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Classification(Task):
+    """One class id per sequence: int32 targets [n] in [0, num_classes)."""
+
+    kind: ClassVar[str] = "classification"
+    main_metric: ClassVar[str] = "accuracy"
+    needs_classes: ClassVar[bool] = True
+
+    def target_spec(self, dataset):
+        return {"shape": (None,), "dtype": np.dtype(np.int32), "range": (0, self.num_classes)}
+
+    def build_model(self, cfg, dataset):
+        return models.SequenceClassifier(
+            **encoder_options(cfg), num_classes=self.num_classes, pooling=cfg.pooling
+        )
+
+    def loss_and_sums(self, outputs, batch):
+        w, targets = batch["weights"].astype(jnp.float32), batch["targets"]
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+        predictions = jnp.argmax(outputs, -1)
+        sums = {
+            "loss": jnp.sum(ce * w),
+            "count": jnp.sum(w),
+            "confusion": metrics.confusion_matrix(targets, predictions, self.num_classes, w),
+        }
+        return sums["loss"] / sums["count"], sums
+
+    def metrics(self, sums):
+        sums = _host(sums)
+        loss = float(sums["loss"]) / float(sums["count"])
+        return {"loss": loss, **metrics.classification_metrics(sums["confusion"])}
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Forecast(Task):
+    """The next values of a series: float32 targets [n, horizon, targets]."""
+
+    kind: ClassVar[str] = "forecast"
+    main_metric: ClassVar[str] = "mse"
+
+    def target_spec(self, dataset):
+        t = dataset.train.targets
+        if t.ndim != 3:
+            raise ValueError(
+                f"dataset {dataset.name!r}: forecast targets must be [n, horizon, targets]; "
+                f"got shape {t.shape}"
+            )
+        return {"shape": (None, *map(int, t.shape[1:])), "dtype": np.dtype(np.float32)}
+
+    def build_model(self, cfg, dataset):
+        horizon, targets = self.output_shape(dataset)
+        return models.Forecaster(**encoder_options(cfg), horizon=horizon, targets=targets)
+
+    def output_shape(self, dataset) -> tuple[int, int]:
+        """(horizon, targets) of the model's output."""
+        _, horizon, targets = dataset.train.targets.shape
+        return int(horizon), int(targets)
+
+    def loss_and_sums(self, outputs, batch):
+        w, targets = batch["weights"].astype(jnp.float32), batch["targets"]
+        error = (outputs.reshape(targets.shape) - targets).reshape(targets.shape[0], -1)
+        sums = {
+            "loss": jnp.sum(jnp.sum(error**2, axis=1) * w),
+            "abs": jnp.sum(jnp.sum(jnp.abs(error), axis=1) * w),
+            "count": jnp.sum(w) * error.shape[1],
+        }
+        return sums["loss"] / sums["count"], sums
+
+    def metrics(self, sums):
+        sums = _host(sums)
         count = float(sums["count"])
         loss = float(sums["loss"]) / count
-        if self.kind == "classification":
-            return {"loss": loss, **metrics.classification_metrics(sums["confusion"])}
-        if self.kind in ("regression", "forecast"):
-            return {"loss": loss, **metrics.regression_metrics(sums["loss"], sums["abs"], count)}
+        return {"loss": loss, **metrics.regression_metrics(sums["loss"], sums["abs"], count)}
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Regression(Forecast):
+    """One value per sequence: float32 targets [n, 1]."""
+
+    kind: ClassVar[str] = "regression"
+
+    def target_spec(self, dataset):
+        return {"shape": (None, 1), "dtype": np.dtype(np.float32)}
+
+    def output_shape(self, dataset):
+        return 1, 1
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Tagging(Task):
+    """A label per time step (e.g. the next character): int32 targets [n, time], -1 ignored."""
+
+    kind: ClassVar[str] = "tagging"
+    main_metric: ClassVar[str] = "cross_entropy"
+    needs_classes: ClassVar[bool] = True
+    per_step_outputs: ClassVar[bool] = True
+
+    def target_spec(self, dataset):
+        time = int(dataset.train.inputs.shape[1])
+        return {
+            "shape": (None, time),
+            "dtype": np.dtype(np.int32),
+            "range": (IGNORE_LABEL, self.num_classes),
+        }
+
+    def build_model(self, cfg, dataset):
+        return models.CharLM(
+            **encoder_options(cfg), vocab_size=self.num_classes, embed_dim=cfg.embed_dim
+        )
+
+    def loss_and_sums(self, outputs, batch):
+        w, targets = batch["weights"].astype(jnp.float32), batch["targets"]
+        valid = (targets >= 0).astype(jnp.float32) * w[:, None]
+        safe = jnp.maximum(targets, 0)
+        ce = optax.softmax_cross_entropy_with_integer_labels(outputs, safe)
+        correct = (jnp.argmax(outputs, -1) == safe).astype(jnp.float32)
+        sums = {
+            "loss": jnp.sum(ce * valid),
+            "correct": jnp.sum(correct * valid),
+            "count": jnp.maximum(jnp.sum(valid), 1.0),
+        }
+        return sums["loss"] / sums["count"], sums
+
+    def metrics(self, sums):
+        sums = _host(sums)
+        count = float(sums["count"])
+        loss = float(sums["loss"]) / count
         return {"loss": loss, **metrics.language_metrics(sums["loss"], sums["correct"], count)}
+
+
+def get(kind: str, num_classes: int | None = None) -> Task:
+    """The task of ``kind``; an unknown kind lists the valid ones."""
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown task {kind!r}; valid choices: {sorted(REGISTRY)}")
+    return REGISTRY[kind](num_classes)
+
+
+def for_dataset(dataset: Any) -> Task:
+    """The task a Dataset declares (its ``task`` and ``num_classes``)."""
+    return get(dataset.task, dataset.num_classes)

@@ -311,7 +311,10 @@ def test_check_batch_rejects_labels_outside_num_classes():
 def test_load_rejects_unknown_names_and_options_listing_valid_ones():
     with pytest.raises(ValueError, match="valid names: .*adding.*digits.*text"):
         data.load("no_such_dataset")
-    with pytest.raises(ValueError, match="valid options: length"):
+    with pytest.raises(
+        ValueError,
+        match=r"option.lenght is not an option of dataset 'adding' \(did you mean 'length'\?\); valid: \[.*'length'",
+    ):
         data.load("adding", lenght=10)
 
 

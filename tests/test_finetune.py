@@ -179,7 +179,7 @@ def test_lr_multipliers_scale_each_groups_update():
     cfg = default_config().optimizer
     cfg.name, cfg.learning_rate, cfg.momentum, cfg.clip_norm = "sgd", 0.1, 0.0, 0.0
     params = {"encoder": {"w": jnp.ones(3)}, "head": {"kernel": jnp.ones(2)}}
-    tx = make_optimizer(cfg, 10, params, lr_mults=[("encoder/.*", 0.25)])
+    tx = make_optimizer(cfg, 10, params=params, lr_mults=[("encoder/.*", 0.25)])
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(updates["encoder"]["w"], -0.025)

@@ -8,7 +8,7 @@ import pytest
 import fnn_jax
 from fnn_jax import cells, layers, models
 
-ALL_CELLS = sorted(layers.CELLS)
+ALL_CELLS = sorted(cells.REGISTRY)
 LENGTHS = (7, 3, 1, 5)
 
 
@@ -35,23 +35,45 @@ def test_padded_batch_equals_each_sequence_alone(cell, reverse, key):
             np.testing.assert_allclose(got[b], want[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["lru", "mingru"])
-def test_parallel_layer_equals_sequential_layer(cell, key):
+PARALLEL_CELLS = sorted(name for name, spec in cells.REGISTRY.items() if spec.parallel)
+
+
+def test_the_cells_with_an_associative_scan_are_the_linear_recurrences():
+    assert PARALLEL_CELLS == ["lru", "mingru"]
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("cell", PARALLEL_CELLS)
+def test_associative_layer_equals_sequential_layer(cell, reverse, key):
     xs, lengths = _padded_batch(key)
-    sequential = layers.Recurrent(cell=cell, hidden_size=6)
-    parallel = layers.Recurrent(cell=cell, hidden_size=6, parallel=True)
-    variables = sequential.init(key, xs, lengths)
-    np.testing.assert_allclose(
-        parallel.apply(variables, xs, lengths),
-        sequential.apply(variables, xs, lengths),
-        rtol=1e-5,
-        atol=1e-5,
+    sequential = layers.Recurrent(cell=cell, hidden_size=6, reverse=reverse)
+    associative = layers.Recurrent(
+        cell=cell, hidden_size=6, reverse=reverse, scan_impl="associative"
     )
+    variables = sequential.init(key, xs, lengths)
+    seq_out = sequential.apply(variables, xs, lengths)
+    jaxpr = str(jax.make_jaxpr(lambda v: associative.apply(v, xs, lengths))(variables))
+    assert "while" not in jaxpr and "scan" not in jaxpr.replace("associative", "")
+    np.testing.assert_allclose(associative.apply(variables, xs, lengths), seq_out, 1e-5, 1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(set(cells.REGISTRY) - set(PARALLEL_CELLS)))
+def test_associative_scan_on_a_nonlinear_cell_is_an_error_not_a_sequential_run(cell, key):
+    layer = layers.Recurrent(cell=cell, hidden_size=6, scan_impl="associative")
+    with pytest.raises(ValueError, match=f"cell '{cell}' has no associative-scan form"):
+        layer.init(key, jnp.ones((2, 3, 4)))
+
+
+def test_auto_scan_impl_is_sequential_on_cpu_and_checks_its_name():
+    assert cells.resolve_scan_impl(cells.get("lru"), "auto") == "sequential"
+    assert cells.resolve_scan_impl(cells.get("lstm"), "auto") == "sequential"
+    with pytest.raises(ValueError, match="scan_impl='parallel' is not valid"):
+        cells.resolve_scan_impl(cells.get("lru"), "parallel")
 
 
 def test_hoisted_projection_equals_per_step_projection(key):
     xs, lengths = _padded_batch(key)
-    hoisted = layers.Recurrent(cell="gru", hidden_size=6)
+    hoisted = layers.Recurrent(cell="gru", hidden_size=6, hoist_inputs=True)
     per_step = layers.Recurrent(cell="gru", hidden_size=6, hoist_inputs=False)
     variables = hoisted.init(key, xs)
     np.testing.assert_allclose(

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from fnn_jax import metrics
-from fnn_jax.tasks import Task
+from fnn_jax import metrics, tasks
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -42,7 +41,7 @@ def test_regression_metrics_equal_sklearn():
     rng = np.random.default_rng(0)
     targets = rng.normal(size=(50, 3, 2)).astype(np.float32)
     outputs = targets + rng.normal(scale=0.3, size=targets.shape).astype(np.float32)
-    task = Task("forecast")
+    task = tasks.get("forecast")
     batch = {"targets": jnp.asarray(targets), "weights": jnp.ones(50)}
     _, sums = task.loss_and_sums(jnp.asarray(outputs), batch)
     got = task.metrics(sums)
@@ -59,7 +58,7 @@ def test_perplexity_and_bits_per_char_follow_from_mean_log_loss():
     logits = rng.normal(size=(4, 6, 7)).astype(np.float32)
     targets = rng.integers(0, 7, (4, 6)).astype(np.int32)
     targets[0, 4:] = -1  # ignored positions
-    task = Task("tagging", num_classes=7)
+    task = tasks.get("tagging", num_classes=7)
     batch = {"targets": jnp.asarray(targets), "weights": jnp.ones(4)}
     _, sums = task.loss_and_sums(jnp.asarray(logits), batch)
     got = task.metrics(sums)

@@ -17,8 +17,8 @@ from configs import test as test_config
 from fnn_jax.checkpoint import CheckpointError, Checkpoints
 from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
-from fnn_jax.train import train_and_evaluate
-from fnn_jax.train.loop import EXIT_PREEMPTED, improves
+from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
+from fnn_jax.train.engine import improves
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40

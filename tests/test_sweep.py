@@ -24,7 +24,7 @@ from fnn_jax import config as config_lib
 from fnn_jax import sweep
 from fnn_jax.files import WorkdirLocked, workdir_lock, write_atomic, write_json
 from fnn_jax.sweep import runner
-from fnn_jax.train.loop import Preempted
+from fnn_jax.train import Preempted
 
 LR = "optimizer.learning_rate"
 HIDDEN = "model.hidden_size"
@@ -203,8 +203,8 @@ def test_digits_sweep_config_documents_and_defines_a_valid_sweep():
     [
         ([{"optimizer.learnig_rate": 1e-3}], "optimizer.learnig_rate.*optimizer.learning_rate"),
         ([{LR: 1e-3}, {"hidden_size": 64}], "hidden_size.*did you mean 'model.hidden_size'"),
-        ([{HIDDEN: 1.5}], "model.hidden_size' must be int"),
-        ([{"model.bidirectional": 1}], "model.bidirectional' must be bool"),
+        ([{HIDDEN: 1.5}], r"config.model.hidden_size must be int; got 1.5 \(float\)"),
+        ([{"model.bidirectional": 1}], r"config.model.bidirectional must be bool; got 1"),
         ([{HIDDEN: [64, 128]}], "model.hidden_size.*product"),
         ([{"model.cell": "lstn"}], "model.cell.*did you mean 'lstm'"),
         ([{"data.options.bogus": 1}], "data.options.bogus"),

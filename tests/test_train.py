@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
+from fnn_jax import sweep
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import train_and_evaluate
@@ -153,3 +154,49 @@ def test_resume_right_after_an_early_stop_stops_too(tmp_path):
     assert train_and_evaluate(config, tmp_path, stop_after_steps=24) == {"interrupted_at": 24}
     report = train_and_evaluate(config, tmp_path)
     assert report["stopped_early"] and report["steps"] == 24
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model.hidden_size", True, r"config.model.hidden_size must be int; got True \(bool\)"),
+        ("model.bidirectional", 1, r"config.model.bidirectional must be bool; got 1 \(int\)"),
+        ("optimizer.learning_rate", "fast", r"config.optimizer.learning_rate must be float"),
+    ],
+)
+def test_the_runner_and_the_sweep_checker_refuse_a_value_with_one_message(
+    key, value, message, tmp_path
+):
+    config = _config()
+    with config.unlocked(), config.ignore_type():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, tmp_path / "run")
+    with pytest.raises(ValueError, match=message):
+        sweep.validate_sweep(_config(), [{key: value}])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ({"num_epoch": 1}, r"stages\[0\].num_epoch is not a stage key \(did you mean 'num_epochs'"),
+        ({"num_steps": 4, "num_epochs": 1}, r"stages\[0\] needs exactly one of num_steps"),
+        ({"num_steps": 4, "optimizer": {"learnig_rate": 1}}, r"unknown config key 'optimizer.le"),
+        ({"num_steps": 4, "optimizer": {"name": "adm"}}, r"optimizer.name='adm'.*'adam'"),
+        ({"num_steps": 4, "rules": [("head/.*", "trian")]}, r"label of 'head/.\*'='trian'"),
+        ({"num_steps": 4, "patience": -1}, r"stages\[0\].patience must be a non-negative int"),
+    ],
+    ids=["key", "budget", "optimizer_key", "optimizer_name", "label", "patience"],
+)
+def test_a_bad_stage_fails_before_anything_is_written_in_runs_and_sweeps(stage, message, tmp_path):
+    config = _config(**{"finetune.stages": [stage]})
+    with pytest.raises(ValueError, match=message):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match=message):
+        sweep.validate_sweep(_config(), [{"finetune.stages": [stage]}])

@@ -20,8 +20,8 @@ from configs import test as test_config
 from fnn_jax import sweep
 from fnn_jax.checkpoint import load_exported
 from fnn_jax.sweep import runner
-from fnn_jax.train import train_and_evaluate
-from fnn_jax.train.loop import Preempted, request_preemption
+from fnn_jax.train import Preempted, train_and_evaluate
+from fnn_jax.train.preemption import request_preemption
 from fnn_jax.train.vectorized import train_together
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,7 +127,10 @@ def test_an_interrupted_group_resumes_bit_for_bit_and_its_trials_resume_alone(ru
     assert stopped == [{"interrupted_at": 10}] * len(configs)
     shutil.copytree(dirs[0], tmp_path / "alone0")
     request_preemption()  # as a SIGTERM would: every trial saves after the current step
-    with pytest.raises(Preempted, match="saved 3 vectorised trials"):
+    with pytest.raises(
+        Preempted,
+        match=r"SIGTERM: saved step 11 in \S*t0, step 11 in \S*t1, step 11 in \S*t2; run again",
+    ):
         train_together(configs, dirs)
     assert all((d / "checkpoints/11").is_dir() for d in dirs)
     assert not any((d / "report.json").exists() for d in dirs)
@@ -157,7 +160,7 @@ def test_momentum_trials_train_together_as_they_train_alone(tmp_path):
         ({"model.hidden_size": 8}, r"model\.hidden_size: 4 -> 8"),
         ({"data.batch_size": 8}, r"data\.batch_size: 16 -> 8"),
         ({"optimizer.momentum": 0.0}, r"optimizer\.momentum: 0 and non-zero"),
-        ({"init_from": "runs/pretrained"}, r"trial 1 fine-tunes"),
+        ({"init_from": "runs/pretrained"}, r"init_from: '' -> 'runs/pretrained'"),
     ],
 )
 def test_trials_that_differ_in_more_than_scalar_settings_are_refused(overrides, message, tmp_path):
@@ -194,7 +197,7 @@ def test_a_vectorized_sweep_from_the_command_line_matches_the_sequential_sweep(t
         assert _results(report) == pytest.approx(_results(trial.report), 1e-5, 1e-6)
 
 
-def test_fine_tuning_trials_stay_alone_and_the_others_group_by_shared_settings():
+def test_trials_group_by_everything_but_seed_and_scalar_settings():
     base = _tiny()
     trials = [
         {"seed": 0, "model.hidden_size": 4},
@@ -206,3 +209,34 @@ def test_fine_tuning_trials_stay_alone_and_the_others_group_by_shared_settings()
     planned = sweep.validate_sweep(base, trials)
     assert runner._units(planned, [0, 1, 2, 3, 4], vectorize=True) == [[0, 2], [1, 4], [3]]
     assert runner._units(planned, [1, 2], vectorize=False) == [[1], [2]]
+
+
+def test_fine_tuning_trials_train_together_as_they_train_alone(tmp_path):
+    """Stages are part of what a group shares. The head stage trains on cached features;
+    the trial with a tiny rate stops early in it and waits (its steps are its own) while
+    the other finishes the stage; then both train everything."""
+    pretrained = tmp_path / "pretrained"
+    base = _tiny(**{"data.options.classes": (0, 1)})
+    train_and_evaluate(base, pretrained)
+    stages = [
+        {"name": "head", "rules": [("head/.*", "train"), (".*", "frozen")], "num_steps": 6},
+        {"name": "all", "rules": [(".*", "train")], "num_steps": 4, "optimizer": {"b1": 0.8}},
+    ]
+    finetune = {
+        "data.options.classes": (2, 3, 4),
+        "init_from": str(pretrained),
+        "finetune.stages": stages,
+        "train.patience": 1,
+    }
+    trials = [
+        {"seed": 0, "optimizer.learning_rate": 1e-2},
+        {"seed": 1, "optimizer.learning_rate": 1e-9},
+    ]
+    configs = [_tiny(**finetune, **trial) for trial in trials]
+    dirs = [tmp_path / f"together{k}" for k in range(2)]
+    together = train_together(configs, dirs)
+    assert together[1]["stopped_early"] and together[1]["steps"] < together[0]["steps"]
+    assert [r["trainable_parameters"]["head"] for r in together] == [4 * 3 + 3] * 2
+    for k, config in enumerate(configs):
+        one = train_and_evaluate(config, tmp_path / f"alone{k}")
+        assert_same_run(one, tmp_path / f"alone{k}", together[k], dirs[k])

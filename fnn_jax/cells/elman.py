@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class ElmanCarry(NamedTuple):
@@ -54,3 +55,6 @@ def step(
 ) -> tuple[ElmanCarry, Array]:
     """One time step. x_t [*batch, input] -> (carry, y_t [*batch, hidden])."""
     return step_projected(params, carry, project_inputs(params, x_t), activation=activation)
+
+
+SPEC = CellSpec("elman", init_params, init_carry, step, project_inputs, step_projected)

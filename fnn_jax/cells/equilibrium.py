@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class EquilibriumCarry(NamedTuple):
@@ -132,3 +133,6 @@ def step(
     """One time step. x_t [*batch, input] -> (carry, y_t = z_t [*batch, hidden])."""
     xp_t = project_inputs(params, x_t)
     return step_projected(params, carry, xp_t, activation=activation, max_iter=max_iter, tol=tol)
+
+
+SPEC = CellSpec("equilibrium", init_params, init_carry, step, project_inputs, step_projected)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells._common import Array, Params, along_last, check_input, orthogonal_blocks, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class GRUCarry(NamedTuple):
@@ -61,3 +62,6 @@ def step_projected(params: Params, carry: GRUCarry, xp_t: Array) -> tuple[GRUCar
 def step(params: Params, carry: GRUCarry, x_t: Array) -> tuple[GRUCarry, Array]:
     """One time step. x_t [*batch, input] -> (carry, y_t = h_t [*batch, hidden])."""
     return step_projected(params, carry, project_inputs(params, x_t))
+
+
+SPEC = CellSpec("gru", init_params, init_carry, step, project_inputs, step_projected)

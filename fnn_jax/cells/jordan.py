@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class JordanCarry(NamedTuple):
@@ -79,3 +80,15 @@ def step(
     return step_projected(
         params, carry, xp_t, activation=activation, output_activation=output_activation
     )
+
+
+SPEC = CellSpec(
+    "jordan",
+    init_params,
+    init_carry,
+    step,
+    project_inputs,
+    step_projected,
+    output_size=True,
+    carry_is_output=True,
+)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from fnn_jax.cells import linear_recurrence
 from fnn_jax.cells._common import Array, Params, along_last, check_input
+from fnn_jax.cells.spec import CellSpec
 
 
 class LRUCarry(NamedTuple):
@@ -110,3 +111,16 @@ def parallel(
         valid = jnp.arange(xs.shape[1])[None, :, None] < lengths[:, None, None]
         ys = jnp.where(valid, ys, jnp.zeros_like(ys))
     return LRUCarry(h_last), ys
+
+
+SPEC = CellSpec(
+    "lru",
+    init_params,
+    init_carry,
+    step,
+    project_inputs,
+    step_projected,
+    input_weight="b_re",
+    output_size=True,
+    parallel=parallel,
+)

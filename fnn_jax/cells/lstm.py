@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax.cells._common import Array, Params, along_last, check_input, orthogonal_blocks, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class LSTMCarry(NamedTuple):
@@ -60,3 +61,6 @@ def step_projected(params: Params, carry: LSTMCarry, xp_t: Array) -> tuple[LSTMC
 def step(params: Params, carry: LSTMCarry, x_t: Array) -> tuple[LSTMCarry, Array]:
     """One time step. x_t [*batch, input] -> (carry, y_t = h_t [*batch, hidden])."""
     return step_projected(params, carry, project_inputs(params, x_t))
+
+
+SPEC = CellSpec("lstm", init_params, init_carry, step, project_inputs, step_projected)

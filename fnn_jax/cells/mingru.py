@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from fnn_jax.cells import linear_recurrence
 from fnn_jax.cells._common import Array, Params, along_last, check_input, uniform
+from fnn_jax.cells.spec import CellSpec
 
 
 class MinGRUCarry(NamedTuple):
@@ -70,3 +71,14 @@ def parallel(
     a, b = _coefficients(project_inputs(params, xs))
     h_last, hs = linear_recurrence.solve(a, b, carry.h, lengths=lengths, reverse=reverse)
     return MinGRUCarry(h_last), hs
+
+
+SPEC = CellSpec(
+    "mingru",
+    init_params,
+    init_carry,
+    step,
+    project_inputs,
+    step_projected,
+    parallel=parallel,
+)

@@ -8,7 +8,6 @@ for batch in batches(ds.train, 32, seed=0, epoch=epoch):
 # Importing the loader modules registers their datasets.
 from fnn_jax.data import classification, forecasting, synthetic, text  # noqa: F401
 from fnn_jax.data.base import (
-    IGNORE_LABEL,
     SPLITS,
     TASKS,
     Dataset,
@@ -19,7 +18,8 @@ from fnn_jax.data.base import (
     epoch_order,
     num_batches,
 )
-from fnn_jax.data.registry import REGISTRY, available, load, register
+from fnn_jax.data.registry import REGISTRY, available, check_options, load, register
+from fnn_jax.tasks import IGNORE_LABEL
 
 __all__ = [
     "IGNORE_LABEL",
@@ -31,6 +31,7 @@ __all__ = [
     "available",
     "batch_spec",
     "batches",
+    "check_options",
     "check_batch",
     "epoch_order",
     "load",

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-TASKS = ("classification", "regression", "forecast", "tagging")
+from fnn_jax import tasks
+
+TASKS = tuple(tasks.REGISTRY)
 SPLITS = ("train", "validation", "test")
-IGNORE_LABEL = -1  # tagging targets at padded positions
 
 # One field of a batch spec: {"shape": (None, time, ...), "dtype": np.dtype, "range": (lo, hi)}.
 # None in "shape" matches any size (the batch axis); "range" (optional) means lo <= v < hi.
@@ -113,7 +114,7 @@ class Dataset:
             raise ValueError(
                 f"dataset {self.name!r}: task must be one of {TASKS}; got {self.task!r}"
             )
-        if self.task in ("classification", "tagging") and (
+        if tasks.REGISTRY[self.task].needs_classes and (
             self.num_classes is None or self.num_classes < 1
         ):
             raise ValueError(f"dataset {self.name!r}: task {self.task!r} needs num_classes >= 1")
@@ -142,28 +143,7 @@ def batch_spec(dataset: Dataset) -> dict[str, FieldSpec]:
         vocab = dataset.info.get("input_vocab_size", dataset.num_classes)
         if vocab is not None:
             spec["inputs"]["range"] = (0, int(vocab))
-    if dataset.task == "classification":
-        spec["targets"] = {
-            "shape": (None,),
-            "dtype": np.dtype(np.int32),
-            "range": (0, dataset.num_classes),
-        }
-    elif dataset.task == "regression":
-        spec["targets"] = {"shape": (None, 1), "dtype": np.dtype(np.float32)}
-    elif dataset.task == "forecast":
-        t = dataset.train.targets
-        if t.ndim != 3:
-            raise ValueError(
-                f"dataset {dataset.name!r}: forecast targets must be [n, horizon, targets]; "
-                f"got shape {t.shape}"
-            )
-        spec["targets"] = {"shape": (None, *map(int, t.shape[1:])), "dtype": np.dtype(np.float32)}
-    else:  # tagging
-        spec["targets"] = {
-            "shape": (None, time),
-            "dtype": np.dtype(np.int32),
-            "range": (IGNORE_LABEL, dataset.num_classes),
-        }
+    spec["targets"] = tasks.for_dataset(dataset).target_spec(dataset)
     spec["lengths"] = {"shape": (None,), "dtype": np.dtype(np.int32), "range": (1, time + 1)}
     return spec
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -42,14 +43,22 @@ def load(name: str, **options: Any) -> Dataset:
     """
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available())}")
-    loader = REGISTRY[name]
-    params = inspect.signature(loader).parameters
-    unknown = sorted(set(options) - set(params))
-    if unknown:
-        raise ValueError(
-            f"dataset {name!r} has no option(s) {unknown}; valid options: {', '.join(params)}"
-        )
-    return loader(**options)
+    check_options(name, options)
+    return REGISTRY[name](**options)
+
+
+def check_options(name: str, options: Any, where: str = "option") -> None:
+    """Raises ValueError naming ``where.<option>`` (with the closest valid name) for an option
+    that the loader of dataset ``name`` does not take."""
+    accepted = inspect.signature(REGISTRY[name]).parameters
+    for option in options:
+        if option not in accepted:
+            close = difflib.get_close_matches(option, list(accepted), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}.{option} is not an option of dataset {name!r}{hint}; "
+                f"valid: {sorted(accepted)}"
+            )
 
 
 def require(module: str, package: str, dataset: str) -> ModuleType:

@@ -19,6 +19,8 @@ only in seed and scalar optimizer settings, trained together by
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
+import dataclasses
 import json
 import logging
 import multiprocessing
@@ -26,7 +28,8 @@ import os
 import signal
 import threading
 import traceback
-from collections.abc import Sequence
+import types
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +41,12 @@ from fnn_jax.sweep import results as results_lib
 from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
 from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
-from fnn_jax.train import train_and_evaluate
-from fnn_jax.train.loop import Preempted, request_preemption
-from fnn_jax.train.vectorized import group_key, train_together
+from fnn_jax.train import Preempted, train_and_evaluate, train_together
+from fnn_jax.train.preemption import request_preemption
+from fnn_jax.train.vectorized import group_key
 
 log = logging.getLogger("fnn_jax")
 BACKENDS = ("local", "ray")
-# A unit of work: the configs of its trials and their workdirs (one trial, or a vectorised
-# group); picklable, for worker processes and Ray tasks.
-Work = tuple[list[ml_collections.ConfigDict], list[str]]
 
 
 def run(
@@ -82,13 +82,9 @@ def run(
         todo = [i for i, r in enumerate(trial_results) if r.status != "done"]
         log.info("sweep %s: %d trials, %d to run", workdir, len(planned), len(todo))
 
-        def record(i: int, outcome: dict[str, Any]) -> None:
+        def record(i: int, outcome: TrialOutcome) -> None:
             trial = trial_results[i]
-            trial.status, trial.report, trial.error = (
-                outcome["status"],
-                outcome.get("report"),
-                outcome.get("error", ""),
-            )
+            trial.status, trial.report, trial.error = outcome.status, outcome.report, outcome.error
             log.info("trial %s: %s %s", trial.name, trial.status, trial.error)
             results_lib.write_tables(_summarise(workdir, trial_results), spec)
 
@@ -98,19 +94,15 @@ def run(
             ([planned[i].config for i in unit], [str(trial_results[i].workdir) for i in unit])
             for unit in units
         ]
-
-        def record_unit(u: int, outcomes: list[dict[str, Any]]) -> None:
-            for i, outcome in zip(units[u], outcomes, strict=True):
-                record(i, outcome)
-
-        workers = min(parallel, len(units))
-        if backend == "ray" and units:
-            _run_ray(work, ray_address, record_unit)
-        elif workers <= 1:
-            for u, (configs, dirs) in enumerate(work):
-                record_unit(u, _run_unit(configs, dirs))
-        else:
-            _run_parallel(work, workers, record_unit)
+        if units:
+            with _executor(backend, min(parallel, len(units)), ray_address) as executor:
+                pending = {executor.submit(_run_unit, *unit): u for u, unit in enumerate(work)}
+                for future in executor.as_completed(pending):
+                    u = pending[future]
+                    for i, outcome in zip(
+                        units[u], _unit_outcomes(future, len(units[u])), strict=True
+                    ):
+                        record(i, outcome)
 
         result = _summarise(workdir, trial_results)
         result.paths["plot"] = workdir / "sweep.png"
@@ -177,29 +169,31 @@ def _previous(trial: Trial, trial_dir: Path) -> TrialResult:
 
 def _units(planned: list[Trial], todo: list[int], vectorize: bool) -> list[list[int]]:
     """The ``todo`` trials as units of work: each alone, or with ``vectorize`` grouped by
-    ``group_key`` (in order of first appearance; a trial that fine-tunes stays alone)."""
+    ``group_key`` (in order of first appearance)."""
     if not vectorize:
         return [[i] for i in todo]
     groups: dict[str, list[int]] = {}
-    units = []
     for i in todo:
-        key = group_key(planned[i].config)
-        if key is None:
-            units.append([i])
-        elif key in groups:
-            groups[key].append(i)
-        else:
-            groups[key] = [i]
-            units.append(groups[key])
+        groups.setdefault(group_key(planned[i].config), []).append(i)
+    units = list(groups.values())
     log.info("vectorised: %d trials in %d programs", len(todo), len(units))
     return units
 
 
-def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list[dict[str, Any]]:
-    """One unit of work, in this process, a worker or a Ray task: per trial, {"status",
-    "report"} or {"status", "error"}.
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    """What one run of a trial gave: done (with its report), failed (``"Type: message"``;
+    the traceback in its error.txt) or pending (it stopped early on its own; resumable)."""
 
-    Exceptions become a failed status (traceback to error.txt). Preempted (SIGTERM: the
+    status: str
+    report: dict[str, Any] | None = None
+    error: str = ""
+
+
+def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list[TrialOutcome]:
+    """One unit of work, in this process, a worker or a Ray task: one outcome per trial.
+
+    Exceptions become a failed outcome (traceback to error.txt). Preempted (SIGTERM: the
     trials saved their state), KeyboardInterrupt and other BaseExceptions propagate and stop
     the sweep: the trials are not broken, and the next invocation resumes them.
     """
@@ -219,14 +213,63 @@ def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list
     return [_outcome(result, path) for result, path in zip(results, paths, strict=True)]
 
 
-def _outcome(result: dict[str, Any] | Exception, trial_dir: Path) -> dict[str, Any]:
+def _outcome(result: dict[str, Any] | Exception, trial_dir: Path) -> TrialOutcome:
     """A run's report, interruption or exception, as the sweep records it."""
     if isinstance(result, Exception):
         write_atomic(trial_dir / "error.txt", "".join(traceback.format_exception(result)))
-        return {"status": "failed", "error": f"{type(result).__name__}: {result}"}
-    if "interrupted_at" in result:  # the runner stopped early on its own; resumable
-        return {"status": "pending"}
-    return {"status": "done", "report": result}
+        return TrialOutcome("failed", error=f"{type(result).__name__}: {result}")
+    if "interrupted_at" in result:
+        return TrialOutcome("pending")
+    return TrialOutcome("done", report=result)
+
+
+def _unit_outcomes(future: futures.Future, size: int) -> list[TrialOutcome]:
+    """A finished unit's outcomes. Preempted stops the sweep; any other exception here is
+    the backend's (a worker process or Ray node lost), so every trial of the unit failed."""
+    try:
+        return future.result()
+    except Preempted:
+        raise
+    except Exception as e:
+        return [TrialOutcome("failed", error=f"{type(e).__name__}: {e}")] * size
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+@contextlib.contextmanager
+def _executor(backend: str, workers: int, ray_address: str | None) -> Iterator[Any]:
+    """Where units run: an object with ``submit(fn, *args) -> Future`` and
+    ``as_completed(futures)``: in this process, in worker processes, or on Ray."""
+    if backend == "ray":
+        with _ray_executor(ray_address) as executor:
+            yield executor
+    elif workers > 1:
+        with _process_pool(workers) as executor:
+            yield executor
+    else:
+        yield _InlineExecutor()
+
+
+class _InlineExecutor:
+    """Runs each unit in this process, in order, as the loop asks for the next result."""
+
+    def __init__(self):
+        self._calls: dict[futures.Future, tuple] = {}
+
+    def submit(self, fn, *args) -> futures.Future:
+        future = futures.Future()
+        self._calls[future] = (fn, args)
+        return future
+
+    def as_completed(self, pending) -> Iterator[futures.Future]:
+        for future in pending:
+            fn, args = self._calls.pop(future)
+            try:
+                future.set_result(fn(*args))
+            except Exception as e:  # KeyboardInterrupt and the like stop the sweep at once
+                future.set_exception(e)
+            yield future
 
 
 # ---------------------------------------------------------------------------- parallel
@@ -260,11 +303,12 @@ def _init_worker(shares: Any) -> None:
     signal.signal(signal.SIGTERM, request_preemption)
 
 
-def _run_parallel(work: list[Work], workers: int, record_unit: Any) -> None:
-    """Runs the units of ``work`` in ``workers`` spawned processes ('spawn': a fork of a
-    process that already started JAX's threads can deadlock). On KeyboardInterrupt, units not
-    yet started are cancelled; running ones stop with their own SIGINT (Ctrl-C reaches the
-    whole process group) or finish."""
+@contextlib.contextmanager
+def _process_pool(workers: int) -> Iterator[Any]:
+    """``workers`` spawned processes ('spawn': a fork of a process that already started
+    JAX's threads can deadlock), the cores split among them. SIGTERM is forwarded to them;
+    on Preempted the running trials finish saving before we exit; on KeyboardInterrupt,
+    units not yet started are cancelled (running ones get their own SIGINT)."""
     context = multiprocessing.get_context("spawn")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     cpus = cpus or list(range(os.cpu_count() or 1))
@@ -274,6 +318,7 @@ def _run_parallel(work: list[Work], workers: int, record_unit: Any) -> None:
     pool = futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(shares,)
     )
+    pool.as_completed = futures.as_completed
 
     def forward_sigterm(signum, frame) -> None:
         # Preemption: each worker's run saves at its next step boundary and raises
@@ -285,17 +330,8 @@ def _run_parallel(work: list[Work], workers: int, record_unit: Any) -> None:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, forward_sigterm) if on_main_thread else None
     try:
-        pending = {pool.submit(_run_unit, *unit): u for u, unit in enumerate(work)}
-        for future in futures.as_completed(pending):
-            u = pending[future]
-            try:
-                outcomes = future.result()
-            except futures.process.BrokenProcessPool as e:  # a worker died (out of memory?)
-                outcomes = [{"status": "failed", "error": f"BrokenProcessPool: {e}"}] * len(
-                    work[u][0]
-                )
-            record_unit(u, outcomes)
-    except Preempted:  # let the other running trials finish saving before we exit
+        yield pool
+    except Preempted:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     except BaseException:
@@ -310,11 +346,10 @@ def _run_parallel(work: list[Work], workers: int, record_unit: Any) -> None:
 # ---------------------------------------------------------------------------- ray
 
 
-def _run_ray(work: list[Work], address: str | None, record_unit: Any) -> None:
-    """Runs the units of ``work`` as Ray tasks (one CPU each), recording each as it finishes.
-
-    A task that dies (its node lost, say) is recorded as failed and retried by the next run.
-    """
+@contextlib.contextmanager
+def _ray_executor(address: str | None) -> Iterator[Any]:
+    """Units as Ray tasks (one CPU each); their ObjectRefs as concurrent futures. A task
+    that dies (its node lost, say) is recorded as failed and retried by the next run."""
     try:
         import ray
     except ImportError:
@@ -324,18 +359,13 @@ def _run_ray(work: list[Work], address: str | None, record_unit: Any) -> None:
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(_run_unit)
+    executor = types.SimpleNamespace(
+        submit=lambda fn, *args: remote.remote(*args).future(),
+        as_completed=futures.as_completed,
+    )
     try:
-        remote = ray.remote(num_cpus=1)(_run_unit)
-        pending = {remote.remote(*unit): u for u, unit in enumerate(work)}
-        while pending:
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            u = pending.pop(ready)
-            try:
-                outcomes = ray.get(ready)
-            except ray.exceptions.RayError as e:
-                failed = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-                outcomes = [failed] * len(work[u][0])
-            record_unit(u, outcomes)
+        yield executor
     finally:
         if started_here:
             ray.shutdown()

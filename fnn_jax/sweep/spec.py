@@ -11,13 +11,12 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
-import difflib
 import hashlib
 import itertools
 import json
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -244,59 +243,19 @@ def parse_cli(specs: Sequence[str], config: ml_collections.ConfigDict | None = N
 # ---------------------------------------------------------------------------- validation
 
 
-def _leaf_paths(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
-    for key, value in config.items():
-        if isinstance(value, ml_collections.ConfigDict):
-            yield from _leaf_paths(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
-
-
 def _field(config: ml_collections.ConfigDict, key: str) -> tuple[type | None, Any]:
-    """(expected type, current value) of a dotted key; ValueError naming it if unknown.
+    """(schema type, current value) of a dotted key; ValueError naming it if unknown.
 
     A new ``data.options.<name>`` is allowed (the dataset loader's keyword arguments); its
     name is checked by ``config.validate`` and its type is unknown (None).
     """
-    *parents, leaf = key.split(".")
+    expected = config_lib.check_key(key)
     node = config
-    for part in parents:
-        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-        if node is None:
-            break
-    if isinstance(node, ml_collections.ConfigDict) and leaf in node:
-        if isinstance(node[leaf], ml_collections.ConfigDict):
-            raise ValueError(f"sweep key {key!r} is a config section, not a value")
-        return node.get_type(leaf), node[leaf]
-    if parents == ["data", "options"]:
-        return None, None
-    close = difflib.get_close_matches(key, list(_leaf_paths(config)), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown sweep key {key!r}{hint}")
-
-
-def _check_type(key: str, value: Any, expected: type | None, current: Any) -> None:
-    scalars = (bool, int, float, str, type(None))
-    if expected is None:
-        ok = isinstance(value, (*scalars, tuple, list))
-    elif value is None:
-        ok = current is None  # a placeholder field (e.g. model.output_size)
-    elif expected is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif expected is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif expected in (tuple, list):
-        ok = isinstance(value, tuple | list)
-    else:
-        ok = isinstance(value, expected)
-    if not ok:
-        name = expected.__name__ if expected else "a number, string, bool or tuple"
-        hint = ""
-        if isinstance(value, list) and expected not in (tuple, list):
-            hint = "; a list of values to sweep belongs in product()/zipped()"
-        raise ValueError(
-            f"sweep key {key!r} must be {name}; got {value!r} ({type(value).__name__}){hint}"
-        )
+    for part in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return expected, None
+        node = node[part]
+    return expected, node
 
 
 def apply_overrides(
@@ -334,7 +293,13 @@ def validate_sweep(config: ml_collections.ConfigDict, trials: Sequence[Overrides
         if not isinstance(trial, Mapping):
             raise ValueError(f"a trial must be a dict of dotted keys to values; got {trial!r}")
         for key, value in trial.items():
-            _check_type(key, value, *_field(config, key))
+            expected = config_lib.check_key(key)
+            if isinstance(value, list) and expected not in (None, tuple, list):
+                raise ValueError(
+                    f"sweep key {key!r} has a list value {value!r}; a list of values to "
+                    "sweep belongs in product()/zipped()"
+                )
+            config_lib.check_value(key, value)
     seen: dict[str, int] = {}
     for i, trial in enumerate(trials):
         j = seen.setdefault(_canonical(trial), i)

@@ -1,13 +1,21 @@
-"""Training: the state, jitted steps and the run loop (``train_and_evaluate``)."""
+"""Training: the state, jitted steps, steppers and the one engine behind
+``train_and_evaluate`` (one run) and ``train_together`` (K vectorised trials)."""
 
-from fnn_jax.train.loop import Stage, train_and_evaluate
-from fnn_jax.train.steps import TrainState, build_model, make_eval_step, make_train_step
+from fnn_jax.finetune import Stage
+from fnn_jax.train.loop import train_and_evaluate
+from fnn_jax.train.preemption import EXIT_PREEMPTED, Preempted
+from fnn_jax.train.steps import StepSpec, TrainState, build_model, make_eval_step, make_train_step
+from fnn_jax.train.vectorized import train_together
 
 __all__ = [
+    "EXIT_PREEMPTED",
+    "Preempted",
     "Stage",
+    "StepSpec",
     "TrainState",
     "build_model",
     "make_eval_step",
     "make_train_step",
     "train_and_evaluate",
+    "train_together",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,11 +16,16 @@ import numpy as np
 import optax
 
 from fnn_jax import data as data_lib
-from fnn_jax import models
+from fnn_jax import tasks
 from fnn_jax.optim import penalty
 from fnn_jax.tasks import Task
+from fnn_jax.tree import all_finite
 
 Array = jax.Array
+
+
+def identity(tree: Any) -> Any:
+    return tree
 
 
 @flax.struct.dataclass
@@ -32,28 +38,7 @@ class TrainState:
 
 def build_model(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> nn.Module:
     """The model for the dataset's task, with the encoder described by ``cfg`` (config.model)."""
-    encoder = dict(
-        cell=cfg.cell,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        bidirectional=cfg.bidirectional,
-        dropout=cfg.dropout,
-        activation=cfg.activation,
-        output_activation=cfg.output_activation,
-        output_size=cfg.output_size,
-        unroll=cfg.unroll,
-        remat=cfg.remat,
-        parallel=cfg.parallel,
-    )
-    if dataset.task == "classification":
-        return models.SequenceClassifier(
-            **encoder, num_classes=dataset.num_classes, pooling=cfg.pooling
-        )
-    if dataset.task in ("regression", "forecast"):
-        targets = dataset.train.targets
-        horizon = 1 if dataset.task == "regression" else targets.shape[1]
-        return models.Forecaster(**encoder, horizon=horizon, targets=targets.shape[-1])
-    return models.CharLM(**encoder, vocab_size=dataset.num_classes, embed_dim=cfg.embed_dim)
+    return tasks.for_dataset(dataset).build_model(cfg, dataset)
 
 
 def to_device_batch(batch: dict[str, np.ndarray], weights: np.ndarray | None = None) -> dict:
@@ -101,30 +86,39 @@ def stop_frozen_gradients(params: Any, frozen: Any | None) -> Any:
     return jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
 
 
-def train_step_body(
-    model: nn.Module,
-    task: Task,
-    exclude: str = "",
-    frozen: Any | None = None,
-    to_model: Callable[[Any], Any] = lambda tree: tree,
-    cached_features: bool = False,
-) -> Callable[..., tuple[TrainState, Array]]:
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """What a train step computes, fixed for a stage (the same for every trial of a group).
+
+    frozen: True where a leaf of state.params is frozen (its gradient is not computed).
+    to_model: maps state.params to the model's parameters (e.g. merges LoRA adapters).
+    cached_features: the batch carries ``features`` (the frozen encoder's output, computed
+        once) and only the head runs.
+    exclude: regex of parameter paths the L1/L2 penalty skips.
+    """
+
+    model: nn.Module
+    task: Task
+    exclude: str = ""
+    frozen: Any | None = None
+    to_model: Callable[[Any], Any] = identity
+    cached_features: bool = False
+
+
+def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
     """The un-jitted ``body(state, batch, dropout_key, tx, l1, l2) -> (state, finite)``.
 
     Everything a trial may vary (the dropout key, the optimizer, the penalty weights) is an
-    argument, so ``jax.vmap`` can run several trials at once (fnn_jax.train.vectorized).
+    argument, so ``jax.vmap`` can run several trials at once (fnn_jax.train.steppers).
     ``l1``/``l2`` may be traced scalars; a Python 0 leaves its penalty term out.
-    ``frozen``: True where a leaf of state.params is frozen (its gradient is not computed).
-    ``to_model``: maps state.params to the model's parameters (e.g. merges LoRA adapters).
-    ``cached_features``: the batch carries ``features`` (the frozen encoder's output,
-    computed once) and only the head runs.
     A step whose loss or gradients are not finite changes nothing but the step counter
     (``finite`` is False); the caller decides how many such steps to tolerate.
     """
+    model, task, frozen, to_model = spec.model, spec.task, spec.frozen, spec.to_model
 
     def forward(params, batch, key):
         variables, rngs = {"params": to_model(params)}, {"dropout": key}
-        if cached_features:
+        if spec.cached_features:
             return model.apply(
                 variables, batch["features"], train=True, rngs=rngs, method="predict"
             )
@@ -137,7 +131,7 @@ def train_step_body(
             params = stop_frozen_gradients(params, frozen)
             outputs = forward(params, batch, key)
             loss, sums = task.loss_and_sums(outputs, batch)
-            return loss + penalty(params, l1, l2, exclude), sums
+            return loss + penalty(params, l1, l2, spec.exclude), sums
 
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -159,28 +153,25 @@ def train_step_body(
 
 
 def make_train_step(
-    model: nn.Module,
+    spec: StepSpec,
     tx: optax.GradientTransformation,
-    task: Task,
-    regularization: ml_collections.ConfigDict,
+    *,
     dropout_key: Array,
-    frozen: Any | None = None,
-    to_model: Callable[[Any], Any] = lambda tree: tree,
-    cached_features: bool = False,
+    l1: float = 0.0,
+    l2: float = 0.0,
 ) -> Callable[[TrainState, dict], tuple[TrainState, Array]]:
-    """A jitted ``train_step(state, batch) -> (state, finite)`` that donates ``state``
-    (one trial; see ``train_step_body`` for the arguments)."""
-    reg = regularization
-    body = train_step_body(model, task, reg.exclude, frozen, to_model, cached_features)
+    """A jitted ``train_step(state, batch) -> (state, finite)`` of one run that donates
+    ``state``: for research code and benchmarks; the runner uses fnn_jax.train.steppers."""
+    body = train_step_body(spec)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
-        return body(state, batch, dropout_key, tx, reg.l1, reg.l2)
+        return body(state, batch, dropout_key, tx, l1, l2)
 
     return jax.jit(train_step, donate_argnums=0)
 
 
 def eval_step_body(
-    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = lambda tree: tree
+    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = identity
 ) -> Callable[[Any, dict], Any]:
     """The un-jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
 
@@ -192,19 +183,24 @@ def eval_step_body(
 
 
 def make_eval_step(
-    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = lambda tree: tree
+    model: nn.Module, task: Task, to_model: Callable[[Any], Any] = identity
 ) -> Callable[[Any, dict], Any]:
     """A jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
     return jax.jit(eval_step_body(model, task, to_model))
 
 
-def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
-    """The task's metrics over a whole split."""
+def split_sums(eval_step, params: Any, split: data_lib.Split, batch_size: int) -> Any:
+    """``eval_step``'s sums added over every batch of ``split`` (on the device)."""
     total = None
     for batch in eval_batches(split, batch_size):
         sums = eval_step(params, batch)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
-    return task.metrics(jax.device_get(total))
+    return total
+
+
+def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
+    """The task's metrics over a whole split."""
+    return task.metrics(jax.device_get(split_sums(eval_step, params, split, batch_size)))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -227,13 +223,3 @@ def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
     """The model's initial parameters for ``key``, shaped by ``batch`` (compiled once, so a
     second run or a vectorised group's trials reuse the program)."""
     return _init(model, key, batch["inputs"], batch["lengths"])
-
-
-@jax.jit
-def all_finite(tree: Any) -> Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
-
-
-def count_params(params: Any) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(params)))

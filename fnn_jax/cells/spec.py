@@ -1,0 +1,69 @@
+"""What a cell says about itself, so no other module branches on cell names.
+
+Each cell module exports ``SPEC``; ``fnn_jax.cells.REGISTRY`` maps names to them. The layers
+read the spec for the input weight (to check input sizes), the carry and output sizes, and
+whether an associative-scan form exists (``resolve_scan_impl``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+
+SCAN_IMPLS = ("sequential", "associative", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """A cell's functions and the facts the layers need about it.
+
+    input_weight: the parameter whose first axis is the input size ([input, ...]).
+    output_size: whether ``init_params`` takes ``output_size`` (the output may differ from
+        the hidden size); jordan's carry is its output, so then the carry has that size too.
+    parallel: ``parallel(params, carry, xs, *, lengths, reverse)`` by associative scan, or
+        None when the recurrence is not linear in its state.
+    """
+
+    name: str
+    init_params: Callable[..., dict[str, jax.Array]]
+    init_carry: Callable[..., Any]
+    step: Callable[..., Any]
+    project_inputs: Callable[..., Any]
+    step_projected: Callable[..., Any]
+    input_weight: str = "w_ih"
+    output_size: bool = False
+    carry_is_output: bool = False
+    parallel: Callable[..., Any] | None = None
+
+    def output_features(self, hidden_size: int, output_size: int | None) -> int:
+        """Size of y_t: ``output_size`` where the cell takes one (and it is set)."""
+        return output_size if self.output_size and output_size is not None else hidden_size
+
+    def carry_size(self, hidden_size: int, output_size: int | None) -> int:
+        """The size ``init_carry`` takes: the output size for output feedback."""
+        if self.carry_is_output:
+            return self.output_features(hidden_size, output_size)
+        return hidden_size
+
+
+def resolve_scan_impl(spec: CellSpec, scan_impl: str) -> str:
+    """ "sequential" or "associative" for ``spec`` under the setting ``scan_impl``.
+
+    "auto" takes the associative scan on accelerators where the cell has one; on XLA:CPU a
+    sequential scan does less work. Asking for "associative" from a cell without that form
+    is an error, never a silent sequential run.
+    """
+    if scan_impl not in SCAN_IMPLS:
+        raise ValueError(f"scan_impl={scan_impl!r} is not valid; valid choices: {SCAN_IMPLS}")
+    if scan_impl == "associative" and spec.parallel is None:
+        raise ValueError(
+            f"cell {spec.name!r} has no associative-scan form (its recurrence is not linear "
+            f"in its state); use scan_impl='sequential' or 'auto'"
+        )
+    if scan_impl == "auto":
+        on_accelerator = jax.default_backend() != "cpu"
+        return "associative" if spec.parallel is not None and on_accelerator else "sequential"
+    return scan_impl

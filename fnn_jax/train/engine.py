@@ -1,0 +1,533 @@
+"""The one training engine: K trials driven step by step, a single run being K = 1.
+
+Per step, for every trial: count a skipped non-finite step, log train metrics, evaluate,
+track the best step and early stopping, save, end the stage, honour preemption. This is
+written once here; only the stepper (``jit(step)`` or ``jit(vmap(step))``, see
+fnn_jax.train.steppers) differs between a run alone and a vectorised group.
+
+The trials of a group share the data, the model and the stage list; they differ only in
+seed and scalar settings (fnn_jax.train.vectorized.VECTORIZABLE). They go through the stages
+together: a trial whose stage ended (or stopped early) waits until every trial has ended
+that stage, then all start the next one with fresh optimizer states. Waiting changes
+nothing, since a trial's batches and dropout keys are functions of its own step, so each
+trial ends as it would alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from fnn_jax import data as data_lib
+from fnn_jax import finetune, reporting, tasks
+from fnn_jax.checkpoint import Checkpoints, export_params
+from fnn_jax.finetune import Stage
+from fnn_jax.optim import make_optimizer
+from fnn_jax.tasks import Task
+from fnn_jax.train import steppers
+from fnn_jax.train.preemption import Preempted, PreemptionFlag, clear_preemption
+from fnn_jax.train.steps import (
+    StepSpec,
+    TrainState,
+    build_model,
+    compute_features,
+    evaluate,
+    init_params,
+    make_eval_step,
+    to_device_batch,
+    zero_sums,
+)
+from fnn_jax.tree import count_params
+
+log = logging.getLogger("fnn_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a config fixes before training starts: data, task, model and step budget."""
+
+    dataset: data_lib.Dataset
+    task: Task
+    metric: str  # the validation metric for early stopping and the best checkpoint
+    mode: str  # "min" | "max": which way ``metric`` improves
+    spec: Any  # the shape/dtype every train batch must have (data.batch_spec)
+    batch_size: int
+    steps_per_epoch: int
+    eval_every: int
+    model: Any
+    sample: dict  # a train batch, for model.init
+
+    def train_batches(self, seed: int, start: int, end: int) -> Iterator[dict]:
+        """Checked train batches for global steps start..end-1, across epochs; the order is
+        a function of (seed, epoch), so a resumed run sees what an uninterrupted one saw."""
+        name, train = self.dataset.name, self.dataset.train
+        step = start
+        while step < end:
+            epoch, first = divmod(step, self.steps_per_epoch)
+            epoch_batches = data_lib.batches(train, self.batch_size, seed=seed, epoch=epoch)
+            for i, batch in enumerate(epoch_batches):
+                if i < first:
+                    continue  # resuming inside this epoch
+                data_lib.check_batch(
+                    batch, dataset=name, split="train", index=i, expected=self.spec
+                )
+                yield batch
+                step += 1
+                if step >= end:
+                    return
+
+
+def setup(config: ml_collections.ConfigDict) -> Setup:
+    """The run's Setup: config.data loaded, the model built, the step budget worked out."""
+    dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
+    task = tasks.for_dataset(dataset)
+    metric = config.train.early_stopping_metric or task.main_metric
+    batch_size = config.data.batch_size
+    steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"config.data.batch_size={batch_size} is larger than the training split "
+            f"of {dataset.name!r} ({len(dataset.train)} rows)"
+        )
+    first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
+    return Setup(
+        dataset=dataset,
+        task=task,
+        metric=metric,
+        mode=tasks.metric_mode(metric),
+        spec=data_lib.batch_spec(dataset),
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        eval_every=config.train.eval_every_steps or steps_per_epoch,
+        model=build_model(config.model, dataset),
+        sample=to_device_batch(first),
+    )
+
+
+@dataclasses.dataclass
+class Progress:
+    """A trial's bookkeeping, saved as JSON beside every checkpoint."""
+
+    stage: int = 0
+    stage_start: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped: bool = False  # ended early (patience), before the planned steps
+    nonfinite_steps: int = 0
+    lora_rank: int = 0  # for fine-tuning from this run: how to merge its adapters
+    lora_alpha: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Progress:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in record.items() if k in names})
+
+    def record(self, step: int, steps_per_epoch: int) -> dict[str, Any]:
+        epoch, position = divmod(step, steps_per_epoch)
+        return {**dataclasses.asdict(self), "epoch": epoch, "batch": position}
+
+
+def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    """Whether a validation value beats the best so far by more than min_delta (never NaN)."""
+    if np.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+@dataclasses.dataclass
+class Trial:
+    """One trial's host-side state. Its arrays live in the stepper while its stage trains,
+    and in ``state`` (host copies) between stages and at the end."""
+
+    config: ml_collections.ConfigDict
+    workdir: Path
+    checkpoints: Checkpoints
+    metrics_log: reporting.MetricsLog
+    stages: list[Stage]
+    progress: Progress
+    state: TrainState
+    step: int
+    dropout_key: jax.Array
+    label: str  # prefix for log lines: "" alone, the workdir's name in a group
+    outcome: dict[str, Any] | Exception | None = None  # report, interruption or error
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.progress.stage]
+
+    @property
+    def stage_end(self) -> int:
+        return self.progress.stage_start + self.stage.num_steps
+
+    @property
+    def in_training(self) -> bool:
+        return self.outcome is None and self.progress.stage < len(self.stages)
+
+    def patience_spent(self) -> bool:
+        patience = self.stage.patience
+        return bool(patience and self.progress.bad_evals >= patience)
+
+
+class Engine:
+    """Trains K trials (K = 1 for a single run) in their workdirs; see the module docstring."""
+
+    def __init__(self, configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path]):
+        self.started = time.time()
+        self.plan = plan = setup(configs[0])  # what the trials share
+        self.config = configs[0]
+        self.to_model = finetune.model_params(configs[0])
+        self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
+        self.sums0 = None
+        # An L1/L2 term that is 0 in every trial stays out of the loss.
+        self.penalties = tuple(
+            name for name in ("l1", "l2") if any(c.regularization[name] for c in configs)
+        )
+        self.trials = [
+            self._open(c, Path(w), len(configs) > 1) for c, w in zip(configs, workdirs, strict=True)
+        ]
+
+    # ------------------------------------------------------------------------ set-up
+
+    def _fresh_state(self, params: Any, stage: Stage, step: int) -> TrainState:
+        tx = make_optimizer(
+            stage.optimizer,
+            stage.num_steps,
+            params=params,
+            rules=stage.rules,
+            lr_mults=stage.lr_mults,
+        )
+        sums = jax.tree.map(jnp.zeros_like, self.sums0)
+        return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), sums)
+
+    def _open(self, config: ml_collections.ConfigDict, workdir: Path, grouped: bool) -> Trial:
+        """A trial restored from its workdir's newest intact checkpoint, else fresh."""
+        plan = self.plan
+        init_key, dropout_key, lora_key = jax.random.split(jax.random.key(config.seed), 3)
+        model_params = init_params(plan.model, init_key, plan.sample)
+        if self.sums0 is None:
+            self.sums0 = zero_sums(plan.model, plan.task, model_params, plan.sample)
+        # What the optimizer trains: the model's parameters, or those plus LoRA adapters.
+        params = finetune.training_tree(config, model_params, lora_key)
+        stages = finetune.stages(config, plan.steps_per_epoch, params)
+        checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+        restored = checkpoints.restore_good(
+            lambda record: self._fresh_state(params, stages[record["stage"]], 0)
+        )
+        if restored is not None:
+            step, state, record = restored
+            progress = Progress.from_record(record)
+            log.info("resumed %s from step %d", workdir, step)
+        else:
+            params = finetune.initial_params(config, params)
+            state, step = self._fresh_state(params, stages[0], 0), 0
+            ft = config.finetune
+            progress = Progress(lora_rank=ft.lora_rank, lora_alpha=ft.lora_alpha)
+        return Trial(
+            config=config,
+            workdir=workdir,
+            checkpoints=checkpoints,
+            metrics_log=reporting.MetricsLog(workdir, resume_step=step),
+            stages=stages,
+            progress=progress,
+            state=steppers.host_copy(state),
+            step=step,
+            dropout_key=dropout_key,
+            label=f"{workdir.name}: " if grouped else "",
+        )
+
+    # ------------------------------------------------------------------------ the loop
+
+    def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any] | Exception]:
+        """Trains every trial to its end; per trial its report, ``{"interrupted_at": step}``
+        after ``stop_after_steps`` group steps, or the exception that stopped it alone.
+        SIGTERM saves every trial and raises Preempted."""
+        total = sum(s.num_steps for s in self.trials[0].stages)
+        bar = reporting.Progress(
+            total, min(t.step for t in self.trials), self.config.train.log_every_steps
+        )
+        preemption = PreemptionFlag()
+        self.ran, interrupted = 0, False
+        try:
+            for index in range(len(self.trials[0].stages)):
+                members = [t for t in self.trials if t.in_training and t.progress.stage == index]
+                for trial in members:
+                    if trial.step >= trial.stage_end or trial.patience_spent():
+                        self._end_stage(trial)  # resumed at its end, or after its early stop
+                members = [t for t in members if t.in_training and t.progress.stage == index]
+                if members and self._train_stage(members, stop_after_steps, preemption, bar):
+                    interrupted = True
+                    break
+        finally:
+            preemption.restore()
+            bar.close()
+            for trial in self.trials:
+                trial.checkpoints.wait()
+                trial.metrics_log.flush()
+        if interrupted and preemption.requested:
+            self._close(self.trials)
+            clear_preemption()
+            saved = ", ".join(f"step {t.step} in {t.workdir}" for t in self.trials)
+            raise Preempted(f"SIGTERM: saved {saved}; run again to resume")
+        for trial in self.trials:
+            if interrupted and trial.outcome is None:
+                trial.outcome = {"interrupted_at": trial.step}
+            elif trial.outcome is None:
+                trial.outcome = self._finish(trial)
+        self._close(self.trials)
+        return [t.outcome for t in self.trials]
+
+    def _train_stage(
+        self,
+        members: list[Trial],
+        stop_after_steps: int | None,
+        preemption: PreemptionFlag,
+        bar: reporting.Progress,
+    ) -> bool:
+        """Trains ``members`` (all in the same stage) until each ends it; True when
+        interrupted (preemption or ``stop_after_steps``), every member saved."""
+        plan, stage = self.plan, members[0].stage
+        frozen = finetune.frozen_tree(members[0].state.params, stage.rules)
+        cached = finetune.caches_features(self.config, plan.model, plan.task, frozen)
+        spec = StepSpec(
+            model=plan.model,
+            task=plan.task,
+            exclude=self.config.regularization.exclude,
+            frozen=frozen,
+            to_model=self.to_model,
+            cached_features=cached,
+        )
+        stepper = steppers.make_stepper(
+            spec,
+            stage,
+            [t.state for t in members],
+            [
+                steppers.trial_settings(t.stage.optimizer, t.config.regularization, self.penalties)
+                for t in members
+            ],
+            [t.dropout_key for t in members],
+            self.eval_step,
+        )
+        batch_size = self.config.data.eval_batch_size
+        # A head-only stage runs the frozen encoder once per stage, not once per step.
+        features = (
+            [
+                compute_features(
+                    plan.model, self.to_model(t.state.params), plan.dataset.train, batch_size
+                )
+                for t in members
+            ]
+            if cached
+            else None
+        )
+        batches = [plan.train_batches(t.config.seed, t.step, t.stage_end) for t in members]
+        active = [True] * len(members)
+        while any(active):
+            rows = [
+                self._device_batch(next(batches[i]), features and features[i]) if on else None
+                for i, on in enumerate(active)
+            ]
+            finite = stepper.step(rows)
+            self.ran += 1
+            for i, trial in enumerate(members):
+                if active[i]:
+                    trial.step += 1
+                    if not finite[i]:
+                        active[i] = self._count_nonfinite(trial)
+            saved = self._log_evaluate_save(members, active, stepper)
+            self._show(bar, members, active)
+            stop = self.ran == stop_after_steps
+            if preemption.requested or stop:
+                states = stepper.host_states()
+                for i, trial in enumerate(members):
+                    if active[i] and i not in saved:
+                        self._save(trial, states[i])
+                return True
+        return False
+
+    @staticmethod
+    def _device_batch(batch: dict, features: jax.Array | None) -> dict:
+        device_batch = to_device_batch(batch)
+        if features is not None:
+            device_batch["features"] = features[batch["index"]]
+            del device_batch["inputs"]
+        return device_batch
+
+    def _count_nonfinite(self, trial: Trial) -> bool:
+        """Counts a skipped non-finite step; False once the trial has too many (its outcome
+        is then the error, and it stops alone)."""
+        trial.progress.nonfinite_steps += 1
+        log.warning(
+            "%sstep %d: non-finite loss or gradient; update skipped", trial.label, trial.step
+        )
+        limit = trial.config.train.max_nonfinite_steps
+        if trial.progress.nonfinite_steps <= limit:
+            return True
+        trial.outcome = FloatingPointError(
+            f"non-finite loss or gradient at step {trial.step} ({trial.progress.nonfinite_steps} "
+            f"such steps; config.train.max_nonfinite_steps={limit})"
+        )
+        return False
+
+    def _log_evaluate_save(
+        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
+    ) -> set[int]:
+        """Train metrics, validation, early stopping, checkpoints and stage ends of the
+        active members whose step calls for them; returns the indices saved."""
+        train = self.config.train
+        due_log = [
+            on and (t.step % train.log_every_steps == 0 or t.step == t.stage_end)
+            for t, on in zip(members, active, strict=True)
+        ]
+        if any(due_log):
+            for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
+                if due:
+                    trial.metrics_log.write(trial.step, "train", self.plan.task.metrics(sums))
+            stepper.reset_sums(due_log)
+        due_eval = [
+            on and (t.step % self.plan.eval_every == 0 or t.step == t.stage_end)
+            for t, on in zip(members, active, strict=True)
+        ]
+        if not any(due_eval):
+            return set()
+        split, batch_size = self.plan.dataset.validation, self.config.data.eval_batch_size
+        sums = stepper.evaluate_sums(split, batch_size)
+        states = stepper.host_states()
+        for i, trial in enumerate(members):
+            if not due_eval[i]:
+                continue
+            values = self.plan.task.metrics(sums[i])
+            trial.metrics_log.write(trial.step, "validation", values)
+            progress = trial.progress
+            if improves(
+                values[self.plan.metric], progress.best_value, self.plan.mode, train.min_delta
+            ):
+                progress.best_value, progress.best_step, progress.bad_evals = (
+                    values[self.plan.metric],
+                    trial.step,
+                    0,
+                )
+            else:
+                progress.bad_evals += 1
+            stop_early = trial.patience_spent()
+            if stop_early:
+                log.info(
+                    "%searly stopping at step %d (stage %s)",
+                    trial.label,
+                    trial.step,
+                    trial.stage.name,
+                )
+            self._save(trial, states[i])
+            trial.metrics_log.flush()
+            if stop_early or trial.step == trial.stage_end:
+                trial.state = states[i]
+                self._end_stage(trial)
+                active[i] = False
+        return {i for i, due in enumerate(due_eval) if due}
+
+    def _show(self, bar: reporting.Progress, members: list[Trial], active: list[bool]) -> None:
+        steps = [t.step for t, on in zip(members, active, strict=True) if on] or [members[0].step]
+        training = sum(active)
+        bar.update(
+            max(steps), f"{training}/{len(members)} trials training" if len(members) > 1 else ""
+        )
+
+    def _save(self, trial: Trial, state: TrainState) -> None:
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
+            raise FloatingPointError(
+                f"refusing to save step {trial.step} of {trial.workdir}: parameters are not finite"
+            )
+        record = trial.progress.record(trial.step, self.plan.steps_per_epoch)
+        is_best = trial.progress.best_step == trial.step
+        trial.checkpoints.save(trial.step, state, record, is_best=is_best)
+
+    def _end_stage(self, trial: Trial) -> None:
+        """Moves a trial to its next stage (fresh optimizer state, fresh patience), or ends
+        its training (``stopped`` when that came before the planned steps)."""
+        progress = trial.progress
+        progress.stage, progress.stage_start, progress.bad_evals = progress.stage + 1, trial.step, 0
+        if progress.stage < len(trial.stages):
+            fresh = self._fresh_state(trial.state.params, trial.stage, trial.step)
+            trial.state = steppers.host_copy(fresh)
+        else:
+            progress.stopped = trial.step < sum(s.num_steps for s in trial.stages)
+
+    # ------------------------------------------------------------------------ the end
+
+    def _finish(self, trial: Trial) -> dict[str, Any]:
+        """Restores the best checkpoint, evaluates it on validation and test, exports its
+        merged parameters and writes the report."""
+        config, workdir, dataset = trial.config, trial.workdir, self.plan.dataset
+        progress, step = trial.progress, trial.step
+        best_step = progress.best_step if progress.best_step is not None else step
+        if best_step in trial.checkpoints.steps():
+            # Host copies: committed arrays straight from Orbax would make eval_step recompile.
+            saved = trial.checkpoints.restore_saved(best_step)[0]["params"]
+            params = jax.tree.map(np.asarray, saved)
+        else:
+            params = trial.state.params
+        batch_size = config.data.eval_batch_size
+        results = {
+            split: evaluate(
+                self.eval_step, params, dataset.split(split), batch_size, self.plan.task
+            )
+            for split in ("validation", "test")
+        }
+        exported = self.to_model(params)
+        export_params(workdir / "export", exported)
+        report = {
+            "name": f"{dataset.name} / {config.model.cell}",
+            "workdir": str(workdir),
+            "steps": step,
+            "best_step": best_step,
+            "metric": self.plan.metric,
+            "stopped_early": bool(progress.stopped),
+            "nonfinite_steps": progress.nonfinite_steps,
+            "results": results,
+            "baselines": dataset.baselines,
+            "parameters": count_params(exported),
+            "trainable_parameters": _trainable_counts(trial.stages, params),
+            "wall_time_s": round(time.time() - self.started, 1),
+            "paths": {
+                "curves": str(workdir / "curves.png"),
+                "report": str(workdir / "report.md"),
+                "checkpoints": str(workdir / "checkpoints"),
+                "export": str(workdir / "export"),
+                "tensorboard": str(workdir / "tensorboard"),
+            },
+        }
+        if len(self.trials) > 1:
+            report["vectorized_with"] = len(self.trials)
+        reporting.plot_curves(trial.metrics_log.records, self.plan.metric, workdir / "curves.png")
+        reporting.write_report(workdir, report)
+        return report
+
+    @staticmethod
+    def _close(trials: list[Trial]) -> None:
+        for trial in trials:
+            trial.checkpoints.close()
+            trial.metrics_log.close()
+
+
+def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
+    """Per stage, how many parameter values the optimizer updates."""
+    counts = {}
+    for stage in stages:
+        frozen = finetune.frozen_tree(params, stage.rules)
+        if frozen is None:
+            counts[stage.name] = count_params(params)
+        else:
+            leaves = zip(jax.tree.leaves(params), jax.tree.leaves(frozen), strict=True)
+            counts[stage.name] = int(sum(np.size(p) for p, f in leaves if not f))
+    return counts
