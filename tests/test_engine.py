@@ -123,6 +123,38 @@ def test_vectorized_stepper_equals_single_steppers_of_each_trial(digits):
         )
 
 
+@pytest.mark.parametrize("num_trials", [1, 2], ids=["single", "vectorized"])
+def test_one_sgd_step_moves_each_trial_by_its_own_learning_rate(digits, num_trials):
+    """Reference: params - lr * grad of the task loss, computed here from the model."""
+    _, model, task, sample, params = digits
+    cfg = default_config()
+    cfg.optimizer.update(name="sgd", momentum=0.0, clip_norm=0.0)
+    learning_rates = (0.1, 0.3)[:num_trials]
+    stage = Stage("train", 10, cfg.optimizer)
+    tx = make_optimizer(cfg.optimizer, 10)
+    sums = zero_sums(model, task, params, sample)
+    state = steppers.host_copy(TrainState(jnp.int32(0), params, tx.init(params), sums))
+    settings = []
+    for lr in learning_rates:
+        cfg.optimizer.learning_rate = lr
+        settings.append(steppers.trial_settings(cfg.optimizer, cfg.regularization, ()))
+    keys = [jax.random.key(k) for k in range(num_trials)]
+    eval_step = make_eval_step(model, task)
+    stepper = steppers.make_stepper(
+        StepSpec(model, task), stage, [state] * num_trials, settings, keys, eval_step
+    )
+    stepper.step([sample] * num_trials)
+
+    def loss(p):
+        outputs = model.apply({"params": p}, sample["inputs"], sample["lengths"])
+        return task.loss_and_sums(outputs, sample)[0]
+
+    grads = jax.grad(loss)(params)
+    for lr, after in zip(learning_rates, stepper.host_states(), strict=True):
+        want = jax.tree.map(lambda p, g, lr=lr: p - lr * g, params, grads)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, 1e-5, 1e-6), after.params, want)
+
+
 def test_an_inactive_vectorized_trial_is_left_exactly_as_it_was(digits):
     sample = digits[3]
     stepper, before = _stepper(digits, 2)

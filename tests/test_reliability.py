@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from fnn_jax.checkpoint import CheckpointError, Checkpoints
+from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, Checkpoints
 from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
@@ -212,13 +212,16 @@ def test_second_process_on_a_workdir_refuses_and_touches_nothing(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
 
 
-def test_restoring_into_another_architecture_names_path_and_shapes(tmp_path):
-    checkpoints = Checkpoints(tmp_path)
+def test_restoring_into_another_architecture_names_path_and_shapes_and_moves_nothing(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
     checkpoints.save(1, {"params": {"encoder": {"w_hh": jnp.ones((16, 64))}}}, {})
     checkpoints.wait()
     like = {"params": {"encoder": {"w_hh": jnp.ones((12, 48))}}}
-    with pytest.raises(
-        ValueError,
-        match=r"another architecture.*\n  'encoder/w_hh': checkpoint \(16, 64\), model \(12, 48\)",
-    ):
+    message = r"another architecture.*\n  'encoder/w_hh': checkpoint \(16, 64\), model \(12, 48\)"
+    with pytest.raises(ArchitectureMismatch, match=message):
         checkpoints.restore(1, like)
+    # Another run's checkpoint is not damage: it is refused, never moved aside.
+    with pytest.raises(ArchitectureMismatch, match=message):
+        checkpoints.restore_good(lambda progress: like)
+    assert checkpoints.steps() == [1]
+    assert not (tmp_path / "checkpoints-corrupt").exists()
