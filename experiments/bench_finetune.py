@@ -31,7 +31,7 @@ from fnn_jax.train.steps import (
 HEAD_ONLY = (("head/.*", "train"), (".*", "frozen"))
 
 
-def _epoch_runner(model, task, params, dataset, batch_size, rules, features=None):
+def _epoch_runner(model, task, params, dataset, *, batch_size, rules, features=None):
     """A function that trains one epoch from ``params``; with ``features`` (the frozen
     encoder's output, computed beforehand) only the head runs."""
     config = default_config()
@@ -71,10 +71,12 @@ def _case(name: str, options: dict, repeats: int) -> dict[str, Any]:
     task = tasks.for_dataset(dataset)
     features = compute_features(model, params, dataset.train, 256)
     runners = {
-        "full fine-tuning": _epoch_runner(model, task, params, dataset, 32, None),
-        "head only, encoder re-run": _epoch_runner(model, task, params, dataset, 32, HEAD_ONLY),
+        "full fine-tuning": _epoch_runner(model, task, params, dataset, batch_size=32, rules=None),
+        "head only, encoder re-run": _epoch_runner(
+            model, task, params, dataset, batch_size=32, rules=HEAD_ONLY
+        ),
         "head only, cached features": _epoch_runner(
-            model, task, params, dataset, 32, HEAD_ONLY, features
+            model, task, params, dataset, batch_size=32, rules=HEAD_ONLY, features=features
         ),
         "computing the features (once per stage)": lambda: jax.block_until_ready(
             compute_features(model, params, dataset.train, 256)

@@ -26,6 +26,7 @@ import logging as pylogging
 import sys
 from pathlib import Path
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -72,12 +73,8 @@ def config_file_sweep() -> list[dict]:
     return module.get_sweep()
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # one line per finished trial
-    config = FLAGS.config
+def trials_from_flags(config: ml_collections.ConfigDict) -> list[dict]:
+    """The trial list: --random over --sweep axes, else the --sweep grid, else get_sweep()."""
     if FLAGS.random and not FLAGS.sweep:
         raise app.UsageError("--random needs the space as --sweep axes")
     try:
@@ -86,26 +83,12 @@ def main(argv: list[str]) -> None:
             trials = sweep.random_search(axes, FLAGS.random, FLAGS.random_seed)
         else:
             trials = sweep.parse_cli(FLAGS.sweep, config) if FLAGS.sweep else config_file_sweep()
-        if FLAGS.seeds:
-            trials = sweep.seeds(trials, FLAGS.seeds)
+        return sweep.seeds(trials, FLAGS.seeds) if FLAGS.seeds else trials
     except ValueError as e:
         raise app.UsageError(str(e)) from e
 
-    try:
-        result = sweep.run(
-            config,
-            trials,
-            FLAGS.workdir,
-            parallel=FLAGS.parallel,
-            backend=FLAGS.backend,
-            ray_address=FLAGS.ray_address,
-            vectorize=FLAGS.vectorize,
-        )
-    except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
-        sys.exit(f"error: {e}")
-    except Preempted as stop:  # SIGTERM: the running trial saved its state
-        print(stop, file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+
+def print_summary(result: sweep.SweepResult) -> None:
     print()
     print(result.table())
     if result.seed_groups:
@@ -121,6 +104,31 @@ def main(argv: list[str]) -> None:
         print(f"failed: {trial.name}: {trial.error}  ({trial.workdir / 'error.txt'})")
     for what, path in result.paths.items():
         print(f"{what:>6}: {path}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # one line per finished trial
+    config = FLAGS.config
+    trials = trials_from_flags(config)
+    try:
+        result = sweep.run(
+            config,
+            trials,
+            FLAGS.workdir,
+            parallel=FLAGS.parallel,
+            backend=FLAGS.backend,
+            ray_address=FLAGS.ray_address,
+            vectorize=FLAGS.vectorize,
+        )
+    except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
+        sys.exit(f"error: {e}")
+    except Preempted as stop:  # SIGTERM: the running trial saved its state
+        print(stop, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    print_summary(result)
     if result.failed:
         sys.exit(1)
 

@@ -216,19 +216,32 @@ def check_stage(where: str, stage: Any) -> None:
                 f"{where}.{key} is not a stage key{_suggest(key, STAGE_KEYS)}; "
                 f"valid: {list(STAGE_KEYS)}"
             )
+    _check_stage_length(where, stage)
+    _check_stage_optimizer(where, dict(stage.get("optimizer", {})))
+    _check_stage_pairs(where, stage)
+
+
+def _check_stage_length(where: str, stage: Mapping) -> None:
     if ("num_steps" in stage) == ("num_epochs" in stage):
         raise ValueError(f"{where} needs exactly one of num_steps and num_epochs")
     for key in ("num_steps", "num_epochs", "patience"):
         value = stage.get(key, 1)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{where}.{key} must be a non-negative int; got {value!r}")
-    for key, value in dict(stage.get("optimizer", {})).items():
+
+
+def _check_stage_optimizer(where: str, overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
         try:
             check_value(f"optimizer.{key}", value)
         except ValueError as error:
             raise ValueError(f"{where}.optimizer: {error}") from None
         if key == "name":
             check_choice(f"{where[len('config.') :]}.optimizer.name", value, OPTIMIZERS)
+
+
+def _check_stage_pairs(where: str, stage: Mapping) -> None:
+    """``rules`` are (regex, label) pairs; ``lr_mults`` are (regex, multiplier) pairs."""
     for rule in stage.get("rules", ()):
         if len(rule) != 2 or not isinstance(rule[0], str):
             raise ValueError(f"{where}.rules: {rule!r} is not a (regex, label) pair")

@@ -18,7 +18,7 @@ when the torch module used ``nonlinearity="relu"``. Only ``proj_size=0`` LSTMs a
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
@@ -61,6 +61,37 @@ def _check_layout(
                 f"unsupported key {key!r}: expected weight_ih/weight_hh/bias_ih/bias_hh_l<k>"
                 "[_reverse] (strip any module prefix; proj_size LSTMs are not supported)"
             )
+    inferred, gates, hidden = _infer_cell(arrays, cell, label)
+    matches = [_KEY.fullmatch(k) for k in arrays]
+    num_layers = 1 + max(int(m.group(2)) for m in matches)
+    bidirectional = any(m.group(3) for m in matches)
+    has_bias = any(m.group(1).startswith("bias") for m in matches)
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+    for k in range(num_layers):
+        in_size = arrays["weight_ih_l0"].shape[1] if k == 0 else hidden * len(suffixes)
+        for suffix in suffixes:
+            expected = {
+                f"weight_ih_l{k}{suffix}": (gates * hidden, in_size),
+                f"weight_hh_l{k}{suffix}": (gates * hidden, hidden),
+            }
+            if has_bias:
+                expected[f"bias_ih_l{k}{suffix}"] = (gates * hidden,)
+                expected[f"bias_hh_l{k}{suffix}"] = (gates * hidden,)
+            for key, shape in expected.items():
+                if key not in arrays:
+                    raise ValueError(f"missing {label(key)!r} (expected shape {shape})")
+                if arrays[key].shape != shape:
+                    raise ValueError(
+                        f"{label(key)} has shape {arrays[key].shape}; expected {shape} "
+                        f"({inferred}, hidden size {hidden}, layer {k})"
+                    )
+    return inferred, num_layers, bidirectional
+
+
+def _infer_cell(
+    arrays: Mapping[str, np.ndarray], cell: str | None, label: Callable[[str], str]
+) -> tuple[str, int, int]:
+    """(cell, gate blocks, hidden size) from layer 0's shapes; checks ``cell`` if given."""
     for key in ("weight_ih_l0", "weight_hh_l0"):
         if key not in arrays:
             raise ValueError(f"missing {label(key)!r}; got keys {sorted(arrays)}")
@@ -85,30 +116,7 @@ def _check_layout(
             f"cell={cell!r} expects {GATES[cell]} gate blocks, but {label('weight_ih_l0')} "
             f"{w_ih.shape} with hidden size {hidden} has {gates} ({inferred!r})"
         )
-    matches = [_KEY.fullmatch(k) for k in arrays]
-    num_layers = 1 + max(int(m.group(2)) for m in matches)
-    bidirectional = any(m.group(3) for m in matches)
-    has_bias = any(m.group(1).startswith("bias") for m in matches)
-    suffixes = ("", "_reverse") if bidirectional else ("",)
-    for k in range(num_layers):
-        in_size = w_ih.shape[1] if k == 0 else hidden * len(suffixes)
-        for suffix in suffixes:
-            expected = {
-                f"weight_ih_l{k}{suffix}": (gates * hidden, in_size),
-                f"weight_hh_l{k}{suffix}": (gates * hidden, hidden),
-            }
-            if has_bias:
-                expected[f"bias_ih_l{k}{suffix}"] = (gates * hidden,)
-                expected[f"bias_hh_l{k}{suffix}"] = (gates * hidden,)
-            for key, shape in expected.items():
-                if key not in arrays:
-                    raise ValueError(f"missing {label(key)!r} (expected shape {shape})")
-                if arrays[key].shape != shape:
-                    raise ValueError(
-                        f"{label(key)} has shape {arrays[key].shape}; expected {shape} "
-                        f"({inferred}, hidden size {hidden}, layer {k})"
-                    )
-    return inferred, num_layers, bidirectional
+    return inferred, gates, hidden
 
 
 def from_torch(state_dict: Mapping[str, Any], *, cell: str | None = None) -> dict[str, Any]:
@@ -156,6 +164,21 @@ def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str,
         params = params["params"]
     if "w_ih" in params or "forward" in params:  # a single layer
         params = {"layer_0": params}
+    arrays, where = _torch_named_arrays(params)
+    _check_layout(arrays, cell, where)
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        if a.dtype == jnp.bfloat16:  # exact: every bfloat16 is a float32
+            return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    return {key: tensor(a) for key, a in arrays.items()}
+
+
+def _torch_named_arrays(
+    params: Mapping[str, Any],
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """{torch key: transposed array} and {torch key: the param path it came from}."""
     num_layers = len(params)
     expected_layers = {f"layer_{k}" for k in range(num_layers)}
     if set(params) != expected_layers:
@@ -185,11 +208,4 @@ def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str,
         "forward" in params[f"layer_{k}"] for k in range(num_layers)
     ):
         raise ValueError("either every layer is bidirectional (forward/backward) or none is")
-    _check_layout(arrays, cell, where)
-
-    def tensor(a: np.ndarray) -> torch.Tensor:
-        if a.dtype == jnp.bfloat16:  # exact: every bfloat16 is a float32
-            return torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(torch.bfloat16)
-        return torch.from_numpy(np.ascontiguousarray(a))
-
-    return {key: tensor(a) for key, a in arrays.items()}
+    return arrays, where

@@ -48,7 +48,7 @@ def _time_major(tree: Any) -> Any:
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def scan(
+def scan(  # noqa: PLR0913 (the five options are keyword-only)
     step: Step,
     params: Any,
     carry0: Any,

@@ -60,6 +60,7 @@ def _shrink(config):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_runs_end_to_end_at_tiny_size(name, tmp_path):
     config = _shrink(_load(name))
@@ -72,6 +73,7 @@ def test_config_runs_end_to_end_at_tiny_size(name, tmp_path):
     assert (tmp_path / "report.md").exists() and (tmp_path / "curves.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not importlib.util.find_spec("sktime"), reason="needs the timeseries extra")
 def test_time_series_classifier_config_runs_at_tiny_size(tmp_path):
     config = _shrink(_load("italy_finetune", "scratch"))
@@ -91,6 +93,7 @@ def test_config_docstring_opens_with_its_run_command():
         )
 
 
+@pytest.mark.slow
 def test_adding_problem_beats_the_predict_one_baseline_by_far(tmp_path):
     config = _load("adding_lstm")
     with config.unlocked():

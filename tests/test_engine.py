@@ -76,9 +76,9 @@ def _stepper(digits, num_trials, learning_rates=(1e-2, 3e-2)):
         StepSpec(model, task),
         stage,
         [state] * num_trials,
-        settings,
-        [jax.random.key(k) for k in range(num_trials)],
-        make_eval_step(model, task),
+        settings=settings,
+        dropout_keys=[jax.random.key(k) for k in range(num_trials)],
+        eval_step=make_eval_step(model, task),
     )
     return stepper, state
 
@@ -141,7 +141,12 @@ def test_one_sgd_step_moves_each_trial_by_its_own_learning_rate(digits, num_tria
     keys = [jax.random.key(k) for k in range(num_trials)]
     eval_step = make_eval_step(model, task)
     stepper = steppers.make_stepper(
-        StepSpec(model, task), stage, [state] * num_trials, settings, keys, eval_step
+        StepSpec(model, task),
+        stage,
+        [state] * num_trials,
+        settings=settings,
+        dropout_keys=keys,
+        eval_step=eval_step,
     )
     stepper.step([sample] * num_trials)
 

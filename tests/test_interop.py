@@ -59,7 +59,7 @@ def run_torch(module, x, lengths=None) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return ys.numpy(), h_n.numpy(), None if c_n is None else c_n.numpy()
 
 
-def run_ours(cell, activation, num_layers, bidirectional, params, x, lengths=None):
+def run_ours(cell, activation, params, x, *, num_layers=1, bidirectional=False, lengths=None):
     """Same triple as run_torch, carries flattened in torch's (layer, direction) order."""
     layer = Stacked(
         cell=cell,
@@ -93,7 +93,7 @@ def test_stacked_matches_torch_outputs_and_final_states(
     module = torch_module(cell, activation, num_layers, bidirectional)
     x = inputs()
     params = from_torch(module.state_dict(), cell=cell)
-    ours = run_ours(cell, activation, num_layers, bidirectional, params, x)
+    ours = run_ours(cell, activation, params, x, num_layers=num_layers, bidirectional=bidirectional)
     assert_same_outputs(ours, run_torch(module, x))
 
 
@@ -104,7 +104,7 @@ def test_padded_bidirectional_two_layers_match_torch_packed_sequence(cell, activ
     x = inputs()
     lengths = [3, TIME, 1, 5]  # unsorted, one full-length, one of length 1
     params = from_torch(module.state_dict())
-    ours = run_ours(cell, activation, 2, True, params, x, lengths)
+    ours = run_ours(cell, activation, params, x, num_layers=2, bidirectional=True, lengths=lengths)
     theirs = run_torch(module, x, lengths)
     assert_same_outputs(ours, theirs)
     for b, n in enumerate(lengths):  # both are exactly zero past each length
@@ -117,7 +117,7 @@ def test_no_bias_torch_layer_converts_to_zero_biases(cell, activation):
     x = inputs()
     params = from_torch(module.state_dict())
     assert not params["layer_0"]["b_ih"].any() and not params["layer_0"]["b_hh"].any()
-    ours = run_ours(cell, activation, 1, False, params, x)
+    ours = run_ours(cell, activation, params, x)
     assert_same_outputs(ours, run_torch(module, x))
 
 

@@ -67,6 +67,7 @@ def reference(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted_run(reference, tmp_path):
     rng = np.random.default_rng(0)
     kills = 0
@@ -89,6 +90,7 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted_run(reference
     _assert_same_run(tmp_path, reference)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_exits_with_preempted_code_and_resumes_exactly(reference, tmp_path):
     process = subprocess.Popen(
         _command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -165,6 +167,7 @@ except CheckpointError as error:
 """
 
 
+@pytest.mark.slow
 def test_full_disk_is_a_clear_error_and_the_previous_step_survives(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", DISK_FULL, str(tmp_path / "ckpt")],

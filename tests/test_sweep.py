@@ -345,6 +345,7 @@ def killed_and_resumed(tmp_path_factory):
     return workdir, result, seen
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_resumed):
     workdir, result, seen = killed_and_resumed
     assert [r["status"] for r in seen["after_kill"]] == ["done", "pending", "pending"]
@@ -357,6 +358,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(killed_and_resum
         assert all(math.isfinite(v) for v in trial.report["results"]["test"].values())
 
 
+@pytest.mark.slow
 def test_uninterrupted_parallel_sweep_gives_the_same_table(killed_and_resumed, tmp_path):
     """Same rows, best trial and run-time failure as the killed-and-resumed serial sweep."""
     serial_dir, serial, _ = killed_and_resumed
@@ -370,6 +372,7 @@ def test_uninterrupted_parallel_sweep_gives_the_same_table(killed_and_resumed, t
     assert "- batch_size=4096: ValueError" in (tmp_path / "sweep.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_on_a_local_ray_gives_the_same_table(killed_and_resumed, tmp_path):
     """--backend ray: the same sub-workdirs and results as the local runs, on a Ray started
     here (a cluster would be ray.init(address=...))."""
@@ -391,6 +394,7 @@ def test_unknown_backend_lists_the_choices(tmp_path):
         sweep.run(_config(), [{LR: 1e-3}], tmp_path, backend="dask")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
     """The parent forwards SIGTERM to its workers; each running trial saves; a re-run ends
     with the same table as a sweep that was never stopped."""

@@ -170,6 +170,7 @@ def test_trials_that_differ_in_more_than_scalar_settings_are_refused(overrides, 
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
+@pytest.mark.slow
 def test_a_vectorized_sweep_from_the_command_line_matches_the_sequential_sweep(tmp_path):
     """--vectorize: the two L2 trials train as one program; the NaN-penalty one fails alone;
     each ends as in a sweep run trial by trial."""

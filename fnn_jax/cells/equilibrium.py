@@ -73,8 +73,9 @@ def _iterate(g: Callable[[Array], Array], z0: Array, max_iter: int, tol: float) 
     return z
 
 
+# jax.custom_vjp's nondiff_argnums needs these positional.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
-def fixed_point(
+def fixed_point(  # noqa: PLR0917
     f: Callable[[Array, Array, Array], Array],
     w_hh: Array,
     xp: Array,
@@ -86,7 +87,7 @@ def fixed_point(
     return _iterate(lambda z: f(w_hh, xp, z), z0, max_iter, tol)
 
 
-def _fixed_point_fwd(f, w_hh, xp, z0, max_iter, tol):
+def _fixed_point_fwd(f, w_hh, xp, z0, max_iter, tol):  # noqa: PLR0917
     z_star = fixed_point(f, w_hh, xp, z0, max_iter, tol)
     return z_star, (w_hh, xp, z_star)
 

@@ -30,6 +30,7 @@ def init_params(
     input_size: int,
     hidden_size: int,
     output_size: int | None = None,
+    *,
     r_min: float = 0.9,
     r_max: float = 0.999,
     max_phase: float = 2 * math.pi,

@@ -204,41 +204,50 @@ def _check_arrays(arrays: Mapping[str, Any], where: str, expected: Mapping[str, 
         if field not in arrays:
             raise ValueError(f"{where}: field {field!r} is missing; got fields {sorted(arrays)}")
         a = np.asarray(arrays[field])
-        want_shape = tuple(spec["shape"])
-        want_dtype = np.dtype(spec["dtype"])
-        got = f"got shape {a.shape} dtype {a.dtype}"
-        want = f"expected shape {_fmt_shape(want_shape)} dtype {want_dtype}"
-        if a.ndim != len(want_shape):
-            raise ValueError(
-                f"{where}: field {field!r} has rank {a.ndim}, expected rank {len(want_shape)}; "
-                f"{got}, {want}"
-            )
-        if any(w is not None and g != w for g, w in zip(a.shape, want_shape, strict=True)):
-            raise ValueError(f"{where}: field {field!r} has the wrong shape; {got}, {want}")
-        if a.dtype != want_dtype:
-            raise ValueError(f"{where}: field {field!r} has the wrong dtype; {got}, {want}")
+        name = f"{where}: field {field!r}"
+        _check_field_layout(a, name, spec)
         if batch_size is None:
             batch_size = a.shape[0]
         elif a.shape[0] != batch_size:
             raise ValueError(
-                f"{where}: field {field!r} has batch size {a.shape[0]} but earlier fields have "
-                f"{batch_size}; {got}"
+                f"{name} has batch size {a.shape[0]} but earlier fields have {batch_size}; "
+                f"got shape {a.shape} dtype {a.dtype}"
             )
-        if np.issubdtype(a.dtype, np.floating):
-            bad = ~np.isfinite(a)
-            if bad.any():
-                first = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise ValueError(
-                    f"{where}: field {field!r} has {int(bad.sum())} non-finite values (NaN/inf), "
-                    f"first at {first}; {got}"
-                )
-        if "range" in spec and a.size:
-            lo, hi = spec["range"]
-            if a.min() < lo or a.max() >= hi:
-                raise ValueError(
-                    f"{where}: field {field!r} has values in [{a.min()}, {a.max()}], expected "
-                    f"[{lo}, {hi - 1}]; {got}"
-                )
+        _check_field_values(a, name, spec)
+
+
+def _check_field_layout(a: np.ndarray, name: str, spec: FieldSpec) -> None:
+    """Rank, sizes (None = any) and dtype."""
+    want_shape = tuple(spec["shape"])
+    want_dtype = np.dtype(spec["dtype"])
+    got = f"got shape {a.shape} dtype {a.dtype}"
+    want = f"expected shape {_fmt_shape(want_shape)} dtype {want_dtype}"
+    if a.ndim != len(want_shape):
+        raise ValueError(
+            f"{name} has rank {a.ndim}, expected rank {len(want_shape)}; {got}, {want}"
+        )
+    if any(w is not None and g != w for g, w in zip(a.shape, want_shape, strict=True)):
+        raise ValueError(f"{name} has the wrong shape; {got}, {want}")
+    if a.dtype != want_dtype:
+        raise ValueError(f"{name} has the wrong dtype; {got}, {want}")
+
+
+def _check_field_values(a: np.ndarray, name: str, spec: FieldSpec) -> None:
+    """Finite floats; integers inside ``spec["range"]`` = [lo, hi)."""
+    got = f"got shape {a.shape} dtype {a.dtype}"
+    if np.issubdtype(a.dtype, np.floating):
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{name} has {int(bad.sum())} non-finite values (NaN/inf), first at {first}; {got}"
+            )
+    if "range" in spec and a.size:
+        lo, hi = spec["range"]
+        if a.min() < lo or a.max() >= hi:
+            raise ValueError(
+                f"{name} has values in [{a.min()}, {a.max()}], expected [{lo}, {hi - 1}]; {got}"
+            )
 
 
 def check_batch(

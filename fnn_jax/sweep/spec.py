@@ -11,12 +11,13 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -163,34 +164,49 @@ def _split_top_level(text: str) -> list[str]:
     return items
 
 
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise ValueError(text)
+
+
+def _parse_str(text: str) -> str:
+    quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
+    return text[1:-1] if quoted else text
+
+
+def _parse_sequence(text: str, kind: type) -> tuple | list:
+    value = ast.literal_eval(text)
+    if not isinstance(value, tuple | list):
+        raise ValueError(text)
+    return kind(value)
+
+
+# How a command-line value is read, by the type of the config field it replaces.
+_PARSERS: dict[type, Callable[[str], Any]] = {
+    bool: _parse_bool,
+    int: int,
+    float: float,
+    str: _parse_str,
+    tuple: functools.partial(_parse_sequence, kind=tuple),
+    list: functools.partial(_parse_sequence, kind=list),
+}
+
+
 def _parse_value(key: str, text: str, expected: type | None, current: Any) -> Any:
     """One command-line value, read as the type of the config field it replaces."""
     if text == "None" and (current is None or expected is None):
         return None
-    try:
-        if expected is bool:
-            lowered = text.lower()
-            if lowered in ("true", "1", "yes"):
-                return True
-            if lowered in ("false", "0", "no"):
-                return False
-            raise ValueError(text)
-        if expected is int:
-            return int(text)
-        if expected is float:
-            return float(text)
-        if expected is str:
-            quoted = len(text) >= 2 and text[0] == text[-1] and text[0] in "'\""
-            return text[1:-1] if quoted else text
-        if expected in (tuple, list):
-            value = ast.literal_eval(text)
-            if not isinstance(value, tuple | list):
-                raise ValueError(text)
-            return tuple(value) if expected is tuple else list(value)
-    except (ValueError, SyntaxError):
-        raise ValueError(
-            f"sweep key {key!r}: cannot read {text!r} as {expected.__name__}"
-        ) from None
+    if expected in _PARSERS:
+        try:
+            return _PARSERS[expected](text)
+        except (ValueError, SyntaxError):
+            raise ValueError(
+                f"sweep key {key!r}: cannot read {text!r} as {expected.__name__}"
+            ) from None
     try:  # a key without a typed default (data.options.*): a Python literal, else a string
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -290,16 +306,7 @@ def validate_sweep(config: ml_collections.ConfigDict, trials: Sequence[Overrides
     if not trials:
         raise ValueError("the sweep has no trials")
     for trial in trials:
-        if not isinstance(trial, Mapping):
-            raise ValueError(f"a trial must be a dict of dotted keys to values; got {trial!r}")
-        for key, value in trial.items():
-            expected = config_lib.check_key(key)
-            if isinstance(value, list) and expected not in (None, tuple, list):
-                raise ValueError(
-                    f"sweep key {key!r} has a list value {value!r}; a list of values to "
-                    "sweep belongs in product()/zipped()"
-                )
-            config_lib.check_value(key, value)
+        _check_trial_values(trial)
     seen: dict[str, int] = {}
     for i, trial in enumerate(trials):
         j = seen.setdefault(_canonical(trial), i)
@@ -317,6 +324,20 @@ def validate_sweep(config: ml_collections.ConfigDict, trials: Sequence[Overrides
             raise ValueError(f"trial {name}: {e}") from e
         out.append(Trial(name, dict(trial), trial_config))
     return out
+
+
+def _check_trial_values(trial: Any) -> None:
+    """Keys in the config schema, values of their types (the same check as the runner's)."""
+    if not isinstance(trial, Mapping):
+        raise ValueError(f"a trial must be a dict of dotted keys to values; got {trial!r}")
+    for key, value in trial.items():
+        expected = config_lib.check_key(key)
+        if isinstance(value, list) and expected not in (None, tuple, list):
+            raise ValueError(
+                f"sweep key {key!r} has a list value {value!r}; a list of values to "
+                "sweep belongs in product()/zipped()"
+            )
+        config_lib.check_value(key, value)
 
 
 # ---------------------------------------------------------------------------- names

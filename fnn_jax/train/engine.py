@@ -161,6 +161,7 @@ class Trial:
     step: int
     dropout_key: jax.Array
     label: str  # prefix for log lines: "" alone, the workdir's name in a group
+    summary: str = ""  # this step's train loss / validation metric, for the progress bar
     outcome: dict[str, Any] | Exception | None = None  # report, interruption or error
 
     @property
@@ -189,7 +190,11 @@ class Engine:
         self.config = configs[0]
         self.to_model = finetune.model_params(configs[0])
         self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
-        self.sums0 = None
+        # Zero train sums, shaped by the task (from abstract parameters: nothing is computed).
+        abstract_params = jax.eval_shape(
+            lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
+        )
+        self.sums0 = zero_sums(plan.model, plan.task, abstract_params, plan.sample)
         # An L1/L2 term that is 0 in every trial stays out of the loss.
         self.penalties = tuple(
             name for name in ("l1", "l2") if any(c.regularization[name] for c in configs)
@@ -216,8 +221,6 @@ class Engine:
         plan = self.plan
         init_key, dropout_key, lora_key = jax.random.split(jax.random.key(config.seed), 3)
         model_params = init_params(plan.model, init_key, plan.sample)
-        if self.sums0 is None:
-            self.sums0 = zero_sums(plan.model, plan.task, model_params, plan.sample)
         # What the optimizer trains: the model's parameters, or those plus LoRA adapters.
         params = finetune.training_tree(config, model_params, lora_key)
         stages = finetune.stages(config, plan.steps_per_epoch, params)
@@ -312,12 +315,12 @@ class Engine:
             spec,
             stage,
             [t.state for t in members],
-            [
+            settings=[
                 steppers.trial_settings(t.stage.optimizer, t.config.regularization, self.penalties)
                 for t in members
             ],
-            [t.dropout_key for t in members],
-            self.eval_step,
+            dropout_keys=[t.dropout_key for t in members],
+            eval_step=self.eval_step,
         )
         batch_size = self.config.data.eval_batch_size
         # A head-only stage runs the frozen encoder once per stage, not once per step.
@@ -393,7 +396,9 @@ class Engine:
         if any(due_log):
             for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
                 if due:
-                    trial.metrics_log.write(trial.step, "train", self.plan.task.metrics(sums))
+                    values = self.plan.task.metrics(sums)
+                    trial.metrics_log.write(trial.step, "train", values)
+                    trial.summary = f"loss {values['loss']:.4f}"
             stepper.reset_sums(due_log)
         due_eval = [
             on and (t.step % self.plan.eval_every == 0 or t.step == t.stage_end)
@@ -409,15 +414,10 @@ class Engine:
                 continue
             values = self.plan.task.metrics(sums[i])
             trial.metrics_log.write(trial.step, "validation", values)
-            progress = trial.progress
-            if improves(
-                values[self.plan.metric], progress.best_value, self.plan.mode, train.min_delta
-            ):
-                progress.best_value, progress.best_step, progress.bad_evals = (
-                    values[self.plan.metric],
-                    trial.step,
-                    0,
-                )
+            value, progress = values[self.plan.metric], trial.progress
+            trial.summary += f"  val {self.plan.metric} {value:.4f}"
+            if improves(value, progress.best_value, self.plan.mode, train.min_delta):
+                progress.best_value, progress.best_step, progress.bad_evals = value, trial.step, 0
             else:
                 progress.bad_evals += 1
             stop_early = trial.patience_spent()
@@ -437,11 +437,15 @@ class Engine:
         return {i for i, due in enumerate(due_eval) if due}
 
     def _show(self, bar: reporting.Progress, members: list[Trial], active: list[bool]) -> None:
+        """Alone: this step's loss and validation metric; in a group: how many still train."""
         steps = [t.step for t, on in zip(members, active, strict=True) if on] or [members[0].step]
-        training = sum(active)
-        bar.update(
-            max(steps), f"{training}/{len(members)} trials training" if len(members) > 1 else ""
-        )
+        if len(self.trials) == 1:
+            summary = members[0].summary.strip()
+        else:
+            summary = f"{sum(active)}/{len(members)} trials training"
+        bar.update(max(steps), summary)
+        for trial in members:
+            trial.summary = ""
 
     def _save(self, trial: Trial, state: TrainState) -> None:
         if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):

@@ -74,7 +74,7 @@ def _step_fn(spec: StepSpec, stage: Stage):
             trial=settings,
         )
         l1, l2 = settings.get("l1", 0.0), settings.get("l2", 0.0)
-        return body(state, batch, dropout_key, tx, l1, l2)
+        return body(state, batch, dropout_key, tx, l1=l1, l2=l2)
 
     return step
 
@@ -112,6 +112,7 @@ class SingleStepper(Stepper):
         spec: StepSpec,
         stage: Stage,
         states: Sequence[TrainState],
+        *,
         settings: Sequence[Settings],
         dropout_keys: Sequence[jax.Array],
         eval_step: Callable[[Any, dict], Any],
@@ -161,6 +162,7 @@ class VectorizedStepper(Stepper):
         spec: StepSpec,
         stage: Stage,
         states: Sequence[TrainState],
+        *,
         settings: Sequence[Settings],
         dropout_keys: Sequence[jax.Array],
         eval_step: Callable[[Any, dict], Any],
@@ -202,6 +204,7 @@ def make_stepper(
     spec: StepSpec,
     stage: Stage,
     states: Sequence[TrainState],
+    *,
     settings: Sequence[Settings],
     dropout_keys: Sequence[jax.Array],
     eval_step: Callable[[Any, dict], Any],
@@ -209,4 +212,6 @@ def make_stepper(
     """The stepper for ``len(states)`` trials: ``jit(step)`` for one, ``jit(vmap(step))``
     for more. ``eval_step(params, batch) -> sums`` is one trial's (jitted) evaluation."""
     cls = SingleStepper if len(states) == 1 else VectorizedStepper
-    return cls(spec, stage, states, settings, dropout_keys, eval_step)
+    return cls(
+        spec, stage, states, settings=settings, dropout_keys=dropout_keys, eval_step=eval_step
+    )

@@ -106,7 +106,7 @@ class StepSpec:
 
 
 def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
-    """The un-jitted ``body(state, batch, dropout_key, tx, l1, l2) -> (state, finite)``.
+    """The un-jitted ``body(state, batch, dropout_key, tx, *, l1, l2) -> (state, finite)``.
 
     Everything a trial may vary (the dropout key, the optimizer, the penalty weights) is an
     argument, so ``jax.vmap`` can run several trials at once (fnn_jax.train.steppers).
@@ -124,7 +124,7 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
             )
         return model.apply(variables, batch["inputs"], batch["lengths"], train=True, rngs=rngs)
 
-    def body(state: TrainState, batch: dict, dropout_key: Array, tx, l1, l2):
+    def body(state: TrainState, batch: dict, dropout_key: Array, tx, *, l1, l2):
         key = jax.random.fold_in(dropout_key, state.step)
 
         def loss_fn(params):
@@ -165,7 +165,7 @@ def make_train_step(
     body = train_step_body(spec)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, Array]:
-        return body(state, batch, dropout_key, tx, l1, l2)
+        return body(state, batch, dropout_key, tx, l1=l1, l2=l2)
 
     return jax.jit(train_step, donate_argnums=0)
 
