@@ -19,7 +19,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
 from fnn_jax import reporting  # noqa: E402
-from fnn_jax.train import EXIT_PREEMPTED, Preempted, train_and_evaluate  # noqa: E402
+from fnn_jax.train import EXIT_PREEMPTED, REFUSALS, Preempted, train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots and the report.")
@@ -36,8 +36,16 @@ def main(argv: list[str]) -> None:
     except Preempted as stop:
         print(stop, file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except REFUSALS as refused:  # the message names the key, path or step: no traceback
+        sys.exit(f"error: {refused}")
     print()
     print(f"{report['name']}: best validation {report['metric']} at step {report['best_step']}")
+    if "best_checkpoint_problem" in report:
+        lost = report["best_checkpoint_problem"]
+        print(
+            f"WARNING: that checkpoint was unusable ({lost['reason']}); the results below "
+            f"are of step {lost['used_step']}, the best intact one"
+        )
     print(reporting.markdown_table(report["results"]))
     if report["baselines"]:
         baselines = ", ".join(f"{k} {v:.4f}" for k, v in report["baselines"].items())

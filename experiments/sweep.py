@@ -33,8 +33,7 @@ from ml_collections import config_flags
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
 from fnn_jax import sweep  # noqa: E402
-from fnn_jax.files import WorkdirLocked  # noqa: E402
-from fnn_jax.train import EXIT_PREEMPTED, Preempted  # noqa: E402
+from fnn_jax.train import EXIT_PREEMPTED, REFUSALS, Preempted  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Sweep directory: trials/, sweep.{json,csv,md,png}.")
@@ -123,7 +122,7 @@ def main(argv: list[str]) -> None:
             ray_address=FLAGS.ray_address,
             vectorize=FLAGS.vectorize,
         )
-    except (ValueError, WorkdirLocked) as e:  # a bad spec or a busy workdir: nothing ran
+    except (ValueError, *REFUSALS) as e:  # a bad spec or a busy workdir: nothing ran
         sys.exit(f"error: {e}")
     except Preempted as stop:  # SIGTERM: the running trial saved its state
         print(stop, file=sys.stderr)

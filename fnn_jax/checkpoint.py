@@ -10,8 +10,12 @@ missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,15 @@ class ArchitectureMismatch(ValueError):
     not damage (it is never moved aside)."""
 
 
+class StateMismatch(ValueError):
+    """An intact checkpoint whose training state has another structure than the target's
+    (e.g. another optimizer): changed settings, not damage (it is never moved aside)."""
+
+
+# JSON files Orbax parses for every step when it opens a checkpoint directory.
+_STEP_JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics")
+
+
 def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
 
@@ -56,6 +69,29 @@ def leaf_hashes(tree: Any) -> dict[str, str]:
 
 def _shapes(tree: Any) -> dict[str, tuple]:
     return {path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+
+
+def _quiet_closed_loop_noise() -> None:
+    """A failed Orbax read leaves callbacks for its closed event loop, which Python prints,
+    from other threads, as tracebacks ("Event loop is closed") after the error was handled.
+    Once per process (and only those unraisable errors), they become debug lines."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_closed_loop_noise", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if _is_closed_loop_noise(unraisable):
+            log.debug("ignored after a failed checkpoint read: %s", unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    hook.quiets_closed_loop_noise = True
+    sys.unraisablehook = hook
 
 
 class Checkpoints:
@@ -84,7 +120,45 @@ class Checkpoints:
             enable_async_checkpointing=True,
             cleanup_tmp_directories=True,  # half-written steps of a killed process
         )
+        self.manager = None
+        self._pending: int | None = None  # the step an unfinished async save writes
+        self._check_writable()
+        _quiet_closed_loop_noise()  # before any read: the noise may come from other threads
+        self._set_aside_unreadable_steps()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def _check_writable(self) -> None:
+        """CheckpointError now, not at the first save: a save Orbax cannot start leaves
+        threads waiting minutes for a folder that never appears, and the process with them."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=self.directory))
+        except OSError as error:
+            reason = error.strerror or str(error)
+            message = f"cannot write checkpoints to {self.directory}: {reason}"
+            raise CheckpointError(message) from None
+
+    def _set_aside_unreadable_steps(self) -> None:
+        """Moves aside each committed step whose metadata or metrics file is missing or not
+        JSON: Orbax would stop at it with a bare JSONDecodeError naming no file, or (no
+        metrics) silently delete it at the next save."""
+        if not self.directory.is_dir():
+            return
+        for folder in sorted(self.directory.iterdir()):
+            if not (folder.name.isdigit() and (folder / "commit_success.txt").exists()):
+                continue
+            for name in _STEP_JSON_FILES:
+                try:
+                    json.loads((folder / name).read_text())
+                except (OSError, ValueError) as error:
+                    log.warning(
+                        "checkpoint step %s is unusable: %s is unreadable (%s); moving it aside",
+                        folder.name,
+                        folder / name,
+                        error,
+                    )
+                    self._move_aside(int(folder.name))
+                    break
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -99,6 +173,9 @@ class Checkpoints:
         the previous steps stay intact because Orbax renames a step into place only once
         it is complete.
         """
+        # The previous save first: its failure is reported under its own step, and no new
+        # save starts (Orbax would leave a thread waiting minutes for a folder it never makes).
+        self.wait()
         progress = {**progress, "hashes": leaf_hashes(state)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
@@ -106,13 +183,18 @@ class Checkpoints:
         metrics = {"best_rank": float(step) if is_best else -1.0}
         try:
             self.manager.save(step, args=args, metrics=metrics, force=True)
+            self._pending = step
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
             raise CheckpointError(
                 f"could not write checkpoint step {step} to {self.directory}: {error}"
             ) from error
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """The state at ``step`` shaped like ``like``, checked against its stored hashes."""
+        """The state at ``step`` shaped like ``like``, checked against its stored hashes.
+
+        Raises CorruptCheckpoint for damage; ArchitectureMismatch (parameter shapes) or
+        StateMismatch (another state structure) for an intact step that does not fit.
+        """
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             restored = self.manager.restore(
@@ -122,25 +204,33 @@ class Checkpoints:
                 ),
             )
         except Exception as error:
-            self._check_architecture(step, like)
-            raise CorruptCheckpoint(
-                f"step {step} in {self.directory} could not be read: {error}"
-            ) from error
-        stored = restored.progress.get("hashes", {})
-        for path, digest in leaf_hashes(restored.state).items():
-            if stored.get(path) != digest:
+            self._explain_failed_restore(step, like, error)
+        self._verify(step, restored.state, restored.progress)
+        return restored.state, restored.progress
+
+    def _verify(self, step: int, state: Any, progress: dict) -> None:
+        stored = progress.get("hashes", {})
+        hashes = leaf_hashes(state)
+        if set(hashes) != set(stored):
+            self._raise_state_mismatch(step, set(stored), set(hashes))
+        for path, digest in hashes.items():
+            if stored[path] != digest:
                 raise CorruptCheckpoint(
                     f"step {step} in {self.directory}: {path!r} does not match its stored "
                     f"SHA-256 (files under {self.directory / str(step) / 'state'})"
                 )
-        return restored.state, restored.progress
 
-    def _check_architecture(self, step: int, like: Any) -> None:
-        """Raises ArchitectureMismatch naming each parameter whose saved shape differs."""
+    def _explain_failed_restore(self, step: int, like: Any, error: Exception) -> None:
+        """Raises what a failed targeted restore means: damage, or an intact step of
+        another architecture or state structure."""
         try:
             saved, _ = self.restore_saved(step)
+        except CorruptCheckpoint:
+            raise
         except Exception:
-            return  # unreadable: reported as corruption by the caller
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory} could not be read: {error}"
+            ) from error
         want = _shapes(like.params if hasattr(like, "params") else like["params"])
         got = _shapes(saved["params"])
         differ = [
@@ -151,6 +241,21 @@ class Checkpoints:
                 f"checkpoint step {step} in {self.directory} was written by another "
                 f"architecture; shapes differ for:\n  " + "\n  ".join(differ)
             )
+        self._raise_state_mismatch(step, set(_shapes(saved)), set(_shapes(like)))
+
+    def _raise_state_mismatch(self, step: int, saved: set[str], wanted: set[str]) -> None:
+        def listed(paths: set[str]) -> str:
+            shown = sorted(paths)[:6]
+            return ", ".join(shown) + (f" and {len(paths) - 6} more" if len(paths) > 6 else "")
+
+        raise StateMismatch(
+            f"checkpoint step {step} in {self.directory} is intact, but its training state "
+            f"has another structure than this config's (optimizer settings changed?): only in "
+            f"the checkpoint: {listed(saved - wanted) or '-'}; only in this config: "
+            f"{listed(wanted - saved) or '-'}. Resume with the settings it was saved with, "
+            "or set config.train.reset_optimizer=True to keep its parameters and progress "
+            "and start a fresh optimizer state"
+        )
 
     def restore_good(self, like_for: Callable[[dict], Any]) -> tuple[int, Any, dict] | None:
         """The newest step that reads back intact, as (step, state, progress); None if there
@@ -168,7 +273,7 @@ class Checkpoints:
                 progress = self.restore_progress(step)
                 state, progress = self.restore(step, like_for(progress))
                 return step, state, progress
-            except ArchitectureMismatch:
+            except (ArchitectureMismatch, StateMismatch):
                 raise
             except (CorruptCheckpoint, ValueError, OSError, KeyError) as error:
                 log.warning(
@@ -181,20 +286,44 @@ class Checkpoints:
         )
 
     def _move_aside(self, step: int) -> None:
+        """Moves a damaged step to ``<directory>-corrupt/`` (kept for inspection)."""
         aside = self.directory.parent / f"{self.directory.name}-corrupt"
         aside.mkdir(exist_ok=True)
-        shutil.move(str(self.directory / str(step)), str(aside / str(step)))
-        self.manager.reload()
+        target = aside / str(step)
+        if target.exists():  # the same step number damaged before: keep both
+            target = aside / f"{step}.{len(list(aside.glob(f'{step}.*'))) + 1}"
+        shutil.move(str(self.directory / str(step)), str(target))
+        if self.manager is not None:
+            self.manager.reload()
 
     def restore_saved(self, step: int) -> tuple[Any, dict]:
-        """The state at ``step`` as saved (nested dicts of arrays), with no target to shape it."""
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
-            ),
-        )
+        """The state at ``step`` as saved (nested dicts of arrays, no target to shape it),
+        checked against its stored hashes; CorruptCheckpoint when it is damaged."""
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as error:
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory} could not be read: {error}"
+            ) from error
+        stored = restored.progress.get("hashes", {})
+        for path, digest in leaf_hashes(restored.state).items():
+            if stored.get(path) != digest:
+                raise CorruptCheckpoint(
+                    f"step {step} in {self.directory}: {path!r} does not match its stored "
+                    f"SHA-256 (files under {self.directory / str(step) / 'state'})"
+                )
         return restored.state, restored.progress
+
+    def set_aside(self, step: int, reason: str) -> None:
+        """Logs why ``step`` is unusable and moves it aside (if it is still here)."""
+        log.warning("checkpoint step %d is unusable, moving it aside: %s", step, reason)
+        if (self.directory / str(step)).exists():
+            self._move_aside(step)
 
     def restore_progress(self, step: int) -> dict:
         return self.manager.restore(
@@ -207,7 +336,7 @@ class Checkpoints:
             self.manager.wait_until_finished()
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
             raise CheckpointError(
-                f"could not write a checkpoint to {self.directory}: {error}"
+                f"could not write checkpoint step {self._pending} to {self.directory}: {error}"
             ) from error
 
     def close(self) -> None:

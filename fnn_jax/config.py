@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import functools
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,40 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
 SCHEDULES = ("constant", "warmup_cosine", "exponential", "step")
 STAGE_KEYS = ("name", "rules", "optimizer", "num_steps", "num_epochs", "patience", "lr_mults")
 RULE_LABELS = ("train", "frozen")
+# Allowed values of numeric keys: (lowest, highest), None = unbounded, both ends included.
+# Every float must also be finite. Checked by ``check_value``, so sweeps and stages too.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "data.batch_size": (1, None),
+    "data.eval_batch_size": (1, None),
+    "model.hidden_size": (1, None),
+    "model.num_layers": (1, None),
+    "model.dropout": (0.0, 0.99),
+    "model.output_size": (1, None),
+    "model.embed_dim": (1, None),
+    "model.unroll": (1, None),
+    "optimizer.learning_rate": (0.0, None),
+    "optimizer.weight_decay": (0.0, None),
+    "optimizer.momentum": (0.0, 1.0),
+    "optimizer.b1": (0.0, 1.0),
+    "optimizer.b2": (0.0, 1.0),
+    "optimizer.eps": (0.0, None),
+    "optimizer.clip_norm": (0.0, None),
+    "optimizer.warmup_steps": (0, None),
+    "optimizer.decay_rate": (0.0, None),
+    "optimizer.decay_steps": (1, None),
+    "optimizer.final_lr_fraction": (0.0, None),
+    "regularization.l1": (0.0, None),
+    "regularization.l2": (0.0, None),
+    "finetune.lora_rank": (0, None),
+    "train.num_epochs": (0, None),
+    "train.num_steps": (0, None),
+    "train.log_every_steps": (1, None),
+    "train.eval_every_steps": (0, None),
+    "train.keep_checkpoints": (1, None),
+    "train.patience": (0, None),
+    "train.min_delta": (0.0, None),
+    "train.max_nonfinite_steps": (0, None),
+}
 # Sections whose differences make a checkpoint meaningless for this config.
 ARCHITECTURE_KEYS = ("model", "data", "seed")
 
@@ -103,6 +138,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.patience = 0  # evaluations without improvement before stopping; 0 = off
     c.train.min_delta = 0.0
     c.train.max_nonfinite_steps = 0  # steps with NaN/Inf loss skipped before failing
+    # Resume a checkpoint whose optimizer state no longer fits the optimizer settings with
+    # its parameters and a fresh optimizer state (otherwise such a resume is refused).
+    c.train.reset_optimizer = False
     return c
 
 
@@ -181,10 +219,35 @@ def check_value(key: str, value: Any) -> None:
     if not ok:
         name = expected.__name__ if expected else "a number, string, bool or tuple"
         raise ValueError(f"config.{key} must be {name}; got {value!r} ({type(value).__name__})")
+    if expected in (int, float) and value is not None:
+        _check_range(key, value)
+
+
+def _check_range(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"config.{key} must be finite; got {value!r}")
+    low, high = RANGES.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"config.{key} must be {allowed}; got {value!r}")
+
+
+class ConfigError(ValueError):
+    """A config the runner refuses before anything is written: the message names the key."""
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Fails before any training on unknown keys, wrong types, unknown names or bad stages."""
+    """Fails before any training (ConfigError) on unknown keys, wrong types, values out of
+    range, unknown names or bad stages."""
+    try:
+        _validate(config)
+    except ConfigError:
+        raise
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
     for path, value in _walk(config):
         if path == "data.options":
             continue
@@ -204,6 +267,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
     for index, stage in enumerate(config.finetune.stages):
         check_stage(f"config.finetune.stages[{index}]", stage)
+    if not config.finetune.stages and config.train.num_steps == 0 == config.train.num_epochs:
+        raise ValueError(
+            "config.train.num_steps and config.train.num_epochs are both 0: nothing to train "
+            "(set num_steps > 0, or num_epochs > 0 with num_steps = 0)"
+        )
 
 
 def check_stage(where: str, stage: Any) -> None:

@@ -40,6 +40,10 @@ class WorkdirLocked(RuntimeError):
     """Another live process is running in this workdir."""
 
 
+class WorkdirUnusable(OSError):
+    """The workdir cannot be created or written (a file is in the way, a read-only disk)."""
+
+
 @contextlib.contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:
     """Holds an exclusive lock on ``workdir/.lock`` for the life of the run.
@@ -47,8 +51,15 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     The kernel drops the lock when the process dies (even on kill -9), so a stale lock
     file never blocks a resume. A second live process fails at once and touches nothing.
     """
-    workdir.mkdir(parents=True, exist_ok=True)
-    with open(workdir / ".lock", "a+") as handle:
+    if workdir.exists() and not workdir.is_dir():
+        raise WorkdirUnusable(f"cannot use workdir {workdir}: it is a file, not a directory")
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        handle = open(workdir / ".lock", "a+")  # noqa: SIM115 (closed below)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise WorkdirUnusable(f"cannot use workdir {workdir}: {reason}") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

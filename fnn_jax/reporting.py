@@ -120,6 +120,17 @@ def markdown_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _lost_best_lines(problem: dict[str, Any] | None) -> list[str]:
+    if problem is None:
+        return []
+    return [
+        f"**Warning:** the best checkpoint (step {problem['best_step']}) was unusable: "
+        f"{problem['reason']}. The results are those of step {problem['used_step']}, the "
+        "best intact one.",
+        "",
+    ]
+
+
 def write_report(workdir: Path, report: dict[str, Any]) -> None:
     """report.json (everything) and report.md (the results table and baselines)."""
     write_json(workdir / "report.json", report)
@@ -129,6 +140,7 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
         f"Best checkpoint: step {report['best_step']} of {report['steps']} "
         f"(validation {report['metric']}).",
         "",
+        *_lost_best_lines(report.get("best_checkpoint_problem")),
         markdown_table(report["results"]),
     ]
     if report.get("baselines"):

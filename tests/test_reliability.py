@@ -176,7 +176,7 @@ def test_full_disk_is_a_clear_error_and_the_previous_step_survives(tmp_path):
         cwd=ROOT,
     )
     assert result.returncode == 3, result.stderr[-2000:]
-    assert "could not write" in result.stdout and str(tmp_path / "ckpt") in result.stdout
+    assert f"could not write checkpoint step 2 to {tmp_path / 'ckpt'}" in result.stdout
     checkpoints = Checkpoints(tmp_path / "ckpt")
     assert checkpoints.steps() == [1]
     state, _ = checkpoints.restore(1, {"w": jnp.zeros(4)})

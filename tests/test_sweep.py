@@ -367,9 +367,9 @@ def test_uninterrupted_parallel_sweep_gives_the_same_table(killed_and_resumed, t
     assert result.best.name == serial.best.name
     values = [t.value("validation", "accuracy") for t in result.trials[:2]]
     assert result.best is result.trials[int(np.argmax(values))]
-    assert result.failed[0].error.startswith("ValueError: config.data.batch_size=4096")
+    assert result.failed[0].error.startswith("ConfigError: config.data.batch_size=4096")
     assert "Traceback" in (tmp_path / "trials/batch_size=4096/error.txt").read_text()
-    assert "- batch_size=4096: ValueError" in (tmp_path / "sweep.md").read_text()
+    assert "- batch_size=4096: ConfigError" in (tmp_path / "sweep.md").read_text()
 
 
 @pytest.mark.slow
@@ -386,7 +386,7 @@ def test_sweep_on_a_local_ray_gives_the_same_table(killed_and_resumed, tmp_path)
     assert _table(tmp_path) == _table(serial_dir)
     assert result.best.name == serial.best.name
     assert (tmp_path / "trials/learning_rate=0.001/report.json").exists()
-    assert result.failed[0].error.startswith("ValueError: config.data.batch_size=4096")
+    assert result.failed[0].error.startswith("ConfigError: config.data.batch_size=4096")
 
 
 def test_unknown_backend_lists_the_choices(tmp_path):
@@ -394,12 +394,10 @@ def test_unknown_backend_lists_the_choices(tmp_path):
         sweep.run(_config(), [{LR: 1e-3}], tmp_path, backend="dask")
 
 
-@pytest.mark.slow
-def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
-    """The parent forwards SIGTERM to its workers; each running trial saves; a re-run ends
-    with the same table as a sweep that was never stopped."""
+def _parallel_sweep_command() -> list[str]:
+    """Two 40-step trials of the test config in two worker processes (no --workdir)."""
     root = Path(__file__).resolve().parents[1]
-    command = [
+    return [
         sys.executable,
         str(root / "experiments/sweep.py"),
         "--config",
@@ -411,6 +409,13 @@ def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
         "--parallel",
         "2",
     ]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
+    """The parent forwards SIGTERM to its workers; each running trial saves; a re-run ends
+    with the same table as a sweep that was never stopped."""
+    command = _parallel_sweep_command()
     stopped = tmp_path / "stopped"
     process = subprocess.Popen([*command, "--workdir", str(stopped)], stderr=subprocess.PIPE)
     trials = [stopped / "trials/learning_rate=0.001", stopped / "trials/learning_rate=0.003"]
@@ -430,3 +435,51 @@ def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
         == 0
     )
     assert _table(stopped) == _table(uninterrupted)
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_die_with_a_killed_parallel_sweep_and_a_rerun_finishes_every_trial(tmp_path):
+    command = [*_parallel_sweep_command(), "--workdir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trials = [tmp_path / "trials/learning_rate=0.001", tmp_path / "trials/learning_rate=0.003"]
+    deadline = time.time() + 120
+    while not all((t / "metrics.jsonl").exists() for t in trials) and time.time() < deadline:
+        time.sleep(0.2)
+    workers = _children(process.pid)
+    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker)
+    process.kill()
+    process.wait()
+    deadline = time.time() + 30
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(w) for w in workers)
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [row["status"] for row in _table(tmp_path)] == ["done", "done"]
+    # An error an earlier attempt recorded (say, WorkdirLocked while an orphaned worker
+    # still ran the trial) must not stay beside the report once the trial is done.
+    (trials[0] / "error.txt").write_text("WorkdirLocked: an earlier attempt")
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert not any((t / "error.txt").exists() for t in trials)

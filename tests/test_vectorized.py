@@ -172,9 +172,9 @@ def test_trials_that_differ_in_more_than_scalar_settings_are_refused(overrides, 
 
 @pytest.mark.slow
 def test_a_vectorized_sweep_from_the_command_line_matches_the_sequential_sweep(tmp_path):
-    """--vectorize: the two L2 trials train as one program; the NaN-penalty one fails alone;
-    each ends as in a sweep run trial by trial."""
-    axes = ["regularization.l2=0.001,nan"]
+    """--vectorize: the two L2 trials train as one program; the one whose penalty overflows
+    to inf fails alone; each ends as in a sweep run trial by trial."""
+    axes = ["regularization.l2=0.001,1e38"]
     command = [sys.executable, str(ROOT / "experiments/sweep.py")]
     command += ["--config", str(ROOT / "configs/test.py")]
     command += [f"--config.{key}={value}" for key, value in TINY.items()]
@@ -182,13 +182,13 @@ def test_a_vectorized_sweep_from_the_command_line_matches_the_sequential_sweep(t
     command += ["--vectorize", "--workdir", str(tmp_path / "v")]
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 1, done.stderr[-2000:]  # 1: some trials failed
-    assert "best trial:" in done.stdout and "failed: l2=nan" in done.stdout
+    assert "best trial:" in done.stdout and "failed: l2=1e+38" in done.stdout
 
     sequential = sweep.run(_tiny(), sweep.parse_cli(axes, _tiny()), tmp_path / "s")
     for trial in sequential.trials:
         vectorized = tmp_path / "v/trials" / trial.name
         if trial.status == "failed":
-            assert "l2=nan" in trial.name
+            assert trial.name == "l2=1e+38"
             error = (vectorized / "error.txt").read_text()
             assert "FloatingPointError: non-finite loss or gradient at step 1" in error
             assert not (vectorized / "report.json").exists()
@@ -241,3 +241,14 @@ def test_fine_tuning_trials_train_together_as_they_train_alone(tmp_path):
     for k, config in enumerate(configs):
         one = train_and_evaluate(config, tmp_path / f"alone{k}")
         assert_same_run(one, tmp_path / f"alone{k}", together[k], dirs[k])
+
+
+def test_a_report_counts_only_the_trials_that_trained_together_in_its_process(tmp_path):
+    configs = [_tiny(seed=0), _tiny(seed=1)]
+    dirs = [tmp_path / "t0", tmp_path / "t1"]
+    assert train_together(configs, dirs, stop_after_steps=4) == [{"interrupted_at": 4}] * 2
+    train_and_evaluate(configs[0], dirs[0])  # trial 0 finishes alone
+    reports = train_together(configs, dirs)  # trial 1 trains its last steps alone
+    assert all("vectorized_with" not in report for report in reports)
+    fresh = train_together(configs, [tmp_path / "f0", tmp_path / "f1"])
+    assert [report["vectorized_with"] for report in fresh] == [2, 2]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -27,6 +28,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import traceback
 import types
 from collections.abc import Iterator, Sequence
@@ -162,6 +164,9 @@ def _previous(trial: Trial, trial_dir: Path) -> TrialResult:
     report, saved = trial_dir / "report.json", trial_dir / "config.json"
     finished = report.exists() and saved.exists()
     if finished and json.loads(saved.read_text()) == config_lib.to_dict(trial.config):
+        # A report beside an error.txt: an attempt failed (e.g. the trial was busy in a
+        # worker of a killed sweep) and a later one finished it; the error is stale.
+        (trial_dir / "error.txt").unlink(missing_ok=True)
         result.status, result.reused = "done", True
         result.report = json.loads(report.read_text())
     return result
@@ -291,6 +296,7 @@ def _init_worker(shares: Any) -> None:
     compilation-cache key); limit BLAS/OpenMP threads; and do not let each worker grab most
     of a GPU's memory up front.
     """
+    _die_with_parent(os.getppid())
     cpus = shares.get()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, cpus)
@@ -301,6 +307,29 @@ def _init_worker(shares: Any) -> None:
     # SIGTERM (forwarded by the parent) must never kill a worker mid-setup: the trial's run
     # notices it and stops at a step boundary with its state saved.
     signal.signal(signal.SIGTERM, request_preemption)
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive its sweep: after kill -9 of the sweep, idle workers would
+    otherwise live on for good, and running ones hold their trials' workdir locks. Linux
+    sends SIGKILL on the parent's death (the trial resumes from its last checkpoint, as
+    after any kill -9); elsewhere a watchdog thread polls the parent."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, signal.SIGKILL) == 0:
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+            return
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 ``train_and_evaluate`` (one run) and ``train_together`` (K vectorised trials)."""
 
 from fnn_jax.finetune import Stage
-from fnn_jax.train.loop import train_and_evaluate
+from fnn_jax.train.loop import REFUSALS, train_and_evaluate
 from fnn_jax.train.preemption import EXIT_PREEMPTED, Preempted
 from fnn_jax.train.steps import StepSpec, TrainState, build_model, make_eval_step, make_train_step
 from fnn_jax.train.vectorized import train_together
@@ -10,6 +10,7 @@ from fnn_jax.train.vectorized import train_together
 __all__ = [
     "EXIT_PREEMPTED",
     "Preempted",
+    "REFUSALS",
     "Stage",
     "StepSpec",
     "TrainState",

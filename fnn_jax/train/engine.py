@@ -29,7 +29,8 @@ import numpy as np
 
 from fnn_jax import data as data_lib
 from fnn_jax import finetune, reporting, tasks
-from fnn_jax.checkpoint import Checkpoints, export_params
+from fnn_jax.checkpoint import Checkpoints, CorruptCheckpoint, StateMismatch, export_params
+from fnn_jax.config import ConfigError
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer
 from fnn_jax.tasks import Task
@@ -94,7 +95,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     batch_size = config.data.batch_size
     steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
     if steps_per_epoch == 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.batch_size={batch_size} is larger than the training split "
             f"of {dataset.name!r} ({len(dataset.train)} rows)"
         )
@@ -184,9 +185,14 @@ class Trial:
 class Engine:
     """Trains K trials (K = 1 for a single run) in their workdirs; see the module docstring."""
 
-    def __init__(self, configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path]):
+    def __init__(
+        self,
+        configs: Sequence[ml_collections.ConfigDict],
+        workdirs: Sequence[Path],
+        plan: Setup | None = None,
+    ):
         self.started = time.time()
-        self.plan = plan = setup(configs[0])  # what the trials share
+        self.plan = plan = plan or setup(configs[0])  # what the trials share
         self.config = configs[0]
         self.to_model = finetune.model_params(configs[0])
         self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
@@ -202,6 +208,9 @@ class Engine:
         self.trials = [
             self._open(c, Path(w), len(configs) > 1) for c, w in zip(configs, workdirs, strict=True)
         ]
+        # The trials that train together in this process (a resumed group may hold some
+        # that had already finished their training).
+        self.group_size = sum(t.step < sum(s.num_steps for s in t.stages) for t in self.trials)
 
     # ------------------------------------------------------------------------ set-up
 
@@ -225,8 +234,10 @@ class Engine:
         params = finetune.training_tree(config, model_params, lora_key)
         stages = finetune.stages(config, plan.steps_per_epoch, params)
         checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-        restored = checkpoints.restore_good(
-            lambda record: self._fresh_state(params, stages[record["stage"]], 0)
+        restored = self._restore(
+            checkpoints,
+            lambda record: self._fresh_state(params, stages[record["stage"]], 0),
+            reset_optimizer=config.train.reset_optimizer,
         )
         if restored is not None:
             step, state, record = restored
@@ -249,6 +260,33 @@ class Engine:
             dropout_key=dropout_key,
             label=f"{workdir.name}: " if grouped else "",
         )
+
+    @staticmethod
+    def _restore(
+        checkpoints: Checkpoints, like_for: Any, *, reset_optimizer: bool
+    ) -> tuple[int, TrainState, dict] | None:
+        """The newest intact step; with ``reset_optimizer``, a step whose optimizer state no
+        longer fits the config resumes with its parameters and a fresh optimizer state."""
+        try:
+            return checkpoints.restore_good(like_for)
+        except StateMismatch:
+            if not reset_optimizer:
+                raise
+        step = checkpoints.latest_step()
+        saved, record = checkpoints.restore_saved(step)
+        fresh = like_for(record)
+        as_like = lambda like, value: np.asarray(value, like.dtype)
+        state = fresh.replace(
+            step=np.asarray(saved["step"], np.int32),
+            params=jax.tree.map(as_like, fresh.params, saved["params"]),
+            sums=jax.tree.map(as_like, fresh.sums, saved["sums"]),
+        )
+        log.warning(
+            "config.train.reset_optimizer: step %d resumes with its parameters and a fresh "
+            "optimizer state",
+            step,
+        )
+        return step, state, record
 
     # ------------------------------------------------------------------------ the loop
 
@@ -300,40 +338,8 @@ class Engine:
     ) -> bool:
         """Trains ``members`` (all in the same stage) until each ends it; True when
         interrupted (preemption or ``stop_after_steps``), every member saved."""
-        plan, stage = self.plan, members[0].stage
-        frozen = finetune.frozen_tree(members[0].state.params, stage.rules)
-        cached = finetune.caches_features(self.config, plan.model, plan.task, frozen)
-        spec = StepSpec(
-            model=plan.model,
-            task=plan.task,
-            exclude=self.config.regularization.exclude,
-            frozen=frozen,
-            to_model=self.to_model,
-            cached_features=cached,
-        )
-        stepper = steppers.make_stepper(
-            spec,
-            stage,
-            [t.state for t in members],
-            settings=[
-                steppers.trial_settings(t.stage.optimizer, t.config.regularization, self.penalties)
-                for t in members
-            ],
-            dropout_keys=[t.dropout_key for t in members],
-            eval_step=self.eval_step,
-        )
-        batch_size = self.config.data.eval_batch_size
-        # A head-only stage runs the frozen encoder once per stage, not once per step.
-        features = (
-            [
-                compute_features(
-                    plan.model, self.to_model(t.state.params), plan.dataset.train, batch_size
-                )
-                for t in members
-            ]
-            if cached
-            else None
-        )
+        stepper, features = self._stepper(members)
+        plan = self.plan
         batches = [plan.train_batches(t.config.seed, t.step, t.stage_end) for t in members]
         active = [True] * len(members)
         while any(active):
@@ -358,6 +364,43 @@ class Engine:
                         self._save(trial, states[i])
                 return True
         return False
+
+    def _stepper(self, members: list[Trial]) -> tuple[steppers.Stepper, list | None]:
+        """The stepper for ``members``' shared stage, and each member's frozen-encoder
+        features [train examples, ...] when the stage trains only the head on them."""
+        plan, stage = self.plan, members[0].stage
+        frozen = finetune.frozen_tree(members[0].state.params, stage.rules)
+        cached = finetune.caches_features(self.config, plan.model, plan.task, frozen)
+        spec = StepSpec(
+            model=plan.model,
+            task=plan.task,
+            exclude=self.config.regularization.exclude,
+            frozen=frozen,
+            to_model=self.to_model,
+            cached_features=cached,
+        )
+        stepper = steppers.make_stepper(
+            spec,
+            stage,
+            [t.state for t in members],
+            settings=[
+                steppers.trial_settings(t.stage.optimizer, t.config.regularization, self.penalties)
+                for t in members
+            ],
+            dropout_keys=[t.dropout_key for t in members],
+            eval_step=self.eval_step,
+        )
+        if not cached:
+            return stepper, None
+        # A head-only stage runs the frozen encoder once per stage, not once per step.
+        batch_size = self.config.data.eval_batch_size
+        features = [
+            compute_features(
+                plan.model, self.to_model(t.state.params), plan.dataset.train, batch_size
+            )
+            for t in members
+        ]
+        return stepper, features
 
     @staticmethod
     def _device_batch(batch: dict, features: jax.Array | None) -> dict:
@@ -474,13 +517,8 @@ class Engine:
         merged parameters and writes the report."""
         config, workdir, dataset = trial.config, trial.workdir, self.plan.dataset
         progress, step = trial.progress, trial.step
+        evaluated_step, params, problem = self._best_params(trial)
         best_step = progress.best_step if progress.best_step is not None else step
-        if best_step in trial.checkpoints.steps():
-            # Host copies: committed arrays straight from Orbax would make eval_step recompile.
-            saved = trial.checkpoints.restore_saved(best_step)[0]["params"]
-            params = jax.tree.map(np.asarray, saved)
-        else:
-            params = trial.state.params
         batch_size = config.data.eval_batch_size
         results = {
             split: evaluate(
@@ -495,6 +533,7 @@ class Engine:
             "workdir": str(workdir),
             "steps": step,
             "best_step": best_step,
+            "evaluated_step": evaluated_step,  # best_step, unless that checkpoint was lost
             "metric": self.plan.metric,
             "stopped_early": bool(progress.stopped),
             "nonfinite_steps": progress.nonfinite_steps,
@@ -511,11 +550,60 @@ class Engine:
                 "tensorboard": str(workdir / "tensorboard"),
             },
         }
-        if len(self.trials) > 1:
-            report["vectorized_with"] = len(self.trials)
+        if problem is not None:
+            report["best_checkpoint_problem"] = problem
+        if self.group_size > 1:
+            report["vectorized_with"] = self.group_size
         reporting.plot_curves(trial.metrics_log.records, self.plan.metric, workdir / "curves.png")
         reporting.write_report(workdir, report)
         return report
+
+    def _best_params(self, trial: Trial) -> tuple[int, Any, dict[str, Any] | None]:
+        """(step, params) of the best checkpoint, verified against its hashes, and None; or,
+        when that step is gone or damaged (it is moved aside), the intact step with the best
+        logged validation metric, and what went wrong, said loudly in the log."""
+        wanted = trial.progress.best_step
+        if wanted is None:  # never evaluated
+            return trial.step, trial.state.params, None
+        checkpoints = trial.checkpoints
+        reason = "it is missing from the checkpoints folder"
+        ranked = [wanted] + self._ranked_steps(trial, exclude=wanted)
+        for step in ranked:
+            if step not in checkpoints.steps():
+                continue
+            try:
+                saved, _ = checkpoints.restore_saved(step)
+            except CorruptCheckpoint as error:
+                checkpoints.set_aside(step, str(error))
+                reason = reason if step != wanted else str(error)
+                continue
+            # Host copies: committed arrays straight from Orbax would make eval_step recompile.
+            params = jax.tree.map(np.asarray, saved["params"])
+            if step == wanted:
+                return step, params, None
+            return step, params, self._lost_best(trial, wanted, step, reason)
+        return trial.step, trial.state.params, self._lost_best(trial, wanted, trial.step, reason)
+
+    def _ranked_steps(self, trial: Trial, exclude: int) -> list[int]:
+        """Checkpointed steps by their logged validation metric, best first."""
+        values = {
+            r["step"]: r[self.plan.metric]
+            for r in trial.metrics_log.records
+            if r["split"] == "validation" and r["step"] != exclude
+        }
+        steps = [s for s in trial.checkpoints.steps() if s in values and not np.isnan(values[s])]
+        return sorted(steps, key=lambda s: values[s], reverse=self.plan.mode == "max")
+
+    def _lost_best(self, trial: Trial, wanted: int, used: int, reason: str) -> dict[str, Any]:
+        log.error(
+            "%sthe best checkpoint (step %d) is unusable: %s. Evaluating and exporting step "
+            "%d instead, the best intact one",
+            trial.label,
+            wanted,
+            reason,
+            used,
+        )
+        return {"best_step": wanted, "used_step": used, "reason": reason}
 
     @staticmethod
     def _close(trials: list[Trial]) -> None:

@@ -10,33 +10,72 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
 from fnn_jax import config as config_lib
-from fnn_jax.files import workdir_lock, write_json
-from fnn_jax.train.engine import Engine
+from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
+from fnn_jax.config import ConfigError
+from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
+from fnn_jax.train.engine import Engine, Setup, setup
 
 log = logging.getLogger("fnn_jax")
 
 
-def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> None:
-    """Writes config.json, or refuses to resume a workdir made with another model or data."""
+# What refuses a run before it trains, with a message that says it all (the command-line
+# tools print it as one line, no traceback).
+REFUSALS = (
+    ConfigError,
+    WorkdirLocked,
+    WorkdirUnusable,
+    CheckpointError,
+    ArchitectureMismatch,
+    StateMismatch,
+)
+
+
+def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
+    """Refuses to resume a workdir whose checkpoints another model or data wrote; returns
+    the other changed settings (logged as a warning). A config.json with no checkpoint
+    beside it (a first attempt that failed before saving) holds nothing to resume."""
     path = workdir / "config.json"
-    new = config_lib.to_dict(config)
-    if path.exists():
-        old = json.loads(path.read_text())
-        arch, other = config_lib.split_differences(old, new)
-        if arch:
-            raise ValueError(
-                f"workdir {workdir} holds a run with a different model/data config; "
-                f"refusing to resume. Differing keys:\n  " + "\n  ".join(arch)
-            )
-        if other:
-            log.warning("resuming %s with changed settings:\n  %s", workdir, "\n  ".join(other))
-    write_json(path, new)
+    if not path.exists():
+        return []
+    old = json.loads(path.read_text())
+    arch, other = config_lib.split_differences(old, config_lib.to_dict(config))
+    has_steps = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    if arch and has_steps:
+        raise config_lib.ConfigError(
+            f"workdir {workdir} holds a run with a different model/data config; "
+            f"refusing to resume. Differing keys:\n  " + "\n  ".join(arch)
+        )
+    if arch:
+        log.warning("%s has no checkpoint yet: starting with the new config", workdir)
+        return []
+    if other:
+        log.warning("resuming %s with changed settings:\n  %s", workdir, "\n  ".join(other))
+    return other
+
+
+def open_engine(
+    configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path], plan: Setup
+) -> Engine:
+    """The engine over ``workdirs`` (each already locked), restored from their checkpoints;
+    each config.json is written only once its trial opened, so a refused resume leaves the
+    workdir as it was."""
+    changed = [check_config_file(w, c) for c, w in zip(configs, workdirs, strict=True)]
+    try:
+        engine = Engine(configs, workdirs, plan)
+    except StateMismatch as error:
+        settings = sorted({d for ds in changed for d in ds})
+        hint = "\n  ".join(settings) or "(none recorded in config.json)"
+        raise StateMismatch(f"{error}\nsettings changed since it was saved:\n  {hint}") from None
+    for config, workdir in zip(configs, workdirs, strict=True):
+        write_json(workdir / "config.json", config_lib.to_dict(config))
+    return engine
 
 
 def train_and_evaluate(
@@ -49,13 +88,14 @@ def train_and_evaluate(
 
     stop_after_steps: stop once this many steps ran in this call, after checkpointing (for
     time-limited jobs, and for tests of resumption); returns ``{"interrupted_at": step}``.
-    The same call again continues. SIGTERM saves and raises Preempted.
+    The same call again continues. SIGTERM saves and raises Preempted. A bad config
+    (ConfigError) is refused before the workdir is touched.
     """
     config_lib.validate(config)
+    plan = setup(config)  # loads the data: a batch size larger than the split fails here
     workdir = Path(workdir).absolute()
     with workdir_lock(workdir):
-        check_config_file(workdir, config)
-        (outcome,) = Engine([config], [workdir]).run(stop_after_steps)
+        (outcome,) = open_engine([config], [workdir], plan).run(stop_after_steps)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

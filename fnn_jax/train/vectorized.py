@@ -24,8 +24,8 @@ import ml_collections
 
 from fnn_jax import config as config_lib
 from fnn_jax.files import workdir_lock
-from fnn_jax.train.engine import Engine
-from fnn_jax.train.loop import check_config_file
+from fnn_jax.train.engine import setup
+from fnn_jax.train.loop import open_engine
 
 # The config keys in which trials of one group may differ.
 VECTORIZABLE = (
@@ -92,8 +92,8 @@ def train_together(
     workdirs = [Path(w).absolute() for w in workdirs]
     if len(set(workdirs)) != len(workdirs):
         raise ValueError(f"two trials share a workdir: {[str(w) for w in workdirs]}")
+    plan = setup(configs[0])  # the data and model the group shares
     with contextlib.ExitStack() as locks:
-        for config, workdir in zip(configs, workdirs, strict=True):
+        for workdir in workdirs:
             locks.enter_context(workdir_lock(workdir))
-            check_config_file(workdir, config)
-        return Engine(configs, workdirs).run(stop_after_steps)
+        return open_engine(configs, workdirs, plan).run(stop_after_steps)

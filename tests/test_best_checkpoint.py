@@ -1,0 +1,133 @@
+"""The best checkpoint is verified when the final evaluation and the export restore it; a
+best step that is gone or damaged is said loudly and replaced by the best intact step, and
+damage to any step's metadata never blocks a run."""
+
+import json
+import logging
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from fnn_jax.checkpoint import Checkpoints, load_exported
+from fnn_jax.reporting import MetricsLog
+from fnn_jax.train import train_and_evaluate
+from tests.test_reliability import STEPS, _assert_same_run, _config, _largest_file
+
+# Every evaluation kept, so the best intact step is a real choice among many.
+KEEP_ALL = {"train.keep_checkpoints": STEPS}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finished")
+    report = train_and_evaluate(_config(**KEEP_ALL), workdir)
+    assert report["best_step"] != report["steps"]  # a best step that is not the last
+    return workdir, report
+
+
+def _best_intact(workdir, metric, lost):
+    """The kept step with the best logged validation metric (earliest of ties), by hand."""
+    logged = {r["step"]: r[metric] for r in MetricsLog.read(workdir) if r["split"] == "validation"}
+    best = None
+    for step in sorted(logged):
+        if step != lost and (best is None or logged[step] > logged[best]):
+            best = step
+    return best, logged[best]
+
+
+def _remove(step_dir):
+    shutil.rmtree(step_dir)
+
+
+def _remove_metrics(step_dir):  # Orbax would then delete the step at its next save
+    shutil.rmtree(step_dir / "metrics")
+
+
+def _flip_bit(step_dir):
+    path = _largest_file(step_dir / "state")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _zero_largest(step_dir):
+    path = _largest_file(step_dir / "state")
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+def _truncate_progress(step_dir):
+    path = step_dir / "progress" / "metadata"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _zero_state_metadata(step_dir):
+    path = step_dir / "state" / "_METADATA"
+    path.write_bytes(bytes(path.stat().st_size))
+
+
+DAMAGES = [_remove, _remove_metrics, _flip_bit, _zero_largest, _truncate_progress]
+DAMAGES += [_zero_state_metadata]
+
+
+# Orbax's "Event loop is closed" tracebacks after a failed read are one debug line instead.
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", DAMAGES, ids=[d.__name__.lstrip("_") for d in DAMAGES])
+def test_a_lost_best_step_is_reported_and_the_best_intact_step_is_evaluated(
+    finished, damage, tmp_path, caplog
+):
+    source, first = finished
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    best = first["best_step"]
+    damage(workdir / "checkpoints" / str(best))
+    (workdir / "report.json").unlink()
+
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        report = train_and_evaluate(_config(**KEEP_ALL), workdir)
+    used, logged_value = _best_intact(workdir, first["metric"], lost=best)
+    assert report["best_step"] == best
+    assert report["evaluated_step"] == used
+    assert report["best_checkpoint_problem"]["used_step"] == used
+    assert f"the best checkpoint (step {best}) is unusable" in caplog.text
+    assert "Warning:** the best checkpoint" in (workdir / "report.md").read_text()
+    assert json.loads((workdir / "report.json").read_text())["evaluated_step"] == used
+    # The results and the export are the intact step's, not the last step's.
+    assert report["results"]["validation"][first["metric"]] == logged_value
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    saved, _ = checkpoints.restore_saved(used)
+    checkpoints.close()
+    jax.tree.map(np.testing.assert_array_equal, load_exported(workdir / "export"), saved["params"])
+    assert best not in Checkpoints(workdir / "checkpoints").steps()
+    if damage not in (_remove, _remove_metrics):
+        assert (workdir / "checkpoints-corrupt" / str(best)).is_dir(), "moved aside, not lost"
+
+    # Nothing blocks the next run: it ends with the same honest report.
+    (workdir / "report.json").unlink()
+    again = train_and_evaluate(_config(**KEEP_ALL), workdir)
+    assert again["evaluated_step"] == used and again["results"] == report["results"]
+
+
+def test_an_intact_best_step_is_evaluated_with_no_problem_reported(finished):
+    _, report = finished
+    assert report["evaluated_step"] == report["best_step"]
+    assert "best_checkpoint_problem" not in report
+
+
+@pytest.mark.parametrize("where", ["metrics/metrics", "_CHECKPOINT_METADATA"])
+def test_a_torn_metadata_file_of_the_latest_step_is_moved_aside_and_the_run_resumes_exactly(
+    where, tmp_path, caplog
+):
+    reference = tmp_path / "reference"
+    train_and_evaluate(_config(), reference)
+    workdir = tmp_path / "run"
+    train_and_evaluate(_config(), workdir, stop_after_steps=STEPS - 6)
+    last = Checkpoints(workdir / "checkpoints").latest_step()
+    path = workdir / "checkpoints" / str(last) / where
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        train_and_evaluate(_config(), workdir)
+    assert f"checkpoint step {last} is unusable: {path} is unreadable" in caplog.text
+    assert (workdir / "checkpoints-corrupt" / str(last)).is_dir()
+    _assert_same_run(workdir, reference)
