@@ -18,7 +18,7 @@ from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, Checkpoint
 from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
-from fnn_jax.train.engine import improves
+from fnn_jax.train.trial import improves
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 40

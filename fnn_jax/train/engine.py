@@ -11,14 +11,16 @@ together: a trial whose stage ended (or stopped early) waits until every trial h
 that stage, then all start the next one with fresh optimizer states. Waiting changes
 nothing, since a trial's batches and dropout keys are functions of its own step, so each
 trial ends as it would alone.
+
+What the trials share and what each holds: fnn_jax.train.trial. Which parameters a finished
+trial reports and exports: fnn_jax.train.finish.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +29,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fnn_jax import data as data_lib
-from fnn_jax import finetune, reporting, tasks
-from fnn_jax.checkpoint import Checkpoints, CorruptCheckpoint, StateMismatch, export_params
-from fnn_jax.config import ConfigError
+from fnn_jax import finetune, reporting
+from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer
-from fnn_jax.tasks import Task
-from fnn_jax.train import steppers
+from fnn_jax.train import finish, steppers
 from fnn_jax.train.preemption import Preempted, PreemptionFlag, clear_preemption
 from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
-    build_model,
     compute_features,
     evaluate,
     init_params,
@@ -47,139 +45,10 @@ from fnn_jax.train.steps import (
     to_device_batch,
     zero_sums,
 )
+from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
 from fnn_jax.tree import count_params
 
 log = logging.getLogger("fnn_jax")
-
-
-@dataclasses.dataclass(frozen=True)
-class Setup:
-    """What a config fixes before training starts: data, task, model and step budget."""
-
-    dataset: data_lib.Dataset
-    task: Task
-    metric: str  # the validation metric for early stopping and the best checkpoint
-    mode: str  # "min" | "max": which way ``metric`` improves
-    spec: Any  # the shape/dtype every train batch must have (data.batch_spec)
-    batch_size: int
-    steps_per_epoch: int
-    eval_every: int
-    model: Any
-    sample: dict  # a train batch, for model.init
-
-    def train_batches(self, seed: int, start: int, end: int) -> Iterator[dict]:
-        """Checked train batches for global steps start..end-1, across epochs; the order is
-        a function of (seed, epoch), so a resumed run sees what an uninterrupted one saw."""
-        name, train = self.dataset.name, self.dataset.train
-        step = start
-        while step < end:
-            epoch, first = divmod(step, self.steps_per_epoch)
-            epoch_batches = data_lib.batches(train, self.batch_size, seed=seed, epoch=epoch)
-            for i, batch in enumerate(epoch_batches):
-                if i < first:
-                    continue  # resuming inside this epoch
-                data_lib.check_batch(
-                    batch, dataset=name, split="train", index=i, expected=self.spec
-                )
-                yield batch
-                step += 1
-                if step >= end:
-                    return
-
-
-def setup(config: ml_collections.ConfigDict) -> Setup:
-    """The run's Setup: config.data loaded, the model built, the step budget worked out."""
-    dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
-    task = tasks.for_dataset(dataset)
-    metric = config.train.early_stopping_metric or task.main_metric
-    batch_size = config.data.batch_size
-    steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
-    if steps_per_epoch == 0:
-        raise ConfigError(
-            f"config.data.batch_size={batch_size} is larger than the training split "
-            f"of {dataset.name!r} ({len(dataset.train)} rows)"
-        )
-    first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
-    return Setup(
-        dataset=dataset,
-        task=task,
-        metric=metric,
-        mode=tasks.metric_mode(metric),
-        spec=data_lib.batch_spec(dataset),
-        batch_size=batch_size,
-        steps_per_epoch=steps_per_epoch,
-        eval_every=config.train.eval_every_steps or steps_per_epoch,
-        model=build_model(config.model, dataset),
-        sample=to_device_batch(first),
-    )
-
-
-@dataclasses.dataclass
-class Progress:
-    """A trial's bookkeeping, saved as JSON beside every checkpoint."""
-
-    stage: int = 0
-    stage_start: int = 0
-    best_value: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    stopped: bool = False  # ended early (patience), before the planned steps
-    nonfinite_steps: int = 0
-    lora_rank: int = 0  # for fine-tuning from this run: how to merge its adapters
-    lora_alpha: float = 0.0
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Progress:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in record.items() if k in names})
-
-    def record(self, step: int, steps_per_epoch: int) -> dict[str, Any]:
-        epoch, position = divmod(step, steps_per_epoch)
-        return {**dataclasses.asdict(self), "epoch": epoch, "batch": position}
-
-
-def improves(value: float, best: float | None, mode: str, min_delta: float) -> bool:
-    """Whether a validation value beats the best so far by more than min_delta (never NaN)."""
-    if np.isnan(value):
-        return False
-    if best is None:
-        return True
-    return value > best + min_delta if mode == "max" else value < best - min_delta
-
-
-@dataclasses.dataclass
-class Trial:
-    """One trial's host-side state. Its arrays live in the stepper while its stage trains,
-    and in ``state`` (host copies) between stages and at the end."""
-
-    config: ml_collections.ConfigDict
-    workdir: Path
-    checkpoints: Checkpoints
-    metrics_log: reporting.MetricsLog
-    stages: list[Stage]
-    progress: Progress
-    state: TrainState
-    step: int
-    dropout_key: jax.Array
-    label: str  # prefix for log lines: "" alone, the workdir's name in a group
-    summary: str = ""  # this step's train loss / validation metric, for the progress bar
-    outcome: dict[str, Any] | Exception | None = None  # report, interruption or error
-
-    @property
-    def stage(self) -> Stage:
-        return self.stages[self.progress.stage]
-
-    @property
-    def stage_end(self) -> int:
-        return self.progress.stage_start + self.stage.num_steps
-
-    @property
-    def in_training(self) -> bool:
-        return self.outcome is None and self.progress.stage < len(self.stages)
-
-    def patience_spent(self) -> bool:
-        patience = self.stage.patience
-        return bool(patience and self.progress.bad_evals >= patience)
 
 
 class Engine:
@@ -517,7 +386,9 @@ class Engine:
         merged parameters and writes the report."""
         config, workdir, dataset = trial.config, trial.workdir, self.plan.dataset
         progress, step = trial.progress, trial.step
-        evaluated_step, params, problem = self._best_params(trial)
+        evaluated_step, params, problem = finish.best_params(
+            trial, self.plan.metric, self.plan.mode
+        )
         best_step = progress.best_step if progress.best_step is not None else step
         batch_size = config.data.eval_batch_size
         results = {
@@ -540,7 +411,7 @@ class Engine:
             "results": results,
             "baselines": dataset.baselines,
             "parameters": count_params(exported),
-            "trainable_parameters": _trainable_counts(trial.stages, params),
+            "trainable_parameters": finish.trainable_counts(trial.stages, params),
             "wall_time_s": round(time.time() - self.started, 1),
             "paths": {
                 "curves": str(workdir / "curves.png"),
@@ -558,68 +429,8 @@ class Engine:
         reporting.write_report(workdir, report)
         return report
 
-    def _best_params(self, trial: Trial) -> tuple[int, Any, dict[str, Any] | None]:
-        """(step, params) of the best checkpoint, verified against its hashes, and None; or,
-        when that step is gone or damaged (it is moved aside), the intact step with the best
-        logged validation metric, and what went wrong, said loudly in the log."""
-        wanted = trial.progress.best_step
-        if wanted is None:  # never evaluated
-            return trial.step, trial.state.params, None
-        checkpoints = trial.checkpoints
-        reason = "it is missing from the checkpoints folder"
-        ranked = [wanted] + self._ranked_steps(trial, exclude=wanted)
-        for step in ranked:
-            if step not in checkpoints.steps():
-                continue
-            try:
-                saved, _ = checkpoints.restore_saved(step)
-            except CorruptCheckpoint as error:
-                checkpoints.set_aside(step, str(error))
-                reason = reason if step != wanted else str(error)
-                continue
-            # Host copies: committed arrays straight from Orbax would make eval_step recompile.
-            params = jax.tree.map(np.asarray, saved["params"])
-            if step == wanted:
-                return step, params, None
-            return step, params, self._lost_best(trial, wanted, step, reason)
-        return trial.step, trial.state.params, self._lost_best(trial, wanted, trial.step, reason)
-
-    def _ranked_steps(self, trial: Trial, exclude: int) -> list[int]:
-        """Checkpointed steps by their logged validation metric, best first."""
-        values = {
-            r["step"]: r[self.plan.metric]
-            for r in trial.metrics_log.records
-            if r["split"] == "validation" and r["step"] != exclude
-        }
-        steps = [s for s in trial.checkpoints.steps() if s in values and not np.isnan(values[s])]
-        return sorted(steps, key=lambda s: values[s], reverse=self.plan.mode == "max")
-
-    def _lost_best(self, trial: Trial, wanted: int, used: int, reason: str) -> dict[str, Any]:
-        log.error(
-            "%sthe best checkpoint (step %d) is unusable: %s. Evaluating and exporting step "
-            "%d instead, the best intact one",
-            trial.label,
-            wanted,
-            reason,
-            used,
-        )
-        return {"best_step": wanted, "used_step": used, "reason": reason}
-
     @staticmethod
     def _close(trials: list[Trial]) -> None:
         for trial in trials:
             trial.checkpoints.close()
             trial.metrics_log.close()
-
-
-def _trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
-    """Per stage, how many parameter values the optimizer updates."""
-    counts = {}
-    for stage in stages:
-        frozen = finetune.frozen_tree(params, stage.rules)
-        if frozen is None:
-            counts[stage.name] = count_params(params)
-        else:
-            leaves = zip(jax.tree.leaves(params), jax.tree.leaves(frozen), strict=True)
-            counts[stage.name] = int(sum(np.size(p) for p, f in leaves if not f))
-    return counts

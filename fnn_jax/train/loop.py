@@ -20,7 +20,8 @@ from fnn_jax import config as config_lib
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
 from fnn_jax.config import ConfigError
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
-from fnn_jax.train.engine import Engine, Setup, setup
+from fnn_jax.train.engine import Engine
+from fnn_jax.train.trial import Setup, setup
 
 log = logging.getLogger("fnn_jax")
 

@@ -24,8 +24,8 @@ import ml_collections
 
 from fnn_jax import config as config_lib
 from fnn_jax.files import workdir_lock
-from fnn_jax.train.engine import setup
 from fnn_jax.train.loop import open_engine
+from fnn_jax.train.trial import setup
 
 # The config keys in which trials of one group may differ.
 VECTORIZABLE = (
