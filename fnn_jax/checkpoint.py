@@ -71,26 +71,31 @@ def _shapes(tree: Any) -> dict[str, tuple]:
     return {path_str(p): tuple(np.shape(x)) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _is_closed_loop_noise(unraisable: Any) -> bool:
+def _is_failed_read_noise(unraisable: Any) -> bool:
+    """An error Python cannot raise anywhere, left behind by a failed Orbax read: a callback
+    for its closed event loop, or one of its read coroutines collected unfinished."""
     error = unraisable.exc_value
-    return isinstance(error, RuntimeError) and "Event loop is closed" in str(error)
+    if isinstance(error, RuntimeError) and "Event loop is closed" in str(error):
+        return True
+    code = getattr(unraisable.object, "cr_code", None)  # a coroutine
+    return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
 
 
-def _quiet_closed_loop_noise() -> None:
-    """A failed Orbax read leaves callbacks for its closed event loop, which Python prints,
-    from other threads, as tracebacks ("Event loop is closed") after the error was handled.
-    Once per process (and only those unraisable errors), they become debug lines."""
+def _quiet_failed_read_noise() -> None:
+    """Python prints those errors as tracebacks, from other threads or at a later garbage
+    collection, long after the failed read was handled (moved aside, reported). Once per
+    process (and only those), they become debug lines."""
     previous = sys.unraisablehook
-    if getattr(previous, "quiets_closed_loop_noise", False):
+    if getattr(previous, "quiets_failed_read_noise", False):
         return
 
     def hook(unraisable: Any) -> None:
-        if _is_closed_loop_noise(unraisable):
-            log.debug("ignored after a failed checkpoint read: %s", unraisable.exc_value)
+        if _is_failed_read_noise(unraisable):
+            log.debug("ignored after a failed checkpoint read: %r", unraisable.exc_value)
         else:
             previous(unraisable)
 
-    hook.quiets_closed_loop_noise = True
+    hook.quiets_failed_read_noise = True
     sys.unraisablehook = hook
 
 
@@ -123,7 +128,7 @@ class Checkpoints:
         self.manager = None
         self._pending: int | None = None  # the step an unfinished async save writes
         self._check_writable()
-        _quiet_closed_loop_noise()  # before any read: the noise may come from other threads
+        _quiet_failed_read_noise()  # before any read: the noise comes from other threads
         self._set_aside_unreadable_steps()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

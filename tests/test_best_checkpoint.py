@@ -15,6 +15,9 @@ from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import train_and_evaluate
 from tests.test_reliability import STEPS, _assert_same_run, _config, _largest_file
 
+# A failed checkpoint read leaves no traceback behind (see test_reliability.py).
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+
 # Every evaluation kept, so the best intact step is a real choice among many.
 KEEP_ALL = {"train.keep_checkpoints": STEPS}
 
@@ -71,8 +74,6 @@ DAMAGES = [_remove, _remove_metrics, _flip_bit, _zero_largest, _truncate_progres
 DAMAGES += [_zero_state_metadata]
 
 
-# Orbax's "Event loop is closed" tracebacks after a failed read are one debug line instead.
-@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("damage", DAMAGES, ids=[d.__name__.lstrip("_") for d in DAMAGES])
 def test_a_lost_best_step_is_reported_and_the_best_intact_step_is_evaluated(
     finished, damage, tmp_path, caplog
