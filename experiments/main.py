@@ -36,6 +36,8 @@ def main(argv: list[str]) -> None:
     except Preempted as stop:
         print(stop, file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        sys.exit("interrupted: the last checkpoint is intact; run the same command to resume")
     except REFUSALS as refused:  # the message names the key, path or step: no traceback
         sys.exit(f"error: {refused}")
     print()

@@ -127,6 +127,8 @@ def main(argv: list[str]) -> None:
     except Preempted as stop:  # SIGTERM: the running trial saved its state
         print(stop, file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        sys.exit("interrupted: the last checkpoint is intact; run the same command to resume")
     print_summary(result)
     if result.failed:
         sys.exit(1)

@@ -3,5 +3,14 @@
 from fnn_jax import cells, interop, layers, models
 from fnn_jax.scan import scan
 
-__all__ = ["cells", "interop", "layers", "models", "scan"]
+__all__ = ["cells", "interop", "layers", "models", "scan"]  # and, on first use, load, LoadedRun
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``fnn_jax.load`` pulls in the datasets and the training code: only when first used.
+    if name in ("load", "LoadedRun"):
+        from fnn_jax import loading
+
+        return getattr(loading, name)
+    raise AttributeError(f"module 'fnn_jax' has no attribute {name!r}")

@@ -9,6 +9,7 @@ missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,15 +100,27 @@ def _quiet_failed_read_noise() -> None:
     sys.unraisablehook = hook
 
 
+@dataclasses.dataclass
+class StageEnds:
+    """Orbax preservation policy: every step saved as the last of a fine-tuning stage (its
+    metrics say ``stage_end``), whatever ``keep`` is: the natural starting points for
+    fine-tuning from this run."""
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        return [bool((c.metrics or {}).get("stage_end", 0.0)) for c in checkpoints]
+
+
 class Checkpoints:
-    """Saves and restores steps under ``directory``: the latest ``keep`` plus the best.
+    """Saves and restores steps under ``directory``: the latest ``keep``, the best, and the
+    last step of every stage.
 
     The runner decides which step is best (it tracks the validation metric, and a NaN never
     wins); a best step is saved with rank = its step, any other with rank -1, so Orbax keeps
-    exactly the runner's best.
+    exactly the runner's best. ``read_only`` opens another run's checkpoints (e.g. a
+    pretrained run on shared storage) without writing, moving or deleting anything.
     """
 
-    def __init__(self, directory: str | Path, *, keep: int = 3):
+    def __init__(self, directory: str | Path, *, keep: int = 3, read_only: bool = False):
         self.directory = Path(directory).absolute()
         preservation = policies.AnyPreservationPolicy(
             [
@@ -115,6 +128,7 @@ class Checkpoints:
                 policies.BestN(
                     get_metric_fn=_best_rank, n=1, keep_checkpoints_without_metrics=False
                 ),
+                StageEnds(),
             ]
         )
         options = ocp.CheckpointManagerOptions(
@@ -123,13 +137,16 @@ class Checkpoints:
             # is still known (and kept) after a restart; the policy above decides.
             best_fn=_best_rank,
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,  # half-written steps of a killed process
+            cleanup_tmp_directories=not read_only,  # half-written steps of a killed process
+            read_only=read_only,
         )
         self.manager = None
+        self.read_only = read_only
         self._pending: int | None = None  # the step an unfinished async save writes
-        self._check_writable()
         _quiet_failed_read_noise()  # before any read: the noise comes from other threads
-        self._set_aside_unreadable_steps()
+        if not read_only:
+            self._check_writable()
+            self._set_aside_unreadable_steps()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _check_writable(self) -> None:
@@ -171,7 +188,15 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, state: Any, progress: dict, is_best: bool = False) -> None:
+    def save(
+        self,
+        step: int,
+        state: Any,
+        progress: dict,
+        *,
+        is_best: bool = False,
+        stage_end: bool = False,
+    ) -> None:
         """Starts an async save; ``wait`` (or the next save) finishes it.
 
         Raises CheckpointError naming the folder when the write fails (e.g. a full disk);
@@ -186,6 +211,7 @@ class Checkpoints:
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
         metrics = {"best_rank": float(step) if is_best else -1.0}
+        metrics["stage_end"] = float(stage_end)
         try:
             self.manager.save(step, args=args, metrics=metrics, force=True)
             self._pending = step

@@ -114,7 +114,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.regularization = ml_collections.ConfigDict()
     c.regularization.l1 = 0.0
     c.regularization.l2 = 0.0
-    c.regularization.exclude = r"(^|/)(b|b_\w+|bias)$"  # paths the penalty skips
+    c.regularization.exclude = r"(.*/)?(b|b_\w+|bias)"  # paths (full match) the penalty skips
 
     # Fine-tuning (fnn_jax.finetune). Resume order: this workdir, else init_from, else scratch.
     c.init_from = ""  # a pretrained workdir (or its checkpoints/ folder)

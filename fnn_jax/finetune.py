@@ -30,8 +30,10 @@ from flax import traverse_util
 
 from fnn_jax import lora
 from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.config import ConfigError
 from fnn_jax.optim import frozen_mask
 from fnn_jax.tasks import Task
+from fnn_jax.tree import paths, require_matches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +104,21 @@ def _stage(config, index: int, spec: dict, steps_per_epoch: int, params: Any) ->
     for key, value in spec.get("optimizer", {}).items():
         optimizer[key] = value
     steps = spec.get("num_steps") or spec["num_epochs"] * steps_per_epoch
+    name = spec.get("name", f"stage_{index}")
+    where = f"config.finetune.stages[{index}] ({name!r})"
     rules = tuple(tuple(rule) for rule in spec.get("rules", [(".*", "train")]))
+    lr_mults = tuple(tuple(m) for m in spec.get("lr_mults", ()))
+    model_paths = paths(params["base"] if config.finetune.lora_rank else params)
+    require_matches(model_paths, [pattern for pattern, _ in rules], f"{where}.rules")
+    require_matches(model_paths, [pattern for pattern, _ in lr_mults], f"{where}.lr_mults")
     if config.finetune.lora_rank:
         rules = lora.rules(rules, _adapted_paths(config, params["base"]))
-    lr_mults = tuple(tuple(m) for m in spec.get("lr_mults", ()))
     if config.finetune.lora_rank and lr_mults:
         lr_mults = tuple((f"(base|lora)/{p}", m) for p, m in lr_mults)
+    if all(jax.tree.leaves(frozen_mask(params, rules))):
+        raise ConfigError(f"{where} trains no parameter: its rules {list(rules)} freeze all")
     return Stage(
-        name=spec.get("name", f"stage_{index}"),
+        name=name,
         num_steps=int(steps),
         optimizer=optimizer,
         rules=rules,
@@ -138,7 +147,13 @@ def stages(config: ml_collections.ConfigDict, steps_per_epoch: int, params: Any)
 
 def _adapted_paths(config: ml_collections.ConfigDict, params: Any) -> list[str]:
     """Kernels that get adapters: the LoRA targets, except freshly initialised ones."""
-    return lora.targeted_paths(params, config.finetune.lora_targets, config.finetune.reinit)
+    adapted = lora.targeted_paths(params, config.finetune.lora_targets, config.finetune.reinit)
+    if not adapted:
+        raise ConfigError(
+            f"config.finetune.lora_targets={config.finetune.lora_targets!r} matches no 2-D "
+            f"parameter outside config.finetune.reinit; the paths: {paths(params)}"
+        )
+    return adapted
 
 
 def training_tree(config: ml_collections.ConfigDict, params: Any, key: jax.Array) -> Any:
@@ -146,6 +161,7 @@ def training_tree(config: ml_collections.ConfigDict, params: Any, key: jax.Array
     if not config.finetune.lora_rank:
         return params
     ft = config.finetune
+    _adapted_paths(config, params)  # a ConfigError naming the key when nothing is targeted
     adapters = lora.init_adapters(key, params, ft.lora_rank, ft.lora_targets, ft.reinit)
     return {"base": params, "lora": adapters}
 
@@ -183,7 +199,7 @@ def pretrained_params(init_from: str, init_step: str) -> tuple[dict, int, Path]:
         folder = folder / "checkpoints"
     if not folder.is_dir():
         raise FileNotFoundError(f"config.init_from: no checkpoint folder at {folder}")
-    checkpoints = Checkpoints(folder)
+    checkpoints = Checkpoints(folder, read_only=True)
     try:
         steps = checkpoints.steps()
         if not steps:
@@ -220,6 +236,8 @@ def merge_pretrained(
     """
     fresh = traverse_util.flatten_dict(params, sep="/")
     saved = traverse_util.flatten_dict(loaded, sep="/")
+    require_matches(list(fresh), reinit, "config.finetune.reinit")
+    require_matches(list(saved), dont_load, f"config.finetune.dont_load (paths of {source})")
     matches = lambda patterns, path: any(re.fullmatch(p, path) for p in patterns)
     unused = [
         p for p in saved if p not in fresh and not matches(dont_load, p) and not matches(reinit, p)

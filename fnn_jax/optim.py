@@ -144,13 +144,13 @@ def penalty(params, l1: float | jax.Array, l2: float | jax.Array, exclude: str) 
 
     Kept in the loss, separate from AdamW's decoupled decay. ``l1``/``l2`` may be traced.
     """
-    skip = re.compile(exclude) if exclude else None
+    skip = re.compile(exclude) if exclude else None  # a full match, as every pattern here
     total = jnp.zeros((), jnp.float32)
     use_l1, use_l2 = not _is_zero(l1), not _is_zero(l2)
     if not (use_l1 or use_l2):
         return total
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        if skip is not None and skip.search(path_str(path)):
+        if skip is not None and skip.fullmatch(path_str(path)):
             continue
         if use_l1:
             total = total + l1 * jnp.sum(jnp.abs(leaf))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,25 @@ def first_match(tree: Any, patterns: Sequence[tuple[str, Any]], default: Any) ->
         return next((v for p, v in compiled if p.fullmatch(name)), default)
 
     return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def paths(tree: Any) -> list[str]:
+    """Every leaf's '/'-joined path."""
+    return [path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)]
+
+
+def require_matches(names: Sequence[str], patterns: Sequence[str], where: str) -> None:
+    """ConfigError naming ``where``, the pattern and the nearest names when a pattern fully
+    matches none of ``names``: a typo in a freezing rule must not freeze (or train, or skip)
+    the wrong parameters silently. Every pattern in the project is a full match."""
+    from fnn_jax.config import ConfigError  # config imports nothing from fnn_jax at load
+
+    for pattern in patterns:
+        compiled = re.compile(pattern)
+        if not any(compiled.fullmatch(name) for name in names):
+            near = difflib.get_close_matches(pattern, names, n=3, cutoff=0.4)
+            hint = f"; nearest: {near}" if near else f"; the paths: {sorted(names)[:8]}"
+            raise ConfigError(f"{where}: {pattern!r} matches no parameter path{hint}")
 
 
 @jax.jit

@@ -13,7 +13,7 @@ from flax import traverse_util
 from configs import test as test_config
 from fnn_jax import layers, lora
 from fnn_jax.checkpoint import Checkpoints, load_exported
-from fnn_jax.config import default_config
+from fnn_jax.config import ConfigError, default_config
 from fnn_jax.finetune import classic_stages, gradual_unfreezing, merge_pretrained, pretrained_params
 from fnn_jax.optim import make_optimizer
 from fnn_jax.reporting import MetricsLog
@@ -254,3 +254,65 @@ def test_lora_run_trains_only_adapters_and_head_and_exports_merged_weights(pretr
     )
     assert report["trainable_parameters"] == {"lora": lora_count}
     assert report["parameters"] == sum(v.size for v in base.values())
+
+
+def _stage_with(**changes):
+    """The classic head stage of the fine-tuning config, with ``changes`` to its dict."""
+    stages = classic_stages(head_epochs=1, all_epochs=1)
+    stages[0].update(changes)
+    return stages
+
+
+FREEZING_MISTAKES = [
+    (
+        {"finetune.stages": _stage_with(rules=[("haed/.*", "train"), (".*", "frozen")])},
+        r"stages\[0\] \('head'\)\.rules: 'haed/\.\*' matches no parameter path; nearest: "
+        r"\['head/.*'\]",
+    ),
+    (
+        {"finetune.stages": _stage_with(rules=[(".*", "frozen")])},
+        r"stages\[0\] \('head'\) trains no parameter",
+    ),
+    (
+        {"finetune.stages": _stage_with(lr_mults=[("encoder/layer_9/.*", 0.1)])},
+        r"stages\[0\] \('head'\)\.lr_mults: 'encoder/layer_9/\.\*' matches no parameter",
+    ),
+    ({"finetune.reinit": ("haed/.*",)}, r"config\.finetune\.reinit: 'haed/\.\*' matches no"),
+    ({"finetune.dont_load": ("decoder/.*",)}, r"config\.finetune\.dont_load .*'decoder/\.\*'"),
+    (
+        {"finetune.lora_rank": 2, "finetune.lora_targets": "(.*/)?w_xx", "finetune.stages": []},
+        r"config\.finetune\.lora_targets='\(\.\*/\)\?w_xx' matches no 2-D parameter",
+    ),
+    (
+        {"regularization.l2": 1e-3, "regularization.exclude": "bias"},  # a full match now
+        r"config\.regularization\.exclude: 'bias' matches no parameter path; nearest",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    FREEZING_MISTAKES,
+    ids=["rule_typo", "all_frozen", "lr_mult_typo", "reinit", "dont_load", "lora", "exclude"],
+)
+def test_a_freezing_pattern_that_matches_nothing_is_an_error_before_training(
+    pretrained, changes, message, tmp_path
+):
+    config = _finetune_config(pretrained)
+    with config.unlocked():
+        for key, value in changes.items():
+            section, name = key.split(".")
+            config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()  # nothing trained
+
+
+def test_the_last_step_of_every_stage_survives_keep_checkpoints_1(pretrained, tmp_path):
+    config = _finetune_config(pretrained, **{"train.keep_checkpoints": 1})
+    report = train_and_evaluate(config, tmp_path)
+    steps = Checkpoints(tmp_path / "checkpoints").steps()
+    # The two stage ends, and the best (the latest is the second stage's end); the other
+    # evaluation steps (8, and 4 unless it is the best) are gone.
+    assert report["best_step"] != HEAD_STEPS  # else this test could not tell
+    assert set(steps) == {HEAD_STEPS, HEAD_STEPS + ALL_STEPS, report["best_step"]}

@@ -18,6 +18,12 @@ from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, Checkpoint
 from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
+from fnn_jax.train.preemption import (
+    PreemptionFlag,
+    clear_preemption,
+    interrupt,
+    requested_by,
+)
 from fnn_jax.train.trial import improves
 
 # A failed checkpoint read must leave no traceback behind (Orbax's closed-loop callbacks and
@@ -95,18 +101,29 @@ def test_kill_9_at_random_moments_then_resume_equals_uninterrupted_run(reference
 
 
 @pytest.mark.slow
-def test_sigterm_saves_exits_with_preempted_code_and_resumes_exactly(reference, tmp_path):
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
+def test_sigterm_saves_exits_with_preempted_code_and_resumes_exactly(reference, how, tmp_path):
+    """SIGTERM to the run, or Ctrl-C (SIGINT to its whole process group, as a terminal
+    sends it): the step finishes, everything is saved, exit 75, and a rerun is exact."""
     process = subprocess.Popen(
-        _command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        _command(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     # Wait until training is under way (the first progress line), then preempt.
     for line in process.stdout:
         if line.startswith("step "):
             break
-    process.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == EXIT_PREEMPTED, err
-    assert "SIGTERM: saved step" in err
+    assert f"{'SIGTERM' if how == 'sigterm' else 'SIGINT'}: saved step" in err
+    assert "Traceback" not in err
     saved = Checkpoints(tmp_path / "checkpoints")
     assert saved.latest_step() < STEPS
     saved.close()
@@ -232,3 +249,14 @@ def test_restoring_into_another_architecture_names_path_and_shapes_and_moves_not
         checkpoints.restore_good(lambda progress: like)
     assert checkpoints.steps() == [1]
     assert not (tmp_path / "checkpoints-corrupt").exists()
+
+
+def test_a_first_ctrl_c_asks_to_stop_at_a_step_boundary_and_a_second_aborts_at_once():
+    try:
+        interrupt(signal.SIGINT, None)
+        assert PreemptionFlag().requested and requested_by() == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            interrupt(signal.SIGINT, None)
+    finally:
+        clear_preemption()
+    assert not PreemptionFlag().requested

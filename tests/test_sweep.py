@@ -10,6 +10,7 @@ import csv
 import importlib
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -412,19 +413,27 @@ def _parallel_sweep_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(tmp_path):
-    """The parent forwards SIGTERM to its workers; each running trial saves; a re-run ends
-    with the same table as a sweep that was never stopped."""
+@pytest.mark.parametrize("how", ["sigterm", "ctrl_c"])
+def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(how, tmp_path):
+    """SIGTERM to the parent (forwarded to its workers), or Ctrl-C (SIGINT to the whole
+    process group): each running trial saves; a re-run ends with the same table as a sweep
+    that was never stopped."""
     command = _parallel_sweep_command()
     stopped = tmp_path / "stopped"
-    process = subprocess.Popen([*command, "--workdir", str(stopped)], stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*command, "--workdir", str(stopped)], stderr=subprocess.PIPE, start_new_session=True
+    )
     trials = [stopped / "trials/learning_rate=0.001", stopped / "trials/learning_rate=0.003"]
     deadline = time.time() + 120
     while not all((t / "metrics.jsonl").exists() for t in trials) and time.time() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    if how == "sigterm":
+        process.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 75, err[-2000:]
+    assert b"Traceback" not in err
     assert not any((t / "report.json").exists() for t in trials)
     assert (
         subprocess.run([*command, "--workdir", str(stopped)], capture_output=True).returncode == 0

@@ -44,7 +44,7 @@ from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
 from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
 from fnn_jax.train import Preempted, train_and_evaluate, train_together
-from fnn_jax.train.preemption import request_preemption
+from fnn_jax.train.preemption import clear_preemption, interrupt, request_preemption
 from fnn_jax.train.vectorized import group_key
 
 log = logging.getLogger("fnn_jax")
@@ -304,9 +304,11 @@ def _init_worker(shares: Any) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = threads
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    # SIGTERM (forwarded by the parent) must never kill a worker mid-setup: the trial's run
-    # notices it and stops at a step boundary with its state saved.
+    # SIGTERM (forwarded by the parent) and Ctrl-C (the terminal's, sent to every process
+    # of the group) must never kill a worker mid-setup: the trial's run notices and stops
+    # at a step boundary with its state saved.
     signal.signal(signal.SIGTERM, request_preemption)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -335,9 +337,9 @@ def _die_with_parent(parent: int) -> None:
 @contextlib.contextmanager
 def _process_pool(workers: int) -> Iterator[Any]:
     """``workers`` spawned processes ('spawn': a fork of a process that already started
-    JAX's threads can deadlock), the cores split among them. SIGTERM is forwarded to them;
-    on Preempted the running trials finish saving before we exit; on KeyboardInterrupt,
-    units not yet started are cancelled (running ones get their own SIGINT)."""
+    JAX's threads can deadlock), the cores split among them. SIGTERM and a first Ctrl-C are
+    forwarded to them as SIGTERM; on Preempted the running trials finish saving before we
+    exit; on KeyboardInterrupt (a second Ctrl-C) units not yet started are cancelled."""
     context = multiprocessing.get_context("spawn")
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     cpus = cpus or list(range(os.cpu_count() or 1))
@@ -356,8 +358,16 @@ def _process_pool(workers: int) -> Iterator[Any]:
             if process.is_alive():
                 os.kill(process.pid, signal.SIGTERM)
 
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, forward_sigterm) if on_main_thread else None
+    def forward_interrupt(signum, frame) -> None:
+        # The first Ctrl-C stops the workers as SIGTERM does; a second aborts this process
+        # (the workers die with it; their trials resume from their last checkpoints).
+        interrupt(signum, frame)
+        forward_sigterm(signum, frame)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, forward_sigterm)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, forward_interrupt)
     try:
         yield pool
     except Preempted:
@@ -367,8 +377,9 @@ def _process_pool(workers: int) -> Iterator[Any]:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        clear_preemption()  # this process's own flag, set by a Ctrl-C
     pool.shutdown()
 
 

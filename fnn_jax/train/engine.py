@@ -34,7 +34,12 @@ from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer
 from fnn_jax.train import finish, steppers
-from fnn_jax.train.preemption import Preempted, PreemptionFlag, clear_preemption
+from fnn_jax.train.preemption import (
+    Preempted,
+    PreemptionFlag,
+    clear_preemption,
+    requested_by,
+)
 from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
@@ -46,7 +51,7 @@ from fnn_jax.train.steps import (
     zero_sums,
 )
 from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
-from fnn_jax.tree import count_params
+from fnn_jax.tree import count_params, paths, require_matches
 
 log = logging.getLogger("fnn_jax")
 
@@ -101,6 +106,9 @@ class Engine:
         model_params = init_params(plan.model, init_key, plan.sample)
         # What the optimizer trains: the model's parameters, or those plus LoRA adapters.
         params = finetune.training_tree(config, model_params, lora_key)
+        reg = config.regularization
+        if (reg.l1 or reg.l2) and reg.exclude:
+            require_matches(paths(params), [reg.exclude], "config.regularization.exclude")
         stages = finetune.stages(config, plan.steps_per_epoch, params)
         checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
         restored = self._restore(
@@ -162,7 +170,7 @@ class Engine:
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any] | Exception]:
         """Trains every trial to its end; per trial its report, ``{"interrupted_at": step}``
         after ``stop_after_steps`` group steps, or the exception that stopped it alone.
-        SIGTERM saves every trial and raises Preempted."""
+        SIGTERM or Ctrl-C saves every trial and raises Preempted."""
         total = sum(s.num_steps for s in self.trials[0].stages)
         bar = reporting.Progress(
             total, min(t.step for t in self.trials), self.config.train.log_every_steps
@@ -187,9 +195,10 @@ class Engine:
                 trial.metrics_log.flush()
         if interrupted and preemption.requested:
             self._close(self.trials)
+            by = requested_by()
             clear_preemption()
             saved = ", ".join(f"step {t.step} in {t.workdir}" for t in self.trials)
-            raise Preempted(f"SIGTERM: saved {saved}; run again to resume")
+            raise Preempted(f"{by}: saved {saved}; run again to resume")
         for trial in self.trials:
             if interrupted and trial.outcome is None:
                 trial.outcome = {"interrupted_at": trial.step}
@@ -340,9 +349,10 @@ class Engine:
                     trial.step,
                     trial.stage.name,
                 )
-            self._save(trial, states[i])
+            ends_stage = stop_early or trial.step == trial.stage_end
+            self._save(trial, states[i], stage_end=ends_stage)
             trial.metrics_log.flush()
-            if stop_early or trial.step == trial.stage_end:
+            if ends_stage:
                 trial.state = states[i]
                 self._end_stage(trial)
                 active[i] = False
@@ -359,14 +369,14 @@ class Engine:
         for trial in members:
             trial.summary = ""
 
-    def _save(self, trial: Trial, state: TrainState) -> None:
+    def _save(self, trial: Trial, state: TrainState, *, stage_end: bool = False) -> None:
         if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
             raise FloatingPointError(
                 f"refusing to save step {trial.step} of {trial.workdir}: parameters are not finite"
             )
         record = trial.progress.record(trial.step, self.plan.steps_per_epoch)
         is_best = trial.progress.best_step == trial.step
-        trial.checkpoints.save(trial.step, state, record, is_best=is_best)
+        trial.checkpoints.save(trial.step, state, record, is_best=is_best, stage_end=stage_end)
 
     def _end_stage(self, trial: Trial) -> None:
         """Moves a trial to its next stage (fresh optimizer state, fresh patience), or ends

@@ -1,0 +1,54 @@
+"""``fnn_jax.load``: a run's config, model and parameters, ready to call, from its workdir.
+
+    run = fnn_jax.load("runs/demo")              # the best step; or step="latest" / 600
+    logits = run(inputs, lengths)                # inputs [batch, time, features]
+    run.config, run.model, run.params, run.step, run.dataset
+
+Only the exported parameters (``<workdir>/export``, no config): ``fnn_jax.checkpoint.
+load_exported(path)`` gives the params tree of the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+from flax import linen as nn
+
+from fnn_jax import data as data_lib
+from fnn_jax import finetune
+from fnn_jax.train.steps import build_model
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedRun:
+    """A trained model with the config and data it was built for."""
+
+    config: ml_collections.ConfigDict
+    model: nn.Module
+    params: Any  # the model's parameters (LoRA adapters merged in)
+    step: int  # the checkpoint they come from
+    dataset: data_lib.Dataset
+
+    def __call__(self, inputs: jax.Array, lengths: jax.Array | None = None) -> jax.Array:
+        """The model's outputs (evaluation mode: no dropout) for ``inputs``
+        [batch, time, features] (token ids [batch, time] for language models), with
+        optional ``lengths`` [batch]."""
+        return self.model.apply({"params": self.params}, inputs, lengths)
+
+
+def load(workdir: str | Path, step: str | int = "best") -> LoadedRun:
+    """The run in ``workdir`` at ``step``: "best" (by the validation metric), "latest" or a
+    step number. Reads its checkpoints without writing anything."""
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{workdir} holds no run: {path} is missing")
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
+    params, used, _ = finetune.pretrained_params(str(workdir), str(step))
+    return LoadedRun(config, build_model(config.model, dataset), params, used, dataset)
