@@ -10,6 +10,7 @@ run saves at the next step boundary and exits with code 75 (EX_TEMPFAIL: run it 
 
 from __future__ import annotations
 
+import logging as pylogging
 import sys
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
+    pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # resumes, stages, warnings
     try:
         report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except Preempted as stop:

@@ -147,4 +147,24 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
         parts += ["", "Baselines (same test split):", ""]
         parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
     parts += ["", f"Parameters: {report['parameters']}", ""]
+    parts += _stage_lines(report)
     write_atomic(workdir / "report.md", "\n".join(parts))
+
+
+def _stage_lines(report: dict[str, Any]) -> list[str]:
+    """A table of the stages, for a fine-tuned (or staged) run."""
+    stages, init = report.get("stages") or [], report.get("init_from")
+    if len(stages) < 2 and not init:
+        return []
+    lines = [f"Fine-tuned from {init['workdir']} (step {init['step']})."] if init else []
+    best = f"best validation {report['metric']}"
+    lines += ["", f"| stage | steps | trainable parameters | learning rate | {best} |"]
+    lines += ["|---|---|---|---|---|"]
+    for stage in stages:
+        value = stage[f"best_validation_{report['metric']}"]
+        lines.append(
+            f"| {stage['name']} | {stage['steps']} of {stage['planned_steps']} "
+            f"| {stage['trainable_parameters']} | {stage['optimizer']['learning_rate']:g} "
+            f"| {'-' if value is None else _fmt(value)} |"
+        )
+    return [*lines, ""]

@@ -316,3 +316,33 @@ def test_the_last_step_of_every_stage_survives_keep_checkpoints_1(pretrained, tm
     # evaluation steps (8, and 4 unless it is the best) are gone.
     assert report["best_step"] != HEAD_STEPS  # else this test could not tell
     assert set(steps) == {HEAD_STEPS, HEAD_STEPS + ALL_STEPS, report["best_step"]}
+
+
+def test_the_report_lists_each_stage_with_its_optimizer_and_best_metric(
+    uninterrupted_finetune, pretrained, caplog
+):
+    workdir, report = uninterrupted_finetune
+    assert report["init_from"] == {"workdir": str(pretrained), "step": "latest"}
+    head, whole = report["stages"]
+    assert (head["name"], head["steps"], whole["name"], whole["steps"]) == (
+        "head",
+        HEAD_STEPS,
+        "all",
+        ALL_STEPS,
+    )
+    assert head["trainable_parameters"] == 16 * 3 + 3
+    assert whole["trainable_parameters"] == report["parameters"]
+    assert head["rules"] == [["head/.*", "train"], [".*", "frozen"]]
+    # The stage's optimizer in full: its own learning rate, and what it inherited.
+    assert (
+        head["optimizer"]["learning_rate"] == 1e-3 and whole["optimizer"]["learning_rate"] == 1e-4
+    )
+    assert head["optimizer"]["clip_norm"] == test_config.get_config().optimizer.clip_norm
+    logged = [r for r in MetricsLog.read(workdir) if r["split"] == "validation"]
+    in_head = [r["accuracy"] for r in logged if r["step"] <= HEAD_STEPS]
+    in_all = [r["accuracy"] for r in logged if r["step"] > HEAD_STEPS]
+    assert head["best_validation_accuracy"] == max(in_head)
+    assert whole["best_validation_accuracy"] == max(in_all)
+    table = (workdir / "report.md").read_text()
+    assert f"Fine-tuned from {pretrained} (step latest)." in table
+    assert f"| head | {HEAD_STEPS} of {HEAD_STEPS} | {16 * 3 + 3} | 0.001 |" in table

@@ -216,6 +216,8 @@ class Engine:
     ) -> bool:
         """Trains ``members`` (all in the same stage) until each ends it; True when
         interrupted (preemption or ``stop_after_steps``), every member saved."""
+        for trial in members:
+            self._announce_stage(trial)
         stepper, features = self._stepper(members)
         plan = self.plan
         batches = [plan.train_batches(t.config.seed, t.step, t.stage_end) for t in members]
@@ -242,6 +244,23 @@ class Engine:
                         self._save(trial, states[i])
                 return True
         return False
+
+    @staticmethod
+    def _announce_stage(trial: Trial) -> None:
+        """The stage's whole optimizer (stages inherit config.optimizer: say what they got)."""
+        stage = trial.stage
+        frozen = finetune.frozen_tree(trial.state.params, stage.rules)
+        trainable = finish.trainable_counts([stage], trial.state.params)[stage.name]
+        log.info(
+            "%sstage %r: steps %d to %d, %d trainable parameters%s, optimizer %s",
+            trial.label,
+            stage.name,
+            trial.step,
+            trial.stage_end,
+            trainable,
+            "" if frozen is None else f" (rules {list(stage.rules)})",
+            stage.optimizer.to_dict(),
+        )
 
     def _stepper(self, members: list[Trial]) -> tuple[steppers.Stepper, list | None]:
         """The stepper for ``members``' shared stage, and each member's frozen-encoder
@@ -382,6 +401,7 @@ class Engine:
         """Moves a trial to its next stage (fresh optimizer state, fresh patience), or ends
         its training (``stopped`` when that came before the planned steps)."""
         progress = trial.progress
+        progress.stage_ends.append(trial.step)
         progress.stage, progress.stage_start, progress.bad_evals = progress.stage + 1, trial.step, 0
         if progress.stage < len(trial.stages):
             fresh = self._fresh_state(trial.state.params, trial.stage, trial.step)
@@ -422,6 +442,10 @@ class Engine:
             "baselines": dataset.baselines,
             "parameters": count_params(exported),
             "trainable_parameters": finish.trainable_counts(trial.stages, params),
+            "init_from": {"workdir": config.init_from, "step": config.init_step}
+            if config.init_from
+            else None,
+            "stages": finish.stage_summaries(trial, params, self.plan.metric, self.plan.mode),
             "wall_time_s": round(time.time() - self.started, 1),
             "paths": {
                 "curves": str(workdir / "curves.png"),

@@ -79,3 +79,32 @@ def trainable_counts(stages: list[Stage], params: Any) -> dict[str, int]:
             leaves = zip(jax.tree.leaves(params), jax.tree.leaves(frozen), strict=True)
             counts[stage.name] = int(sum(np.size(p) for p, f in leaves if not f))
     return counts
+
+
+def stage_summaries(trial: Trial, params: Any, metric: str, mode: str) -> list[dict[str, Any]]:
+    """Per stage: name, planned and trained steps, rules, trainable parameters, optimizer
+    and the best validation ``metric`` logged during it."""
+    counts = trainable_counts(trial.stages, params)
+    ends = trial.progress.stage_ends
+    pick = max if mode == "max" else min
+    summaries = []
+    for i, stage in enumerate(trial.stages):
+        start = ends[i - 1] if i else 0
+        end = ends[i] if i < len(ends) else trial.step
+        values = [
+            r[metric]
+            for r in trial.metrics_log.records
+            if r["split"] == "validation" and start < r["step"] <= end and not np.isnan(r[metric])
+        ]
+        summaries.append(
+            {
+                "name": stage.name,
+                "steps": end - start,
+                "planned_steps": stage.num_steps,
+                "rules": None if stage.rules is None else [list(rule) for rule in stage.rules],
+                "trainable_parameters": counts[stage.name],
+                "optimizer": stage.optimizer.to_dict(),
+                f"best_validation_{metric}": pick(values) if values else None,
+            }
+        )
+    return summaries

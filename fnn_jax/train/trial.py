@@ -97,6 +97,7 @@ class Progress:
     nonfinite_steps: int = 0
     lora_rank: int = 0  # for fine-tuning from this run: how to merge its adapters
     lora_alpha: float = 0.0
+    stage_ends: list[int] = dataclasses.field(default_factory=list)  # last step of each
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Progress:
