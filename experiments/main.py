@@ -19,13 +19,14 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
-from fnn_jax import reporting  # noqa: E402
+from fnn_jax import cli, reporting  # noqa: E402
 from fnn_jax.train import EXIT_PREEMPTED, REFUSALS, Preempted, train_and_evaluate  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, plots and the report.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+DATASET_OPTIONS: dict = {}  # --config.data.options.X=V, set by cli.preflight
 
 
 def main(argv: list[str]) -> None:
@@ -34,7 +35,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # resumes, stages, warnings
     try:
-        report = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        report = train_and_evaluate(cli.with_options(FLAGS.config, DATASET_OPTIONS), FLAGS.workdir)
     except Preempted as stop:
         print(stop, file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
@@ -59,4 +60,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv, DATASET_OPTIONS = cli.preflight(sys.argv)
     app.run(main)

@@ -32,7 +32,7 @@ from ml_collections import config_flags
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
-from fnn_jax import sweep  # noqa: E402
+from fnn_jax import cli, sweep  # noqa: E402
 from fnn_jax.train import EXIT_PREEMPTED, REFUSALS, Preempted  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
@@ -57,6 +57,7 @@ flags.DEFINE_bool(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
+DATASET_OPTIONS: dict = {}  # --config.data.options.X=V, set by cli.preflight
 
 
 def config_file_sweep() -> list[dict]:
@@ -110,7 +111,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # one line per finished trial
-    config = FLAGS.config
+    config = cli.with_options(FLAGS.config, DATASET_OPTIONS)
     trials = trials_from_flags(config)
     try:
         result = sweep.run(
@@ -135,4 +136,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv, DATASET_OPTIONS = cli.preflight(sys.argv)
     app.run(main)

@@ -175,3 +175,47 @@ def test_reset_optimizer_resumes_with_the_saved_parameters_and_a_fresh_optimizer
 
 def leaf_paths(tree):
     return {path_str(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_a_typo_in_a_command_line_override_is_one_line_with_the_close_key(tmp_path):
+    result = _main(tmp_path / "run", "--config.optimizer.learnig_rate=1e-3")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: --config.optimizer.learnig_rate: unknown config key 'optimizer.learnig_rate' "
+        "(did you mean 'optimizer.learning_rate'?)"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_that_fails_to_load_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "bad_config.py"
+    path.write_text(
+        "from configs import test\n"
+        "def get_config():\n"
+        "    config = test.get_config()\n"
+        "    config.model.hidden_size = '16'\n"
+        "    return config\n"
+    )
+    command = [sys.executable, str(ROOT / "experiments/main.py"), "--config", str(path)]
+    result = subprocess.run(
+        [*command, "--workdir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: config file {path}: TypeError: Could not override field")
+
+
+def test_a_dataset_option_the_config_file_did_not_set_can_be_given_on_the_command_line(
+    tmp_path,
+):
+    result = _main(tmp_path, "--config.train.num_steps=4", "--config.data.options.classes=(0,1)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["data"]["options"] == {"classes": [0, 1]}
+    assert json.loads((tmp_path / "report.json").read_text())["parameters"] == 16 * 4 * (
+        8 + 16 + 2
+    ) + (16 * 2 + 2)  # an LSTM of 16 units on 8 features, and a head of 2 classes
