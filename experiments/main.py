@@ -4,8 +4,10 @@
     python experiments/main.py --config configs/digits_lstm.py --workdir runs/x \
         --config.optimizer.learning_rate=3e-4
 
-Running the same command again resumes from the workdir's last checkpoint. On SIGTERM the
-run saves at the next step boundary and exits with code 75 (EX_TEMPFAIL: run it again).
+Running the same command again resumes from the workdir's last checkpoint. On SIGTERM or
+Ctrl-C the run saves at the next step boundary and exits with code 75 (EX_TEMPFAIL: run it
+again); a second Ctrl-C aborts at once. Dataset options the config file does not set can be
+given as --config.data.options.NAME=VALUE.
 """
 
 from __future__ import annotations

@@ -185,6 +185,13 @@ def test_regularization_exclude_keeps_matching_paths_out_of_the_penalty():
     np.testing.assert_allclose(penalty(params, 0.1, 0.01, ""), everything, rtol=1e-6)
 
 
+def test_regularization_exclude_is_a_full_match_of_the_path_as_every_pattern():
+    params = {"bias": jnp.array([2.0]), "head": {"bias": jnp.array([3.0])}}
+    # "bias" fully matches the top-level leaf only; "head/bias" is penalised.
+    np.testing.assert_allclose(penalty(params, 0.0, 1.0, "bias"), 9.0)
+    np.testing.assert_allclose(penalty(params, 0.0, 1.0, ".*bias"), 0.0)
+
+
 def _optimizer(**changes):
     cfg = default_config().optimizer
     cfg.update(changes)
