@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ class MetricsLog:
         self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
 
     @staticmethod
-    def read(workdir: Path) -> list[dict[str, Any]]:
+    def read(workdir: Path, *, times: bool = True) -> list[dict[str, Any]]:
+        """The records of ``workdir``'s metrics.jsonl; without their wall-clock ``time``
+        when ``times`` is False (to compare two runs)."""
         path = Path(workdir) / "metrics.jsonl"
         if not path.exists():
             return []
@@ -45,10 +48,14 @@ class MetricsLog:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break  # a torn last line from a killed process
+        if not times:
+            records = [{k: v for k, v in r.items() if k != "time"} for r in records]
         return records
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        record = {"step": step, "split": split, **metrics}
+        """One record; ``time`` (Unix seconds) goes to metrics.jsonl only (TensorBoard keeps
+        its own wall time)."""
+        record = {"step": step, "split": split, **metrics, "time": round(time.time(), 3)}
         self.records.append(record)
         self._file.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
@@ -86,13 +93,21 @@ class Progress:
         self.bar.close()
 
 
-def plot_curves(records: list[dict[str, Any]], metric: str, path: Path) -> None:
-    """curves.png: train and validation loss, and the chosen validation metric, against step."""
+def plot_curves(
+    records: list[dict[str, Any]],
+    metric: str,
+    path: Path,
+    *,
+    stage_ends: Sequence[int] = (),
+    best_step: int | None = None,
+) -> None:
+    """curves.png: train and validation loss, the chosen validation metric (the best step
+    starred) and the learning rate, against step; dashed lines where a stage ended."""
     # A bare Figure (no pyplot state) with fixed margins: a third of the time of
     # plt.subplots + tight_layout, which matters when a sweep draws one per trial.
-    fig = Figure(figsize=(10, 4))
-    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
-    ax_loss, ax_metric = fig.subplots(1, 2)
+    fig = Figure(figsize=(15, 4))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.25)
+    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
     for split, style in (("train", "-"), ("validation", "o-")):
         rows = [r for r in records if r["split"] == split and "loss" in r]
         if rows:
@@ -101,7 +116,20 @@ def plot_curves(records: list[dict[str, Any]], metric: str, path: Path) -> None:
     ax_loss.legend()
     rows = [r for r in records if r["split"] == "validation" and metric in r]
     ax_metric.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color="C1")
+    best = [r for r in rows if r["step"] == best_step]
+    if best:
+        ax_metric.plot([best_step], [best[0][metric]], "*", ms=16, color="C3", label="best")
+        ax_metric.legend(loc="best")
     ax_metric.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    rows = [r for r in records if r["split"] == "train" and "learning_rate" in r]
+    steps, rates = [r["step"] for r in rows], [r["learning_rate"] for r in rows]
+    ax_lr.plot(steps, rates, "-", color="C2", drawstyle="steps-pre")  # holds until logged
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    last = max((r["step"] for r in records), default=0)
+    for ax in (ax_loss, ax_metric, ax_lr):
+        for end in stage_ends:
+            if end < last:  # the last stage's end is the end of the run
+                ax.axvline(end, color="0.5", ls="--", lw=1)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     tmp.replace(path)

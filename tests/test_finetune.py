@@ -112,7 +112,7 @@ def test_resume_across_the_stage_boundary_is_exact(
     jax.tree.map(np.testing.assert_array_equal, a, b)
     assert progress_a == progress_b and progress_a["stage"] == 1
     assert resumed["results"] == full["results"]
-    assert MetricsLog.read(tmp_path) == MetricsLog.read(full_dir)
+    assert MetricsLog.read(tmp_path, times=False) == MetricsLog.read(full_dir, times=False)
 
 
 def test_head_stage_on_cached_features_equals_running_the_frozen_encoder(pretrained, tmp_path):

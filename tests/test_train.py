@@ -35,7 +35,7 @@ def _latest_state(workdir):
 
 
 def _metric_records(workdir):
-    return MetricsLog.read(workdir)
+    return MetricsLog.read(workdir, times=False)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from configs import test as test_config
 from fnn_jax import sweep
 from fnn_jax.checkpoint import load_exported
+from fnn_jax.reporting import MetricsLog
 from fnn_jax.sweep import runner
 from fnn_jax.train import Preempted, train_and_evaluate
 from fnn_jax.train.preemption import request_preemption
@@ -74,8 +75,7 @@ def _results(report):
 
 
 def _curve(workdir):
-    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    return MetricsLog.read(workdir, times=False)
 
 
 def assert_same_run(one, alone_dir, together, together_dir, exact=False):

@@ -32,7 +32,7 @@ import numpy as np
 from fnn_jax import finetune, reporting
 from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.finetune import Stage
-from fnn_jax.optim import make_optimizer
+from fnn_jax.optim import make_optimizer, schedule
 from fnn_jax.train import finish, steppers
 from fnn_jax.train.preemption import (
     Preempted,
@@ -337,6 +337,7 @@ class Engine:
             for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
                 if due:
                     values = self.plan.task.metrics(sums)
+                    values["learning_rate"] = self._learning_rate(trial)
                     trial.metrics_log.write(trial.step, "train", values)
                     trial.summary = f"loss {values['loss']:.4f}"
             stepper.reset_sums(due_log)
@@ -376,6 +377,14 @@ class Engine:
                 self._end_stage(trial)
                 active[i] = False
         return {i for i, due in enumerate(due_eval) if due}
+
+    @staticmethod
+    def _learning_rate(trial: Trial) -> float:
+        """The base learning rate of the step just taken (its stage's schedule, counted
+        from the stage's start; per-group ``lr_mults`` scale it further)."""
+        stage = trial.stage
+        count = trial.step - 1 - trial.progress.stage_start
+        return float(schedule(stage.optimizer, stage.num_steps)(count))
 
     def _show(self, bar: reporting.Progress, members: list[Trial], active: list[bool]) -> None:
         """Alone: this step's loss and validation metric; in a group: how many still train."""
@@ -459,7 +468,13 @@ class Engine:
             report["best_checkpoint_problem"] = problem
         if self.group_size > 1:
             report["vectorized_with"] = self.group_size
-        reporting.plot_curves(trial.metrics_log.records, self.plan.metric, workdir / "curves.png")
+        reporting.plot_curves(
+            trial.metrics_log.records,
+            self.plan.metric,
+            workdir / "curves.png",
+            stage_ends=progress.stage_ends,
+            best_step=progress.best_step,
+        )
         reporting.write_report(workdir, report)
         return report
 
