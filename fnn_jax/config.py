@@ -28,6 +28,7 @@ OPTIMIZERS: dict[str, tuple[str, ...]] = {
     "sgd": ("momentum", "nesterov"),
 }
 SCHEDULES = ("constant", "warmup_cosine", "exponential", "step")
+DTYPES = ("float32", "bfloat16")  # model.dtype: what the model computes in
 STAGE_KEYS = ("name", "rules", "optimizer", "num_steps", "num_epochs", "patience", "lr_mults")
 RULE_LABELS = ("train", "frozen")
 # Allowed values of numeric keys: (lowest, highest), None = unbounded, both ends included.
@@ -94,6 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.unroll = 1
     c.model.remat = False
     c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
+    c.model.dtype = "float32"  # "bfloat16": mixed precision (parameters, optimizer in float32)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
@@ -257,6 +259,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
 
     check_choice("model.cell", config.model.cell, cells.REGISTRY)
     check_choice("model.scan_impl", config.model.scan_impl, cells.SCAN_IMPLS)
+    check_choice("model.dtype", config.model.dtype, DTYPES)
     try:
         cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
     except ValueError as error:
@@ -338,8 +341,25 @@ def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> l
     return out
 
 
+def in_current_schema(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by an earlier version, read in today's schema: keys added since
+    take their defaults (which is what that version did), keys since removed are dropped."""
+    defaults = to_dict(default_config())
+
+    def fill(old: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for key, default in schema.items():
+            value = old.get(key, default)
+            both_sections = isinstance(default, dict) and isinstance(value, dict)
+            out[key] = fill(value, default) if both_sections and key != "options" else value
+        return out
+
+    return fill(saved, defaults)
+
+
 def split_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """(architectural differences, other differences) between a saved and a new config."""
-    diffs = differences(old, new)
+    """(architectural differences, other differences) between a saved and a new config
+    (the saved one read in today's schema)."""
+    diffs = differences(in_current_schema(old), new)
     arch = [d for d in diffs if d.split(".")[0].split(":")[0] in ARCHITECTURE_KEYS]
     return arch, [d for d in diffs if d not in arch]

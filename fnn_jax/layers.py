@@ -56,6 +56,10 @@ class CellOptions(nn.Module):
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
     scan_impl: str = "sequential"  # "associative" (lru, mingru) or "auto": resolve_scan_impl
+    # As in Flax: the computation's dtype (None: the inputs' and parameters' promoted dtype),
+    # and the parameters' (bfloat16 compute on float32 parameters is mixed precision).
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
 
     def cell_fields(self) -> dict[str, Any]:
         skip = ("parent", "name")
@@ -83,14 +87,20 @@ class Recurrent(CellOptions):
         module = self.spec
         options = _keyword_options(module.init_params, self, exclude=("dtype",))
         init = functools.partial(
-            module.init_params, input_size=input_size, hidden_size=self.hidden_size, **options
+            module.init_params,
+            input_size=input_size,
+            hidden_size=self.hidden_size,
+            dtype=self.param_dtype,
+            **options,
         )
         names = jax.eval_shape(init, jax.random.key(0)).keys()
         return {n: self.param(n, lambda key, n=n: init(key)[n]) for n in names}
 
-    def initial_carry(self, batch_size: int) -> Any:
+    def initial_carry(self, batch_size: int, dtype: Any = jnp.float32) -> Any:
+        """Zeros for ``batch_size`` sequences, in the carry dtype of a cell run in ``dtype``."""
         spec = self.spec
-        return spec.init_carry((batch_size,), spec.carry_size(self.hidden_size, self.output_size))
+        size = spec.carry_size(self.hidden_size, self.output_size)
+        return spec.init_carry((batch_size,), size, dtype=spec.carry_dtype(dtype))
 
     @nn.compact
     def __call__(
@@ -106,7 +116,11 @@ class Recurrent(CellOptions):
                     f"(input size of layer '{'/'.join(self.scope.path) or self.name}')"
                 )
         params = self._params(xs.shape[-1])
-        carry = self.initial_carry(xs.shape[0]) if initial_carry is None else initial_carry
+        dtype = self.dtype or jnp.result_type(xs.dtype, *(p.dtype for p in params.values()))
+        compute = module.compute_dtype(dtype)
+        params = {name: p.astype(compute) for name, p in params.items()}
+        xs = xs.astype(compute)
+        carry = self.initial_carry(xs.shape[0], compute) if initial_carry is None else initial_carry
         if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
         else:
@@ -118,6 +132,7 @@ class Recurrent(CellOptions):
             else:
                 step = functools.partial(module.step, **step_options)
                 carry, ys = scan(step, params, carry, xs, **run)
+        ys = ys.astype(dtype)  # a complex-state cell asked for bfloat16 ran in float32
         return (carry, ys) if self.return_carry else ys
 
 

@@ -61,6 +61,14 @@ class Encoder(CellOptions):
     def __call__(self, inputs: Array, lengths: Array | None = None, *, train: bool = False):
         return self.predict(self.features(inputs, lengths, train=train), train=train)
 
+    def dense(self, features: int) -> nn.Dense:
+        return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+def _for_the_loss(outputs: Array) -> Array:
+    """Outputs in at least float32: a bfloat16 model's loss and metrics stay precise."""
+    return outputs.astype(jnp.promote_types(outputs.dtype, jnp.float32))
+
 
 class SequenceClassifier(Encoder):
     """xs [batch, time, features] -> logits [batch, num_classes]."""
@@ -71,7 +79,7 @@ class SequenceClassifier(Encoder):
     def setup(self):
         self.encoder = self.make_encoder()
         self.head_dropout = nn.Dropout(self.dropout)
-        self.head = nn.Dense(self.num_classes)
+        self.head = self.dense(self.num_classes)
 
     def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
         """[batch, encoder output] pooled over valid steps."""
@@ -80,7 +88,7 @@ class SequenceClassifier(Encoder):
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
         features = self.head_dropout(features, deterministic=not train or not self.dropout)
-        return self.head(features)
+        return _for_the_loss(self.head(features))
 
 
 class Forecaster(Encoder):
@@ -91,7 +99,7 @@ class Forecaster(Encoder):
 
     def setup(self):
         self.encoder = self.make_encoder()
-        self.head = nn.Dense(self.horizon * self.targets)
+        self.head = self.dense(self.horizon * self.targets)
 
     def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
         """[batch, encoder output] at each sequence's last valid step."""
@@ -100,7 +108,7 @@ class Forecaster(Encoder):
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
         del train
-        out = self.head(features)
+        out = _for_the_loss(self.head(features))
         return out.reshape(features.shape[0], self.horizon, self.targets)
 
 
@@ -111,10 +119,12 @@ class CharLM(Encoder):
     embed_dim: int = 64
 
     def setup(self):
-        self.embed = nn.Embed(self.vocab_size, self.embed_dim)
+        self.embed = nn.Embed(
+            self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
+        )
         self.encoder = self.make_encoder()
         self.head_dropout = nn.Dropout(self.dropout)
-        self.head = nn.Dense(self.vocab_size)
+        self.head = self.dense(self.vocab_size)
 
     def features(
         self, tokens: Array, lengths: Array | None = None, *, train: bool = False
@@ -130,4 +140,4 @@ class CharLM(Encoder):
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
         features = self.head_dropout(features, deterministic=not train or not self.dropout)
-        return self.head(features)
+        return _for_the_loss(self.head(features))

@@ -45,7 +45,8 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "remat",
         "scan_impl",
     )
-    return {name: cfg[name] for name in names}
+    # A config saved before model.dtype existed computed in float32.
+    return {name: cfg[name] for name in names} | {"dtype": jnp.dtype(cfg.get("dtype", "float32"))}
 
 
 @dataclasses.dataclass(frozen=True)

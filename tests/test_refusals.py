@@ -219,3 +219,16 @@ def test_a_dataset_option_the_config_file_did_not_set_can_be_given_on_the_comman
     assert json.loads((tmp_path / "report.json").read_text())["parameters"] == 16 * 4 * (
         8 + 16 + 2
     ) + (16 * 2 + 2)  # an LSTM of 16 units on 8 features, and a head of 2 classes
+
+
+def test_a_workdir_from_an_earlier_schema_resumes_new_keys_at_their_defaults(tmp_path):
+    """A config.json written before model.dtype existed (and with a key since removed) is
+    read in today's schema: no "config drift", the run resumes."""
+    train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["model"]["dtype"]
+    saved["model"]["parallel"] = False  # replaced by model.scan_impl
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    report = train_and_evaluate(_config(**{"train.num_steps": 12}), tmp_path)
+    assert report["steps"] == 12
+    assert MetricsLog.read(tmp_path)[0]["step"] == 4  # resumed, not restarted

@@ -42,6 +42,13 @@ def uniform(key: Array, shape: tuple[int, ...], bound: float, dtype=jnp.float32)
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def orthogonal(key: Array, shape: tuple[int, int], scale: float = 1.0, dtype=jnp.float32) -> Array:
+    """An orthogonal matrix times ``scale``. A dtype under 32 bits is drawn in float32 and
+    cast: XLA:CPU has no QR decomposition in bfloat16."""
+    work = dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
+    return jax.nn.initializers.orthogonal(scale)(key, shape, work).astype(dtype)
+
+
 def orthogonal_blocks(
     key: Array, hidden_size: int, num_blocks: int, scale: float = 1.0, dtype=jnp.float32
 ) -> Array:
@@ -50,8 +57,8 @@ def orthogonal_blocks(
     Orthogonal recurrent weights keep the gradient norm steady over long sequences.
     """
     keys = jax.random.split(key, num_blocks)
-    init = jax.nn.initializers.orthogonal(scale)
-    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+    blocks = [orthogonal(k, (hidden_size, hidden_size), scale, dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=1)
 
 
 def check_input(x: Array, w_ih: Array, name: str = "x_t") -> None:

@@ -12,7 +12,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells._common import (
+    Array,
+    Params,
+    activation_fn,
+    along_last,
+    check_input,
+    orthogonal,
+    uniform,
+)
 from fnn_jax.cells.spec import CellSpec
 
 
@@ -26,7 +34,7 @@ def init_params(key: Array, input_size: int, hidden_size: int, dtype=jnp.float32
     bound = hidden_size**-0.5
     return {
         "w_ih": uniform(k_ih, (input_size, hidden_size), bound, dtype),
-        "w_hh": jax.nn.initializers.orthogonal()(k_hh, (hidden_size, hidden_size), dtype),
+        "w_hh": orthogonal(k_hh, (hidden_size, hidden_size), dtype=dtype),
         "b_ih": jnp.zeros((hidden_size,), dtype),
         "b_hh": jnp.zeros((hidden_size,), dtype),
     }

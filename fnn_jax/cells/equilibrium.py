@@ -17,7 +17,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells._common import (
+    Array,
+    Params,
+    activation_fn,
+    along_last,
+    check_input,
+    orthogonal,
+    uniform,
+)
 from fnn_jax.cells.spec import CellSpec
 
 
@@ -37,9 +45,7 @@ def init_params(
     return {
         "w_ih": uniform(k_ih, (input_size, hidden_size), hidden_size**-0.5, dtype),
         "b": jnp.zeros((hidden_size,), dtype),
-        "w_hh": jax.nn.initializers.orthogonal(spectral_scale)(
-            k_hh, (hidden_size, hidden_size), dtype
-        ),
+        "w_hh": orthogonal(k_hh, (hidden_size, hidden_size), spectral_scale, dtype),
     }
 
 

@@ -36,8 +36,12 @@ def init_params(
     max_phase: float = 2 * math.pi,
     dtype=jnp.float32,
 ) -> Params:
-    """Eigenvalues uniform on the ring r_min <= |lambda| <= r_max, phases in [0, max_phase]."""
+    """Eigenvalues uniform on the ring r_min <= |lambda| <= r_max, phases in [0, max_phase].
+
+    Drawn in float32 (or ``dtype`` if wider) and cast: the log-parametrisation of the
+    eigenvalues needs the precision."""
     output_size = hidden_size if output_size is None else output_size
+    out_dtype, dtype = dtype, dtype if jnp.finfo(dtype).bits >= 32 else jnp.float32
     k_u1, k_u2, k_bre, k_bim, k_cre, k_cim, k_d = jax.random.split(key, 7)
     u1 = jax.random.uniform(k_u1, (hidden_size,), dtype)
     u2 = jax.random.uniform(k_u2, (hidden_size,), dtype)
@@ -47,7 +51,7 @@ def init_params(
     normal = jax.random.normal
     b_std = (2 * input_size) ** -0.5
     c_std = hidden_size**-0.5
-    return {
+    params = {
         "nu_log": nu_log,
         "theta_log": theta_log,
         "gamma_log": jnp.log(jnp.sqrt(1 - modulus**2)),
@@ -57,6 +61,7 @@ def init_params(
         "c_im": normal(k_cim, (hidden_size, output_size), dtype) * c_std,
         "d": normal(k_d, (input_size, output_size), dtype) * input_size**-0.5,
     }
+    return {name: value.astype(out_dtype) for name, value in params.items()}
 
 
 def init_carry(batch_shape: tuple[int, ...], hidden_size: int, dtype=jnp.complex64) -> LRUCarry:
@@ -124,4 +129,5 @@ SPEC = CellSpec(
     input_weight="b_re",
     output_size=True,
     parallel=parallel,
+    complex_state=True,
 )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 SCAN_IMPLS = ("sequential", "associative", "auto")
 
@@ -37,6 +38,18 @@ class CellSpec:
     output_size: bool = False
     carry_is_output: bool = False
     parallel: Callable[..., Any] | None = None
+    complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
+
+    def compute_dtype(self, dtype: Any) -> Any:
+        """The dtype the cell runs in for ``dtype``: a complex-state cell needs at least
+        float32 (there are no bfloat16 complex numbers)."""
+        return jnp.promote_types(dtype, jnp.float32) if self.complex_state else dtype
+
+    def carry_dtype(self, dtype: Any) -> Any:
+        """The carry's dtype when the cell runs in ``dtype``."""
+        if self.complex_state:
+            return jnp.promote_types(self.compute_dtype(dtype), jnp.complex64)
+        return dtype
 
     def output_features(self, hidden_size: int, output_size: int | None) -> int:
         """Size of y_t: ``output_size`` where the cell takes one (and it is set)."""
