@@ -25,6 +25,20 @@ def _label(value: Any) -> str:
     return format(value, ".4g") if isinstance(value, float) else str(value)
 
 
+def _axis(ax: Any, values: list[Any]) -> Any:
+    """Sets up ``ax``'s x axis for the swept ``values``; returns value -> x position. A log
+    axis for positive numbers spanning a decade, categories (in order of first appearance)
+    for strings, bools and tuples."""
+    if _numeric(values):
+        if values and min(values) > 0 and max(values) >= 10 * min(values):
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-4 ... labels overlap
+        return lambda value: value
+    labels = list(dict.fromkeys(_label(v) for v in values))
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
+    return lambda value: labels.index(_label(value))
+
+
 def plot_sweep(result: SweepResult, path: Path) -> None:
     """One subplot per swept key (validation and test metric against its value; categorical
     axis for strings, bools and tuples; log axis for positive numbers spanning a decade),
@@ -44,21 +58,27 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
 
     for ax, key in zip(axes, keys, strict=False):
         have = [t for t in done if key in t.overrides]
-        values = [t.overrides[key] for t in have]
-        if _numeric(values):
-            xs = values
-            if values and min(values) > 0 and max(values) >= 10 * min(values):
-                ax.set_xscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())  # 2x10^-4 ... labels overlap
-        else:  # categorical: positions in order of first appearance
-            labels = list(dict.fromkeys(_label(v) for v in values))
-            xs = [labels.index(_label(v)) for v in values]
-            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0)
-        for split, marker in (("validation", "o"), ("test", "x")):
-            ax.plot(xs, [t.value(split, metric) for t in have], marker, label=split, alpha=0.8)
+        position = _axis(ax, [t.overrides[key] for t in have])
+        xs = [position(t.overrides[key]) for t in have]
+        groups = [g for g in result.seed_groups if key in g.overrides and g.validation]
+        for split, marker, color in (("validation", "o", "C0"), ("test", "x", "C1")):
+            ys = [t.value(split, metric) for t in have]
+            # With seeds, each trial is a faint point and each setting its mean +- std.
+            ax.plot(xs, ys, marker, color=color, alpha=0.35 if groups else 0.8, label=split)
+            if groups:
+                stats = [g.mean_std(getattr(g, split)) for g in groups]
+                ax.errorbar(
+                    [position(g.overrides[key]) for g in groups],
+                    [mean for mean, _ in stats],
+                    yerr=[0.0 if math.isnan(std) else std for _, std in stats],
+                    fmt="D",
+                    color=color,
+                    capsize=4,
+                    label=f"{split} mean ± std over seeds",
+                )
         ax.set(xlabel=key, ylabel=metric or "", title=f"{metric} vs {key.rsplit('.', 1)[-1]}")
         if have:
-            ax.legend(fontsize="small")
+            ax.legend(fontsize="x-small", loc="best", framealpha=0.6)
         else:
             ax.text(0.5, 0.5, "no finished trials", ha="center", transform=ax.transAxes)
 
@@ -70,8 +90,8 @@ def plot_sweep(result: SweepResult, path: Path) -> None:
             steps = [r["step"] for r in points]
             ax.plot(steps, [r[metric] for r in points], ".-", label=trial.name, alpha=0.8)
     ax.set(xlabel="step", ylabel=metric or "", title=f"validation {metric}, all trials")
-    if 0 < len(ax.get_lines()) <= MAX_LEGEND:
-        ax.legend(fontsize="x-small")
+    if 0 < len(ax.get_lines()) <= MAX_LEGEND:  # beside the curves, never over them
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for extra in axes[panels:]:
         extra.set_visible(False)
     fig.tight_layout()
