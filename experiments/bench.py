@@ -176,7 +176,8 @@ def _jax_fns(module: nn.Module) -> tuple[Callable, Callable]:
     """Jitted forward and forward+backward (grads w.r.t. variables and inputs) of a module."""
 
     def forward(variables: Any, xs: jax.Array) -> jax.Array:
-        return module.apply(variables, xs)
+        out = module.apply(variables, xs)
+        return out[1] if isinstance(out, tuple) else out  # ours: (carry, ys); flax RNN: ys
 
     def loss(variables: Any, xs: jax.Array) -> jax.Array:
         return jnp.sum(forward(variables, xs))

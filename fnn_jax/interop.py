@@ -146,12 +146,15 @@ def from_torch(state_dict: Mapping[str, Any], *, cell: str | None = None) -> dic
     return params
 
 
-def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str, torch.Tensor]:
+def to_torch(
+    params: Mapping[str, Any], *, cell: str | None = None, bias: bool = True
+) -> dict[str, torch.Tensor]:
     """Params of ``Stacked`` (or of one ``Recurrent``/``Bidirectional``) -> torch state dict.
 
     The exact inverse of ``from_torch``: ``to_torch(from_torch(sd))`` equals ``sd``
-    bit-for-bit (biases are always emitted, so a ``bias=False`` module gets zero biases
-    back). Accepts a ``{"params": ...}`` variables dict too. Returns CPU ``torch.Tensor``s.
+    bit-for-bit. ``bias=False`` writes the state dict of a ``bias=False`` module (no bias
+    keys; every bias must be zero, as ``from_torch`` of such a module gives). Accepts a
+    ``{"params": ...}`` variables dict too. Returns CPU ``torch.Tensor``s.
     """
     try:
         import torch
@@ -166,6 +169,12 @@ def to_torch(params: Mapping[str, Any], *, cell: str | None = None) -> dict[str,
         params = {"layer_0": params}
     arrays, where = _torch_named_arrays(params)
     _check_layout(arrays, cell, where)
+    if not bias:
+        biases = [key for key in arrays if key.startswith("bias")]
+        nonzero = [where[key] for key in biases if np.any(arrays[key])]
+        if nonzero:
+            raise ValueError(f"bias=False, but these biases are not zero: {nonzero}")
+        arrays = {key: value for key, value in arrays.items() if key not in biases}
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         if a.dtype == jnp.bfloat16:  # exact: every bfloat16 is a float32

@@ -37,6 +37,17 @@ def _keyword_options(fn, source: Any, exclude: tuple[str, ...] = ()) -> dict[str
     return {n: getattr(source, n) for n in names if getattr(source, n, None) is not None}
 
 
+def _check_initial_carry(carry: Any, zeros: Any) -> None:
+    """``carry`` must have the leaves and shapes of ``zeros`` (the layer's own initial carry)."""
+    got = [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
+    want = [tuple(leaf.shape) for leaf in jax.tree.leaves(zeros)]
+    if got != want:
+        raise ValueError(
+            f"initial_carry has leaf shapes {got}; expected {want}, i.e. [batch, carry size] "
+            f"per leaf of {type(zeros).__name__} (xs is [batch, time, features], batch first)"
+        )
+
+
 class CellOptions(nn.Module):
     """Fields shared by every layer that builds a cell (a base class, not a layer).
 
@@ -69,11 +80,11 @@ class CellOptions(nn.Module):
 class Recurrent(CellOptions):
     """One recurrent layer over [batch, time, features].
 
-    Calling it returns ys [batch, time, output] (and the final carry first if return_carry).
+    Calling it returns (final carry, ys [batch, time, output]), as Bidirectional and Stacked
+    do. ``initial_carry`` (default zeros) has leaves [batch, carry size].
     """
 
     reverse: bool = False
-    return_carry: bool = False
 
     @property
     def spec(self) -> CellSpec:
@@ -105,7 +116,7 @@ class Recurrent(CellOptions):
     @nn.compact
     def __call__(
         self, xs: Array, lengths: Array | None = None, initial_carry: Any = None
-    ) -> Array | tuple[Any, Array]:
+    ) -> tuple[Any, Array]:
         check_sequence(xs, lengths)
         module = self.spec
         if self.has_variable("params", module.input_weight):
@@ -120,7 +131,10 @@ class Recurrent(CellOptions):
         compute = module.compute_dtype(dtype)
         params = {name: p.astype(compute) for name, p in params.items()}
         xs = xs.astype(compute)
-        carry = self.initial_carry(xs.shape[0], compute) if initial_carry is None else initial_carry
+        zeros = self.initial_carry(xs.shape[0], compute)
+        if initial_carry is not None:
+            _check_initial_carry(initial_carry, zeros)
+        carry = zeros if initial_carry is None else initial_carry
         if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
         else:
@@ -133,7 +147,7 @@ class Recurrent(CellOptions):
                 step = functools.partial(module.step, **step_options)
                 carry, ys = scan(step, params, carry, xs, **run)
         ys = ys.astype(dtype)  # a complex-state cell asked for bfloat16 ran in float32
-        return (carry, ys) if self.return_carry else ys
+        return carry, ys
 
 
 class Bidirectional(CellOptions):
@@ -142,10 +156,8 @@ class Bidirectional(CellOptions):
     @nn.compact
     def __call__(self, xs: Array, lengths: Array | None = None) -> tuple[Any, Array]:
         fields = self.cell_fields()
-        fw_carry, fw = Recurrent(**fields, return_carry=True, name="forward")(xs, lengths)
-        bw_carry, bw = Recurrent(**fields, reverse=True, return_carry=True, name="backward")(
-            xs, lengths
-        )
+        fw_carry, fw = Recurrent(**fields, name="forward")(xs, lengths)
+        bw_carry, bw = Recurrent(**fields, reverse=True, name="backward")(xs, lengths)
         return (fw_carry, bw_carry), jnp.concatenate([fw, bw], axis=-1)
 
 
@@ -172,6 +184,6 @@ class Stacked(CellOptions):
             if self.bidirectional:
                 carry, xs = Bidirectional(**fields, name=f"layer_{i}")(xs, lengths)
             else:
-                carry, xs = Recurrent(**fields, return_carry=True, name=f"layer_{i}")(xs, lengths)
+                carry, xs = Recurrent(**fields, name=f"layer_{i}")(xs, lengths)
             carries.append(carry)
         return carries, xs

@@ -13,6 +13,19 @@ Array = jax.Array
 Step = Callable[[Any, Any, Any], tuple[Any, Array]]
 
 
+def check_carry(carry: Any, batch: int, name: str = "carry0") -> None:
+    """Every carry leaf must be [batch, ...] for xs [batch, time, features]: a time-major
+    input, or a carry made for another batch, is named here rather than deep inside XLA."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(carry):
+        shape = tuple(np.shape(leaf))
+        if not shape or shape[0] != batch:
+            where = f"{name}{jax.tree_util.keystr(path)}"
+            raise ValueError(
+                f"{where} has shape {shape}; expected [batch = {batch}, ...] (xs is "
+                "[batch, time, features], batch first: a time-major xs has to be swapped)"
+            )
+
+
 def check_sequence(xs: Array, lengths: Array | None, name: str = "xs") -> None:
     """Validates a batch-major sequence and its lengths at trace time.
 
@@ -80,6 +93,7 @@ def scan(  # noqa: PLR0913 (the five options are keyword-only)
       (final carry, ys [batch, time, output]).
     """
     check_sequence(xs, lengths)
+    check_carry(carry0, xs.shape[0])
     inputs = _time_major(xs)
     if project is not None:
         # Time-major first: the transpose then moves the (narrower) raw inputs. Whether

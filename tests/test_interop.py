@@ -121,6 +121,21 @@ def test_no_bias_torch_layer_converts_to_zero_biases(cell, activation):
     assert_same_outputs(ours, run_torch(module, x))
 
 
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+def test_a_bias_free_torch_module_round_trips_with_bias_false(cell):
+    module = torch_module(cell, "tanh", 2, True, bias=False)
+    state = module.state_dict()
+    params = from_torch(state)
+    back = to_torch(params, cell=cell, bias=False)
+    assert back.keys() == state.keys()  # no bias keys
+    for key, value in state.items():
+        assert torch.equal(back[key], value), key
+    module.load_state_dict(back, strict=True)
+    params["layer_1"]["backward"]["b_hh"] = params["layer_1"]["backward"]["b_hh"] + 1.0
+    with pytest.raises(ValueError, match=r"bias=False, but .*layer_1/backward/b_hh"):
+        to_torch(params, cell=cell, bias=False)
+
+
 @pytest.mark.parametrize(("num_layers", "bidirectional"), LAYOUTS, ids=LAYOUT_IDS)
 @pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
 def test_to_torch_inverts_from_torch_bit_for_bit(cell, num_layers, bidirectional):

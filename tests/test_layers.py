@@ -1,5 +1,7 @@
 """Layers and models: padding, reverse, bidirectional pooling, recompilation, bad input."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +26,7 @@ def _padded_batch(key, features=4):
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_padded_batch_equals_each_sequence_alone(cell, reverse, key):
     xs, lengths = _padded_batch(key)
-    layer = layers.Recurrent(cell=cell, hidden_size=6, reverse=reverse, return_carry=True)
+    layer = layers.Recurrent(cell=cell, hidden_size=6, reverse=reverse)
     variables = layer.init(key, xs, lengths)
     carry, ys = layer.apply(variables, xs, lengths)
     for b, n in enumerate(LENGTHS):
@@ -51,10 +53,11 @@ def test_associative_layer_equals_sequential_layer(cell, reverse, key):
         cell=cell, hidden_size=6, reverse=reverse, scan_impl="associative"
     )
     variables = sequential.init(key, xs, lengths)
-    seq_out = sequential.apply(variables, xs, lengths)
+    _, seq_out = sequential.apply(variables, xs, lengths)
     jaxpr = str(jax.make_jaxpr(lambda v: associative.apply(v, xs, lengths))(variables))
     assert "while" not in jaxpr and "scan" not in jaxpr.replace("associative", "")
-    np.testing.assert_allclose(associative.apply(variables, xs, lengths), seq_out, 1e-5, 1e-5)
+    _, assoc_out = associative.apply(variables, xs, lengths)
+    np.testing.assert_allclose(assoc_out, seq_out, 1e-5, 1e-5)
 
 
 @pytest.mark.parametrize("cell", sorted(set(cells.REGISTRY) - set(PARALLEL_CELLS)))
@@ -77,8 +80,8 @@ def test_hoisted_projection_equals_per_step_projection(key):
     per_step = layers.Recurrent(cell="gru", hidden_size=6, hoist_inputs=False)
     variables = hoisted.init(key, xs)
     np.testing.assert_allclose(
-        hoisted.apply(variables, xs, lengths),
-        per_step.apply(variables, xs, lengths),
+        hoisted.apply(variables, xs, lengths)[1],
+        per_step.apply(variables, xs, lengths)[1],
         rtol=1e-6,
         atol=1e-6,
     )
@@ -91,7 +94,7 @@ def test_unroll_and_remat_do_not_change_outputs_or_gradients(key):
     variables = plain.init(key, xs)
 
     def loss(module, variables):
-        return jnp.sum(module.apply(variables, xs) ** 2)
+        return jnp.sum(module.apply(variables, xs)[1] ** 2)
 
     np.testing.assert_allclose(loss(plain, variables), loss(tuned, variables), rtol=1e-6)
     g_plain = jax.grad(lambda v: loss(plain, v))(variables)
@@ -212,3 +215,34 @@ def test_scan_rejects_unbatched_sequence(key):
 def test_unknown_cell_lists_valid_choices(key):
     with pytest.raises(ValueError, match="unknown cell 'rnn'; valid choices: .*'elman'"):
         layers.Recurrent(cell="rnn").init(key, jnp.ones((1, 2, 3)))
+
+
+@pytest.mark.parametrize("module", ["recurrent", "bidirectional", "stacked"])
+def test_every_layer_returns_the_final_carry_and_the_outputs(module, key):
+    xs = jnp.ones((2, 5, 3))
+    layer = {
+        "recurrent": layers.Recurrent(cell="gru", hidden_size=4),
+        "bidirectional": layers.Bidirectional(cell="gru", hidden_size=4),
+        "stacked": layers.Stacked(cell="gru", hidden_size=4, num_layers=2),
+    }[module]
+    carry, ys = layer.apply(layer.init(key, xs), xs)
+    assert ys.shape[:2] == (2, 5)
+    assert all(leaf.shape == (2, 4) for leaf in jax.tree.leaves(carry))
+
+
+def test_a_time_major_input_with_a_batch_carry_names_the_carry_and_the_layout(key):
+    params = cells.gru.init_params(key, 3, 6)
+    time_major = jnp.ones((7, 2, 3))  # [time, batch, features]
+    with pytest.raises(ValueError, match=r"carry0.*has shape \(2, 6\); expected \[batch = 7"):
+        fnn_jax.scan(cells.gru.step, params, cells.gru.init_carry((2,), 6), time_major)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "jordan"])
+def test_a_wrong_size_initial_carry_names_its_shapes(cell, key):
+    layer = layers.Recurrent(cell=cell, hidden_size=6, output_size=4 if cell == "jordan" else None)
+    xs = jnp.ones((2, 5, 3))
+    variables = layer.init(key, xs)
+    wrong = jax.tree.map(lambda a: jnp.zeros((2, 5)), layer.initial_carry(2))
+    want = [(2, 4)] if cell == "jordan" else [(2, 6), (2, 6)]  # jordan's carry: its output
+    with pytest.raises(ValueError, match=re.escape(f"expected {want}")):
+        layer.apply(variables, xs, None, wrong)

@@ -44,6 +44,9 @@ def init_params(
 
 
 def init_carry(batch_shape: tuple[int, ...], output_size: int, dtype=jnp.float32) -> JordanCarry:
+    """Zeros [*batch, output_size]: a Jordan cell feeds back its previous *output* y(t-1),
+    so its carry has the output size where the other cells' has the hidden size (the
+    same as hidden_size unless init_params was given another output_size)."""
     return JordanCarry(jnp.zeros((*batch_shape, output_size), dtype))
 
 
