@@ -78,8 +78,15 @@ for cell in sorted(cells.REGISTRY):
         carry, ys = layer.apply(variables, xs)
         assert ys.dtype == jnp.float64, (cell, ys.dtype)
         assert {x.dtype.itemsize for x in jax.tree.leaves(carry)} <= {8, 16}, cell
-model = models.SequenceClassifier(cell="lstm", hidden_size=4, param_dtype=jnp.float64)
-assert model.apply(model.init(jax.random.key(0), xs), xs).dtype == jnp.float64
+tokens = jnp.ones((2, 5), jnp.int32)
+for model, inputs in (
+    (models.SequenceClassifier(cell="lstm", hidden_size=4, param_dtype=jnp.float64), xs),
+    (models.Forecaster(cell="lru", hidden_size=4, param_dtype=jnp.float64), xs),
+    (models.CharLM(cell="gru", hidden_size=4, vocab_size=7, param_dtype=jnp.float64), tokens),
+):
+    variables = model.init(jax.random.key(0), inputs)
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float64)}
+    assert model.apply(variables, inputs).dtype == jnp.float64, type(model).__name__
 
 # PyTorch's own LSTM in float64, its weights through from_torch and Stacked.
 torch.manual_seed(0)
@@ -93,7 +100,7 @@ print("ok")
 """
 
 
-def test_every_cell_runs_in_float64_and_pytorch_float64_weights_match_to_1e_12():
+def test_every_cell_and_model_runs_in_float64_and_pytorch_float64_weights_match_to_1e_12():
     """jax_enable_x64 is process-wide: this runs in its own process."""
     env = {**os.environ, "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
