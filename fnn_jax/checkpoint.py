@@ -141,7 +141,6 @@ class Checkpoints:
             read_only=read_only,
         )
         self.manager = None
-        self.read_only = read_only
         self._pending: int | None = None  # the step an unfinished async save writes
         _quiet_failed_read_noise()  # before any read: the noise comes from other threads
         if not read_only:
@@ -240,12 +239,16 @@ class Checkpoints:
         return restored.state, restored.progress
 
     def _verify(self, step: int, state: Any, progress: dict) -> None:
-        stored = progress.get("hashes", {})
-        hashes = leaf_hashes(state)
+        """A targeted restore: the same leaves as saved (else StateMismatch), each intact."""
+        stored, hashes = progress.get("hashes", {}), leaf_hashes(state)
         if set(hashes) != set(stored):
             self._raise_state_mismatch(step, set(stored), set(hashes))
+        self._check_hashes(step, hashes, stored)
+
+    def _check_hashes(self, step: int, hashes: dict[str, str], stored: dict[str, str]) -> None:
+        """CorruptCheckpoint naming the first leaf whose SHA-256 differs from the stored one."""
         for path, digest in hashes.items():
-            if stored[path] != digest:
+            if stored.get(path) != digest:
                 raise CorruptCheckpoint(
                     f"step {step} in {self.directory}: {path!r} does not match its stored "
                     f"SHA-256 (files under {self.directory / str(step) / 'state'})"
@@ -342,12 +345,7 @@ class Checkpoints:
                 f"step {step} in {self.directory} could not be read: {error}"
             ) from error
         stored = restored.progress.get("hashes", {})
-        for path, digest in leaf_hashes(restored.state).items():
-            if stored.get(path) != digest:
-                raise CorruptCheckpoint(
-                    f"step {step} in {self.directory}: {path!r} does not match its stored "
-                    f"SHA-256 (files under {self.directory / str(step) / 'state'})"
-                )
+        self._check_hashes(step, leaf_hashes(restored.state), stored)
         return restored.state, restored.progress
 
     def set_aside(self, step: int, reason: str) -> None:

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 from flax import linen as nn
 
+from fnn_jax import config as config_lib
 from fnn_jax import data as data_lib
 from fnn_jax import finetune
 from fnn_jax.train.steps import build_model
@@ -48,7 +49,8 @@ def load(workdir: str | Path, step: str | int = "best") -> LoadedRun:
     path = workdir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{workdir} holds no run: {path} is missing")
-    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    # A run saved by an earlier version: its config in today's schema (new keys defaulted).
+    config = ml_collections.ConfigDict(config_lib.in_current_schema(json.loads(path.read_text())))
     dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
     params, used, _ = finetune.pretrained_params(str(workdir), str(step))
     return LoadedRun(config, build_model(config.model, dataset), params, used, dataset)

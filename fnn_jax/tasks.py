@@ -45,8 +45,7 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "remat",
         "scan_impl",
     )
-    # A config saved before model.dtype existed computed in float32.
-    return {name: cfg[name] for name in names} | {"dtype": jnp.dtype(cfg.get("dtype", "float32"))}
+    return {name: cfg[name] for name in names} | {"dtype": jnp.dtype(cfg.dtype)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn_jax.config import ConfigError
+
 
 def path_str(path) -> str:
     """'/'-joined names of a pytree path, e.g. 'encoder/layer_0/w_ih'."""
@@ -43,8 +45,6 @@ def require_matches(names: Sequence[str], patterns: Sequence[str], where: str) -
     """ConfigError naming ``where``, the pattern and the nearest names when a pattern fully
     matches none of ``names``: a typo in a freezing rule must not freeze (or train, or skip)
     the wrong parameters silently. Every pattern in the project is a full match."""
-    from fnn_jax.config import ConfigError  # config imports nothing from fnn_jax at load
-
     for pattern in patterns:
         compiled = re.compile(pattern)
         if not any(compiled.fullmatch(name) for name in names):

@@ -1,5 +1,8 @@
 """fnn_jax.load: a trained run's model and parameters, ready to call, from its workdir."""
 
+import json
+import shutil
+
 import jax
 import numpy as np
 import pytest
@@ -36,3 +39,16 @@ def test_load_takes_a_step_and_names_a_missing_run(trained, tmp_path):
     assert fnn_jax.load(workdir, step="latest").step == report["steps"]
     with pytest.raises(FileNotFoundError, match=r"holds no run: .*config\.json is missing"):
         fnn_jax.load(tmp_path)
+
+
+def test_load_reads_a_config_saved_by_an_earlier_schema(trained, tmp_path):
+    workdir, report = trained
+    old = tmp_path / "old"
+    shutil.copytree(workdir, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["model"]["dtype"]  # added since: float32 then
+    saved["model"]["parallel"] = False  # removed since
+    (old / "config.json").write_text(json.dumps(saved))
+    run = fnn_jax.load(old)
+    assert run.config.model.dtype == "float32" and "parallel" not in run.config.model
+    assert run.step == report["best_step"]

@@ -249,7 +249,6 @@ class Engine:
     def _announce_stage(trial: Trial) -> None:
         """The stage's whole optimizer (stages inherit config.optimizer: say what they got)."""
         stage = trial.stage
-        frozen = finetune.frozen_tree(trial.state.params, stage.rules)
         trainable = finish.trainable_counts([stage], trial.state.params)[stage.name]
         log.info(
             "%sstage %r: steps %d to %d, %d trainable parameters%s, optimizer %s",
@@ -258,7 +257,7 @@ class Engine:
             trial.step,
             trial.stage_end,
             trainable,
-            "" if frozen is None else f" (rules {list(stage.rules)})",
+            "" if stage.rules is None else f" (rules {list(stage.rules)})",
             stage.optimizer.to_dict(),
         )
 
@@ -429,6 +428,7 @@ class Engine:
             trial, self.plan.metric, self.plan.mode
         )
         best_step = progress.best_step if progress.best_step is not None else step
+        stages = finish.stage_summaries(trial, params, self.plan.metric, self.plan.mode)
         batch_size = config.data.eval_batch_size
         results = {
             split: evaluate(
@@ -450,11 +450,11 @@ class Engine:
             "results": results,
             "baselines": dataset.baselines,
             "parameters": count_params(exported),
-            "trainable_parameters": finish.trainable_counts(trial.stages, params),
+            "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
             "init_from": {"workdir": config.init_from, "step": config.init_step}
             if config.init_from
             else None,
-            "stages": finish.stage_summaries(trial, params, self.plan.metric, self.plan.mode),
+            "stages": stages,
             "wall_time_s": round(time.time() - self.started, 1),
             "paths": {
                 "curves": str(workdir / "curves.png"),
