@@ -2,7 +2,7 @@
 
 Speed of fnn_jax's recurrent layers against flax.linen.RNN and PyTorch, in one process.
 
-Section ``cells`` (the only one so far) measures, for each of --cells (lstm, gru, elman):
+Section ``cells`` measures, for each of --cells (lstm, gru, elman):
 
 * forward and forward+backward (jitted grad of the sum of the outputs with respect to the
   parameters and the inputs) of ``fnn_jax.layers.Recurrent`` with its defaults, of
@@ -30,6 +30,10 @@ Section ``vectorize`` (experiments/bench_vectorize.py) times 8 seeds of the digi
 trained as one vectorised program against the same 8 runs one by one (whole runs: compile,
 train, validate, checkpoint, report).
 
+Sections ``runner`` and ``demo`` (experiments/bench_runner.py): the runner's steps per
+second against a bare loop of the same jitted step, and ``make demo``'s whole process with a
+cold and a warm compilation cache against a tuned bare JAX script (experiments/bare_digits.py).
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -52,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
+from bench_runner import section_demo, section_runner
 from bench_vectorize import section_vectorize
 
 from fnn_jax.layers import Recurrent
@@ -343,6 +348,8 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "cells": section_cells,
     "finetune": section_finetune,
     "vectorize": section_vectorize,
+    "runner": section_runner,
+    "demo": section_demo,
 }
 
 

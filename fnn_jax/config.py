@@ -140,6 +140,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.patience = 0  # evaluations without improvement before stopping; 0 = off
     c.train.min_delta = 0.0
     c.train.max_nonfinite_steps = 0  # steps with NaN/Inf loss skipped before failing
+    # Optimizer steps per jitted call (a lax loop over that many batches): an int >= 1, or
+    # "auto" (measured: enough steps to make the per-call overhead small).
+    c.train.steps_per_dispatch = config_dict.FieldReference("auto", field_type=object)
+    # JAX's persistent compilation cache (fnn_jax.compilation); "" = off.
+    c.train.compilation_cache = "~/.cache/fnn_jax/compilation"
     # Resume a checkpoint whose optimizer state no longer fits the optimizer settings with
     # its parameters and a fresh optimizer state (otherwise such a resume is refused).
     c.train.reset_optimizer = False
@@ -268,6 +273,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     data.check_options(config.data.name, config.data.options, where="config.data.options")
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
+    check_steps_per_dispatch(config.train.steps_per_dispatch)
     for index, stage in enumerate(config.finetune.stages):
         check_stage(f"config.finetune.stages[{index}]", stage)
     if not config.finetune.stages and config.train.num_steps == 0 == config.train.num_epochs:
@@ -275,6 +281,18 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             "config.train.num_steps and config.train.num_epochs are both 0: nothing to train "
             "(set num_steps > 0, or num_epochs > 0 with num_steps = 0)"
         )
+
+
+def check_steps_per_dispatch(value: Any) -> None:
+    """config.train.steps_per_dispatch: "auto" or an int >= 1 (a digit string counts, as
+    a command line gives it)."""
+    if value == "auto" or (isinstance(value, str) and value.isdigit() and int(value) >= 1):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return
+    raise ValueError(
+        f'config.train.steps_per_dispatch must be "auto" or an int >= 1; got {value!r}'
+    )
 
 
 def check_stage(where: str, stage: Any) -> None:

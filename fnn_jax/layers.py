@@ -137,6 +137,9 @@ class Recurrent(CellOptions):
         carry = zeros if initial_carry is None else initial_carry
         if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
+        elif module.sequence is not None and not self.remat:
+            options = _keyword_options(module.sequence, self)
+            carry, ys = module.sequence(params, carry, xs, lengths=lengths, **options)
         else:
             step_options = _keyword_options(module.step_projected, self)
             run = dict(lengths=lengths, reverse=self.reverse, unroll=self.unroll, remat=self.remat)

@@ -17,6 +17,22 @@ from tqdm.auto import tqdm
 from fnn_jax.files import write_atomic, write_json
 
 
+def _summary_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without torch: tensorboardX imports torch,
+    when installed, only to accept torch tensors (we log floats), and that import takes
+    about 2 s. A process that already has torch keeps it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricsLog:
     """Appends ``{"step", "split", **metrics}`` lines to metrics.jsonl and to TensorBoard.
 
@@ -28,10 +44,7 @@ class MetricsLog:
         self.path = workdir / "metrics.jsonl"
         self.records = [r for r in self.read(workdir) if r["step"] <= resume_step]
         write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        # Imported here: tensorboardX imports torch when it is installed (about 1 s).
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(workdir / "tensorboard"))
+        self.writer = _summary_writer()(str(workdir / "tensorboard"))
         self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
 
     @staticmethod

@@ -55,30 +55,42 @@ def test_evaluate_equals_one_pass_over_the_whole_split(digits):
     assert got["accuracy"] == np.mean(logits.argmax(-1) == labels)
 
 
-def _nan_batch(sample):
-    inputs = np.array(sample["inputs"])
-    inputs[0, 0, 0] = np.nan
-    return {**sample, "inputs": inputs}
+def _table(sample, nan_copy=False):
+    """The sample's rows as a train table; with ``nan_copy``, a second copy of them whose
+    first row has a NaN input (rows b..2b-1)."""
+    table = {k: np.asarray(sample[k]) for k in ("inputs", "targets", "lengths")}
+    if nan_copy:
+        bad = np.array(table["inputs"])
+        bad[0, 0, 0] = np.nan
+        table = {k: np.concatenate([v, bad if k == "inputs" else v]) for k, v in table.items()}
+    return jax.device_put(table)
 
 
-def _stepper(digits, num_trials, learning_rates=(1e-2, 3e-2)):
+def _rows(sample, bad=False, steps=1):
+    """[steps, batch] indices: the sample's rows, or their NaN copy (see _table)."""
+    b = len(sample["targets"])
+    return np.tile(np.arange(b, dtype=np.int32) + (b if bad else 0), (steps, 1))
+
+
+def _stepper(digits, num_trials, learning_rates=(1e-2, 3e-2), *, per_dispatch=1, **member):
     _, model, task, sample, params = digits
     cfg = default_config()
     stage = Stage("train", 10, cfg.optimizer)
     tx = make_optimizer(cfg.optimizer, 10)
     sums = zero_sums(model, task, params, sample)
     state = steppers.host_copy(TrainState(jnp.int32(0), params, tx.init(params), sums))
-    settings = []
-    for lr in learning_rates[:num_trials]:
+    members = []
+    for k, lr in enumerate(learning_rates[:num_trials]):
         cfg.optimizer.learning_rate = lr
-        settings.append(steppers.trial_settings(cfg.optimizer, cfg.regularization, ()))
+        settings = steppers.trial_settings(cfg.optimizer, cfg.regularization, ())
+        members.append(steppers.Member(state, settings, jax.random.key(k), **member))
     stepper = steppers.make_stepper(
         StepSpec(model, task),
         stage,
-        [state] * num_trials,
-        settings=settings,
-        dropout_keys=[jax.random.key(k) for k in range(num_trials)],
+        members,
+        table=_table(sample, nan_copy=True),
         eval_step=make_eval_step(model, task),
+        steps_per_dispatch=per_dispatch,
     )
     return stepper, state
 
@@ -93,9 +105,11 @@ def test_a_skipped_nonfinite_step_leaves_params_and_optimizer_state_bit_identica
 ):
     """Trial 0 gets a NaN input; trial 1 (if any) a good batch and trains on."""
     sample = digits[3]
-    stepper, before = _stepper(digits, num_trials)
-    finite = stepper.step([_nan_batch(sample), sample][:num_trials])
-    assert finite.tolist() == [False, True][:num_trials]
+    stepper, before = _stepper(digits, num_trials, max_nonfinite_steps=1)
+    stepper.run([_rows(sample, bad=True), _rows(sample)][:num_trials], 1)
+    health = stepper.health()
+    assert [h.nonfinite_steps for h in health] == [1, 0][:num_trials]
+    assert (health[0].last_nonfinite, health[0].halted_at) == (1, 0)
     after = stepper.host_states()
     assert int(after[0].step) == 1  # the step is counted, nothing else changes
     _assert_trees_equal(after[0].params, before.params)
@@ -106,16 +120,50 @@ def test_a_skipped_nonfinite_step_leaves_params_and_optimizer_state_bit_identica
         assert all(jax.tree.leaves(changed))
 
 
+@pytest.mark.parametrize("num_trials", [1, 2], ids=["single", "vectorized"])
+def test_the_step_past_max_nonfinite_steps_halts_the_trial_on_the_device(digits, num_trials):
+    """Limit 1, four steps in one dispatch: good, NaN (skipped, counted), good, NaN (halts
+    at step 4). The halted trial is the state after step 3; trial 1 (good rows) trains on."""
+    sample = digits[3]
+    stepper, _ = _stepper(digits, num_trials, per_dispatch=4, max_nonfinite_steps=1)
+    good, bad = _rows(sample)[0], _rows(sample, bad=True)[0]
+    stepper.run([np.stack([good, bad, good, bad]), _rows(sample, steps=4)][:num_trials], 4)
+    health = stepper.health()
+    assert (health[0].nonfinite_steps, health[0].last_nonfinite, health[0].halted_at) == (2, 4, 4)
+    three, _ = _stepper(digits, num_trials, per_dispatch=4, max_nonfinite_steps=1)
+    three.run([np.stack([good, bad, good]), _rows(sample, steps=3)][:num_trials], 3)
+    _assert_trees_equal(stepper.host_states()[0], three.host_states()[0])
+    if num_trials == 2:
+        assert health[1] == steppers.Health(0, 0, 0)
+        assert int(stepper.host_states()[1].step) == 4
+
+
+@pytest.mark.parametrize("num_trials", [1, 2], ids=["single", "vectorized"])
+def test_steps_fused_in_one_dispatch_equal_the_same_steps_one_by_one(digits, num_trials):
+    """Parameters, optimizer state, sums and step after 5 steps: one dispatch of 5 (in a
+    capacity-8 program) against five plain steps, bit for bit (XLA compiles the loop body
+    as it compiles the lone step on CPU)."""
+    sample = digits[3]
+    fused, _ = _stepper(digits, num_trials, per_dispatch=8)
+    fused.run([_rows(sample, steps=5)] * num_trials, 5)
+    alone, _ = _stepper(digits, num_trials, per_dispatch=1)
+    for _ in range(5):
+        alone.run([_rows(sample)] * num_trials, 1)
+    for a, b in zip(fused.host_states(), alone.host_states(), strict=True):
+        assert int(a.step) == int(b.step) == 5
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
 def test_vectorized_stepper_equals_single_steppers_of_each_trial(digits):
     sample = digits[3]
     together, _ = _stepper(digits, 2)
     for _ in range(3):
-        together.step([sample, sample])
+        together.run([_rows(sample)] * 2, 1)
     for k, lr in enumerate((1e-2, 3e-2)):
         alone, _ = _stepper(digits, 1, learning_rates=(lr,))
-        alone.dropout_key = jax.random.key(k)
+        alone.trial["dropout_key"] = jax.random.key(k)
         for _ in range(3):
-            alone.step([sample])
+            alone.run([_rows(sample)], 1)
         jax.tree.map(
             lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
             together.host_states()[k].params,
@@ -134,21 +182,19 @@ def test_one_sgd_step_moves_each_trial_by_its_own_learning_rate(digits, num_tria
     tx = make_optimizer(cfg.optimizer, 10)
     sums = zero_sums(model, task, params, sample)
     state = steppers.host_copy(TrainState(jnp.int32(0), params, tx.init(params), sums))
-    settings = []
-    for lr in learning_rates:
+    members = []
+    for k, lr in enumerate(learning_rates):
         cfg.optimizer.learning_rate = lr
-        settings.append(steppers.trial_settings(cfg.optimizer, cfg.regularization, ()))
-    keys = [jax.random.key(k) for k in range(num_trials)]
-    eval_step = make_eval_step(model, task)
+        settings = steppers.trial_settings(cfg.optimizer, cfg.regularization, ())
+        members.append(steppers.Member(state, settings, jax.random.key(k)))
     stepper = steppers.make_stepper(
         StepSpec(model, task),
         stage,
-        [state] * num_trials,
-        settings=settings,
-        dropout_keys=keys,
-        eval_step=eval_step,
+        members,
+        table=_table(sample),
+        eval_step=make_eval_step(model, task),
     )
-    stepper.step([sample] * num_trials)
+    stepper.run([_rows(sample)] * num_trials, 1)
 
     def loss(p):
         outputs = model.apply({"params": p}, sample["inputs"], sample["lengths"])
@@ -163,8 +209,8 @@ def test_one_sgd_step_moves_each_trial_by_its_own_learning_rate(digits, num_tria
 def test_an_inactive_vectorized_trial_is_left_exactly_as_it_was(digits):
     sample = digits[3]
     stepper, before = _stepper(digits, 2)
-    finite = stepper.step([None, sample])
-    assert finite.tolist() == [True, True]
+    stepper.run([None, _rows(sample)], 1)
+    assert [h.nonfinite_steps for h in stepper.health()] == [0, 0]
     state = stepper.host_states()[0]
     assert int(state.step) == 0
     _assert_trees_equal(state.params, before.params)

@@ -62,6 +62,64 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(uninterrupted, stop_at
     assert report["best_step"] == full_report["best_step"]
 
 
+FUSED = {"train.num_steps": 30, "train.log_every_steps": 10, "train.eval_every_steps": 15}
+
+
+def _all_checkpoints(workdir):
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    saved = {step: checkpoints.restore_saved(step) for step in checkpoints.steps()}
+    checkpoints.close()
+    return saved
+
+
+@pytest.fixture(scope="module")
+def one_step_per_dispatch(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one_per_dispatch")
+    report = train_and_evaluate(_config(**FUSED, **{"train.steps_per_dispatch": 1}), workdir)
+    return workdir, report
+
+
+@pytest.mark.parametrize("stop_at", [None, 7], ids=["whole", "stopped_mid_dispatch"])
+def test_fused_steps_equal_single_steps_in_checkpoints_metrics_and_results(
+    one_step_per_dispatch, stop_at, tmp_path
+):
+    """Four steps per dispatch (blocks cut to 4, 4, 2 by the log and evaluation points),
+    against one; stopped at step 7 (inside the second block) and resumed too. Every saved
+    checkpoint, every metric line and the report are bit-for-bit the same."""
+    reference, reference_report = one_step_per_dispatch
+    config = _config(**FUSED, **{"train.steps_per_dispatch": 4})
+    if stop_at:
+        assert train_and_evaluate(config, tmp_path, stop_after_steps=stop_at) == {
+            "interrupted_at": stop_at
+        }
+    report = train_and_evaluate(config, tmp_path)
+    ours, theirs = _all_checkpoints(tmp_path), _all_checkpoints(reference)
+    assert sorted(theirs) == [15, 30] and set(ours) - set(theirs) == ({stop_at} - {None})
+    jax.tree.map(np.testing.assert_array_equal, {s: ours[s] for s in theirs}, theirs)
+    assert _metric_records(tmp_path) == _metric_records(reference)
+    assert report["results"] == reference_report["results"]
+
+
+@pytest.mark.parametrize("per_dispatch", [1, 5])
+def test_the_nonfinite_limit_stops_at_the_same_step_whatever_the_dispatch_size(
+    per_dispatch, tmp_path
+):
+    """Every step overflows (L2 1e38); two are skipped, the third stops the run, inside
+    the first block of five as at one step per dispatch, and nothing is saved."""
+    config = _config(
+        **FUSED,
+        **{
+            "regularization.l2": 1e38,
+            "train.max_nonfinite_steps": 2,
+            "train.steps_per_dispatch": per_dispatch,
+        },
+    )
+    message = r"non-finite loss or gradient at step 3 \(3 such steps; .*max_nonfinite_steps=2\)"
+    with pytest.raises(FloatingPointError, match=message):
+        train_and_evaluate(config, tmp_path)
+    assert not _all_checkpoints(tmp_path)
+
+
 def test_run_writes_config_metrics_curves_report_and_events(uninterrupted):
     workdir, report = uninterrupted
     assert json.loads((workdir / "config.json").read_text())["model"]["hidden_size"] == 16

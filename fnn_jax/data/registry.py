@@ -10,7 +10,6 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fnn_jax.data.base import Dataset
 
@@ -88,6 +87,8 @@ def stratified_indices(
         raise ValueError(
             f"need 0 < validation, test and validation + test < 1; got {validation}, {test}"
         )
+    from sklearn.model_selection import train_test_split  # here: sklearn takes 1.5 s to import
+
     rows = np.arange(len(labels))
     rest, test_rows = train_test_split(rows, test_size=test, stratify=labels, random_state=seed)
     train_rows, val_rows = train_test_split(

@@ -44,10 +44,10 @@ from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
     compute_features,
+    device_eval_batches,
     evaluate,
     init_params,
     make_eval_step,
-    to_device_batch,
     zero_sums,
 )
 from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
@@ -70,6 +70,13 @@ class Engine:
         self.config = configs[0]
         self.to_model = finetune.model_params(configs[0])
         self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
+        self.log_every = configs[0].train.log_every_steps
+        self._schedules: dict[int, Any] = {}  # id(stage) -> its jitted schedule
+        # The train rows and the validation batches, sent to the device once.
+        self.train_table = steppers.train_table(plan.dataset.train)
+        self.validation_batches = device_eval_batches(
+            plan.dataset.validation, configs[0].data.eval_batch_size
+        )
         # Zero train sums, shaped by the task (from abstract parameters: nothing is computed).
         abstract_params = jax.eval_shape(
             lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
@@ -215,28 +222,32 @@ class Engine:
         bar: reporting.Progress,
     ) -> bool:
         """Trains ``members`` (all in the same stage) until each ends it; True when
-        interrupted (preemption or ``stop_after_steps``), every member saved."""
+        interrupted (preemption or ``stop_after_steps``), every member saved.
+
+        Each dispatch runs as many steps as reach the nearest point where some member logs,
+        evaluates, ends its stage or the run stops (at most the stepper's dispatch size),
+        so every such point falls on the step it would fall on one step at a time."""
         for trial in members:
             self._announce_stage(trial)
-        stepper, features = self._stepper(members)
-        plan = self.plan
-        batches = [plan.train_batches(t.config.seed, t.step, t.stage_end) for t in members]
+        stepper = self._stepper(members)
         active = [True] * len(members)
         while any(active):
-            rows = [
-                self._device_batch(next(batches[i]), features and features[i]) if on else None
-                for i, on in enumerate(active)
+            count = self._steps_to_next_point(members, active, stop_after_steps, stepper)
+            indices = [
+                self.plan.train_indices(t.config.seed, t.step, count) if on else None
+                for t, on in zip(members, active, strict=True)
             ]
-            finite = stepper.step(rows)
-            self.ran += 1
-            for i, trial in enumerate(members):
-                if active[i]:
-                    trial.step += 1
-                    if not finite[i]:
-                        active[i] = self._count_nonfinite(trial)
+            stepper.run(indices, count)
+            self.ran += count
+            for trial, on in zip(members, active, strict=True):
+                trial.step += count if on else 0
+            stop = self.ran == stop_after_steps
+            due = self._due(members, active, self.log_every)
+            due += self._due(members, active, self.plan.eval_every)
+            if stop or preemption.requested or any(due):
+                self._read_health(members, active, stepper)
             saved = self._log_evaluate_save(members, active, stepper)
             self._show(bar, members, active)
-            stop = self.ran == stop_after_steps
             if preemption.requested or stop:
                 states = stepper.host_states()
                 for i, trial in enumerate(members):
@@ -244,6 +255,33 @@ class Engine:
                         self._save(trial, states[i])
                 return True
         return False
+
+    def _steps_to_next_point(
+        self,
+        members: list[Trial],
+        active: list[bool],
+        stop_after_steps: int | None,
+        stepper: steppers.Stepper,
+    ) -> int:
+        """Steps until the nearest log, evaluation, stage end or stop of an active member,
+        at most ``stepper.dispatch_size``."""
+        count = stepper.dispatch_size
+        if stop_after_steps is not None:
+            count = min(count, stop_after_steps - self.ran)
+        for trial, on in zip(members, active, strict=True):
+            if on:
+                for every in (self.log_every, self.plan.eval_every):
+                    count = min(count, every - trial.step % every)
+                count = min(count, trial.stage_end - trial.step)
+        return max(count, 1)
+
+    @staticmethod
+    def _due(members: list[Trial], active: list[bool], every: int) -> list[bool]:
+        """Per member: active, and at a multiple of ``every`` or its stage's end."""
+        return [
+            on and (t.step % every == 0 or t.step == t.stage_end)
+            for t, on in zip(members, active, strict=True)
+        ]
 
     @staticmethod
     def _announce_stage(trial: Trial) -> None:
@@ -261,9 +299,10 @@ class Engine:
             stage.optimizer.to_dict(),
         )
 
-    def _stepper(self, members: list[Trial]) -> tuple[steppers.Stepper, list | None]:
-        """The stepper for ``members``' shared stage, and each member's frozen-encoder
-        features [train examples, ...] when the stage trains only the head on them."""
+    def _stepper(self, members: list[Trial]) -> steppers.Stepper:
+        """The stepper for ``members``' shared stage. A stage that trains only the head on
+        a frozen encoder gets each member's encoder features of the train rows, computed
+        once per stage rather than once per step."""
         plan, stage = self.plan, members[0].stage
         frozen = finetune.frozen_tree(members[0].state.params, stage.rules)
         cached = finetune.caches_features(self.config, plan.model, plan.task, frozen)
@@ -275,52 +314,59 @@ class Engine:
             to_model=self.to_model,
             cached_features=cached,
         )
-        stepper = steppers.make_stepper(
+        batch_size = self.config.data.eval_batch_size
+        train = plan.dataset.train
+        return steppers.make_stepper(
             spec,
             stage,
-            [t.state for t in members],
-            settings=[
-                steppers.trial_settings(t.stage.optimizer, t.config.regularization, self.penalties)
+            [
+                steppers.Member(
+                    state=t.state,
+                    settings=steppers.trial_settings(
+                        t.stage.optimizer, t.config.regularization, self.penalties
+                    ),
+                    dropout_key=t.dropout_key,
+                    nonfinite_steps=t.progress.nonfinite_steps,
+                    max_nonfinite_steps=t.config.train.max_nonfinite_steps,
+                    features=compute_features(
+                        plan.model, self.to_model(t.state.params), train, batch_size
+                    )
+                    if cached
+                    else None,
+                )
                 for t in members
             ],
-            dropout_keys=[t.dropout_key for t in members],
+            table=self.train_table,
             eval_step=self.eval_step,
+            steps_per_dispatch=self.config.train.steps_per_dispatch,
         )
-        if not cached:
-            return stepper, None
-        # A head-only stage runs the frozen encoder once per stage, not once per step.
-        batch_size = self.config.data.eval_batch_size
-        features = [
-            compute_features(
-                plan.model, self.to_model(t.state.params), plan.dataset.train, batch_size
+
+    def _read_health(
+        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
+    ) -> None:
+        """Counts the non-finite steps the device skipped since the last read; a trial that
+        went past config.train.max_nonfinite_steps stops there, alone, with that error."""
+        for i, (trial, health) in enumerate(zip(members, stepper.health(), strict=True)):
+            skipped = health.nonfinite_steps - trial.progress.nonfinite_steps
+            if not active[i] or not skipped:
+                continue
+            trial.progress.nonfinite_steps = health.nonfinite_steps
+            log.warning(
+                "%s%d step(s) with a non-finite loss or gradient, the last at step %d; "
+                "update(s) skipped",
+                trial.label,
+                skipped,
+                health.last_nonfinite,
             )
-            for t in members
-        ]
-        return stepper, features
-
-    @staticmethod
-    def _device_batch(batch: dict, features: jax.Array | None) -> dict:
-        device_batch = to_device_batch(batch)
-        if features is not None:
-            device_batch["features"] = features[batch["index"]]
-            del device_batch["inputs"]
-        return device_batch
-
-    def _count_nonfinite(self, trial: Trial) -> bool:
-        """Counts a skipped non-finite step; False once the trial has too many (its outcome
-        is then the error, and it stops alone)."""
-        trial.progress.nonfinite_steps += 1
-        log.warning(
-            "%sstep %d: non-finite loss or gradient; update skipped", trial.label, trial.step
-        )
-        limit = trial.config.train.max_nonfinite_steps
-        if trial.progress.nonfinite_steps <= limit:
-            return True
-        trial.outcome = FloatingPointError(
-            f"non-finite loss or gradient at step {trial.step} ({trial.progress.nonfinite_steps} "
-            f"such steps; config.train.max_nonfinite_steps={limit})"
-        )
-        return False
+            if health.halted_at:
+                limit = trial.config.train.max_nonfinite_steps
+                trial.step = health.halted_at
+                trial.outcome = FloatingPointError(
+                    f"non-finite loss or gradient at step {trial.step} "
+                    f"({health.nonfinite_steps} such steps; "
+                    f"config.train.max_nonfinite_steps={limit})"
+                )
+                active[i] = False
 
     def _log_evaluate_save(
         self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
@@ -328,10 +374,7 @@ class Engine:
         """Train metrics, validation, early stopping, checkpoints and stage ends of the
         active members whose step calls for them; returns the indices saved."""
         train = self.config.train
-        due_log = [
-            on and (t.step % train.log_every_steps == 0 or t.step == t.stage_end)
-            for t, on in zip(members, active, strict=True)
-        ]
+        due_log = self._due(members, active, self.log_every)
         if any(due_log):
             for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
                 if due:
@@ -340,14 +383,10 @@ class Engine:
                     trial.metrics_log.write(trial.step, "train", values)
                     trial.summary = f"loss {values['loss']:.4f}"
             stepper.reset_sums(due_log)
-        due_eval = [
-            on and (t.step % self.plan.eval_every == 0 or t.step == t.stage_end)
-            for t, on in zip(members, active, strict=True)
-        ]
+        due_eval = self._due(members, active, self.plan.eval_every)
         if not any(due_eval):
             return set()
-        split, batch_size = self.plan.dataset.validation, self.config.data.eval_batch_size
-        sums = stepper.evaluate_sums(split, batch_size)
+        sums = stepper.evaluate_sums(self.validation_batches)
         states = stepper.host_states()
         for i, trial in enumerate(members):
             if not due_eval[i]:
@@ -377,13 +416,14 @@ class Engine:
                 active[i] = False
         return {i for i, due in enumerate(due_eval) if due}
 
-    @staticmethod
-    def _learning_rate(trial: Trial) -> float:
+    def _learning_rate(self, trial: Trial) -> float:
         """The base learning rate of the step just taken (its stage's schedule, counted
         from the stage's start; per-group ``lr_mults`` scale it further)."""
         stage = trial.stage
+        if id(stage) not in self._schedules:  # jitted: op by op, a call takes ~8 ms
+            self._schedules[id(stage)] = jax.jit(schedule(stage.optimizer, stage.num_steps))
         count = trial.step - 1 - trial.progress.stage_start
-        return float(schedule(stage.optimizer, stage.num_steps)(count))
+        return float(self._schedules[id(stage)](count))
 
     def _show(self, bar: reporting.Progress, members: list[Trial], active: list[bool]) -> None:
         """Alone: this step's loss and validation metric; in a group: how many still train."""

@@ -18,6 +18,7 @@ import ml_collections
 
 from fnn_jax import config as config_lib
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
+from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
 from fnn_jax.train.engine import Engine
@@ -68,6 +69,7 @@ def open_engine(
     each config.json is written only once its trial opened, so a refused resume leaves the
     workdir as it was."""
     changed = [check_config_file(w, c) for c, w in zip(configs, workdirs, strict=True)]
+    use_compilation_cache(configs[0].train.compilation_cache)
     try:
         engine = Engine(configs, workdirs, plan)
     except StateMismatch as error:

@@ -1,18 +1,31 @@
-"""Steppers: the device state of the trials that train one stage together, and their step.
+"""Steppers: the device state of the trials that train one stage together, and their steps.
 
 Two implementations of one interface, chosen by the number of trials K:
 
-- ``SingleStepper`` (K = 1): ``jit(step)`` over one TrainState;
-- ``VectorizedStepper`` (K > 1): ``jit(vmap(step))`` over TrainStates stacked on a leading
-  trial axis; a trial that is not active is left as it is (masked).
+- ``SingleStepper`` (K = 1): ``jit(dispatch)`` over one TrainState;
+- ``VectorizedStepper`` (K > 1): ``jit(vmap(dispatch))`` over TrainStates stacked on a
+  leading trial axis; a trial that is not active is left as it is (masked).
+
+A dispatch runs up to ``capacity`` optimizer steps in one call (a ``lax.fori_loop`` over
+``count`` rows of batch indices; ``count`` is traced, so one program serves every count).
+The train split lives on the device and each step gathers its rows there, so a dispatch
+sends only [count, batch] int32 indices.
+
+Nothing is read back per step. A non-finite step is skipped on the device and counted in
+the trial's ``Health``; the step that takes a trial past ``max_nonfinite_steps`` halts it
+there (later steps leave it as it is). The engine reads ``health()`` where it logs,
+evaluates or saves, so dispatches run ahead of the host in between.
 
 Both take each trial's own settings (learning-rate peak, weight decay, momentum, L1/L2) as
-traced arguments, so K = 1 and K > 1 run the same arithmetic, and return per-trial
-finiteness. The engine (fnn_jax.train.engine) does all bookkeeping; steppers only compute.
+traced arguments, so K = 1 and K > 1 run the same arithmetic. The engine
+(fnn_jax.train.engine) does all bookkeeping; steppers only compute.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +41,31 @@ from fnn_jax.optim import TRIAL_SETTINGS, make_optimizer
 from fnn_jax.train.steps import StepSpec, TrainState, split_sums, train_step_body
 
 Settings = dict[str, np.float32]  # a trial's scalar settings: learning_rate, weight_decay, ...
+# What ``steps_per_dispatch = "auto"`` compiles for: it then sends as many steps per call
+# (up to this) as keep the measured dispatch overhead near 5% of the time of a step.
+AUTO_CAPACITY = 32
+AUTO_OVERHEAD = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class Health:
+    """A trial's non-finite steps as the device counted them (cumulative over the run)."""
+
+    nonfinite_steps: int
+    last_nonfinite: int  # the last such step (its number once taken), 0 if none
+    halted_at: int  # the step that went past max_nonfinite_steps, 0 while training
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """What one trial brings to a stepper."""
+
+    state: TrainState
+    settings: Settings
+    dropout_key: jax.Array
+    nonfinite_steps: int = 0  # skipped before this stage
+    max_nonfinite_steps: int = 0
+    features: jax.Array | None = None  # [train rows, ...]: the frozen encoder's, if cached
 
 
 def trial_settings(
@@ -59,33 +97,126 @@ def host_slices(tree: Any, size: int) -> list[Any]:
     return [jax.tree.map(lambda x, k=k: np.array(x[k]), host) for k in range(size)]
 
 
-def _step_fn(spec: StepSpec, stage: Stage):
-    """``step(state, batch, dropout_key, settings) -> (state, finite)`` for one trial."""
-    body = train_step_body(spec)
-    frozen_rules = stage.rules
+def train_table(split: data_lib.Split) -> dict[str, jax.Array]:
+    """The split's rows on the device: {"inputs", "targets", "lengths"} [rows, ...]."""
+    return jax.device_put(
+        {"inputs": split.inputs, "targets": split.targets, "lengths": split.full_lengths}
+    )
 
-    def step(state: TrainState, batch: dict, dropout_key: jax.Array, settings: dict):
+
+def _gather(table: dict, rows: jax.Array) -> dict:
+    """The batch of ``rows`` [batch] from the shared table and the trial's own fields (its
+    cached features replace the inputs)."""
+    fields = {**table["shared"], **table["own"]}
+    if "features" in fields:
+        fields.pop("inputs", None)
+    batch = {name: values[rows] for name, values in fields.items()}
+    batch["weights"] = jnp.ones(rows.shape, jnp.float32)
+    return batch
+
+
+def _dispatch_fn(spec: StepSpec, stage: Stage, capacity: int):
+    """``dispatch((state, health), table, indices, count, trial)``: ``count`` steps of one
+    trial, step i on the rows ``indices[i]`` ([capacity, batch]). ``trial`` holds its
+    dropout_key, settings, limit (max_nonfinite_steps) and active (False: no change)."""
+    body = train_step_body(spec)
+
+    def step(carry, batch, trial):
+        state, health = carry
+        settings, limit, active = trial["settings"], trial["limit"], trial["active"]
         tx = make_optimizer(
             stage.optimizer,
             stage.num_steps,
             params=state.params,
-            rules=frozen_rules,
+            rules=stage.rules,
             lr_mults=stage.lr_mults,
             trial=settings,
         )
         l1, l2 = settings.get("l1", 0.0), settings.get("l2", 0.0)
-        return body(state, batch, dropout_key, tx, l1=l1, l2=l2)
+        new, finite = body(state, batch, trial["dropout_key"], tx, l1=l1, l2=l2)
+        live = active & (health["halted_at"] == 0)
+        bad = live & ~finite
+        nonfinite = health["nonfinite_steps"] + bad.astype(jnp.int32)
+        halt = bad & (nonfinite > limit)
+        taken = state.step + 1
+        health = {
+            "nonfinite_steps": nonfinite,
+            "last_nonfinite": jnp.where(bad, taken, health["last_nonfinite"]),
+            "halted_at": jnp.where(halt, taken, health["halted_at"]),
+        }
+        keep = live & ~halt
+        state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
+        return state, health
 
-    return step
+    def dispatch(carry, table, indices, count, trial):
+        def one(i, carry):
+            return step(carry, _gather(table, indices[i]), trial)
+
+        if capacity == 1:  # the plain step, no loop around it
+            return one(0, carry)
+        return jax.lax.fori_loop(0, count, one, carry)
+
+    return dispatch
+
+
+def _health0(members: Sequence[Member]) -> dict[str, np.ndarray]:
+    zeros = np.zeros(len(members), np.int32)
+    counts = np.asarray([m.nonfinite_steps for m in members], np.int32)
+    return {"nonfinite_steps": counts, "last_nonfinite": zeros, "halted_at": zeros.copy()}
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+    """Trees stacked on a new leading axis (host arrays on the host, device on the device)."""
+    xp = lambda x: np if isinstance(x, np.ndarray) else jnp
+    return jax.tree.map(lambda *xs: xp(xs[0]).stack(xs), *trees)
 
 
 class Stepper:
-    """The device state of K trials in one stage, and their jitted step and evaluation."""
+    """The device state of K trials in one stage, their jitted dispatch and evaluation."""
 
-    def step(self, batches: Sequence[dict | None]) -> np.ndarray:
-        """One step of every trial whose batch is not None; [K] bool: whether its loss and
-        gradients were finite (True for the trials that did not step)."""
+    size: int  # K
+    capacity: int  # the most steps one dispatch can run
+
+    def __init__(self, steps_per_dispatch: int | str):
+        auto = steps_per_dispatch == "auto"
+        self.capacity = AUTO_CAPACITY if auto else int(steps_per_dispatch)
+        self.dispatch_size = 1 if auto else self.capacity  # "auto": tuned on the first runs
+        self._tuning = auto
+
+    def run(self, indices: Sequence[np.ndarray | None], count: int) -> None:
+        """``count`` (<= capacity) steps of each trial whose row indices [count, batch] are
+        given (None: the trial is left as it is). Returns without waiting for the device,
+        except while "auto" measures the dispatch overhead."""
+        padded = []
+        for rows in indices:
+            if rows is not None:
+                rows = np.pad(rows, ((0, self.capacity - count), (0, 0)))
+            padded.append(rows)
+        if not self._tuning:
+            self._dispatch(padded, count)
+            return
+        # Clocked calls: no steps (compiles), no steps (the overhead alone), then the steps.
+        clock = []
+        for n in (0, 0, count):
+            start = time.perf_counter()
+            self._dispatch(padded, n)
+            jax.block_until_ready(self.state)
+            clock.append(time.perf_counter() - start)
+        overhead, step = clock[1], max(clock[2] - clock[1], 1e-6) / max(count, 1)
+        wanted = math.ceil(overhead / (AUTO_OVERHEAD * step))
+        self.dispatch_size = int(np.clip(wanted, 1, self.capacity))
+        self._tuning = False
+
+    def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         raise NotImplementedError
+
+    def health(self) -> list[Health]:
+        """Each trial's non-finite steps so far (waits for the dispatches sent)."""
+        host = jax.device_get(self._health)
+        return [
+            Health(**{name: int(np.reshape(v, -1)[k]) for name, v in host.items()})
+            for k in range(self.size)
+        ]
 
     def host_states(self) -> list[TrainState]:
         """Each trial's state, as NumPy copies."""
@@ -99,32 +230,47 @@ class Stepper:
         """Zeroes the train sums of the trials where ``rows`` is True."""
         raise NotImplementedError
 
-    def evaluate_sums(self, split: data_lib.Split, batch_size: int) -> list[Any]:
-        """Each trial's eval sums over the whole split (host)."""
+    def evaluate_sums(self, batches: Sequence[dict]) -> list[Any]:
+        """Each trial's eval sums over ``batches`` (a whole split, fnn_jax.train.steps.
+        eval_batches), on the host."""
         raise NotImplementedError
 
 
 class SingleStepper(Stepper):
-    """One trial: ``jit(step)``."""
+    """One trial: ``jit(dispatch)``."""
 
     def __init__(
         self,
         spec: StepSpec,
         stage: Stage,
-        states: Sequence[TrainState],
+        members: Sequence[Member],
         *,
-        settings: Sequence[Settings],
-        dropout_keys: Sequence[jax.Array],
+        table: dict[str, jax.Array],
         eval_step: Callable[[Any, dict], Any],
+        steps_per_dispatch: int | str = 1,
     ):
-        (state,), (self.settings,), (self.dropout_key,) = states, settings, dropout_keys
-        self.state = jax.device_put(state)
-        self._step = jax.jit(_step_fn(spec, stage), donate_argnums=0)
+        super().__init__(steps_per_dispatch)
+        (member,) = members
+        self.size = 1
+        self.state = jax.device_put(member.state)
+        self._health = jax.device_put({k: v[0] for k, v in _health0(members).items()})
+        own = {} if member.features is None else {"features": member.features}
+        self._table = {"shared": table, "own": own}
+        self.trial = {
+            "dropout_key": member.dropout_key,
+            "settings": member.settings,
+            "limit": np.int32(member.max_nonfinite_steps),
+            "active": np.bool_(True),
+        }
+        dispatch = _dispatch_fn(spec, stage, self.capacity)
+        self._run = jax.jit(dispatch, donate_argnums=0)
         self._eval = eval_step
 
-    def step(self, batches: Sequence[dict | None]) -> np.ndarray:
-        self.state, finite = self._step(self.state, batches[0], self.dropout_key, self.settings)
-        return np.asarray(finite).reshape(1)
+    def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
+        (rows,) = indices
+        self.state, self._health = self._run(
+            (self.state, self._health), self._table, rows, np.int32(count), self.trial
+        )
 
     def host_states(self) -> list[TrainState]:
         return [host_copy(self.state)]
@@ -136,8 +282,8 @@ class SingleStepper(Stepper):
         if rows[0]:
             self.state = self.state.replace(sums=jax.tree.map(jnp.zeros_like, self.state.sums))
 
-    def evaluate_sums(self, split: data_lib.Split, batch_size: int) -> list[Any]:
-        return [jax.device_get(split_sums(self._eval, self.state.params, split, batch_size))]
+    def evaluate_sums(self, batches: Sequence[dict]) -> list[Any]:
+        return [jax.device_get(split_sums(self._eval, self.state.params, batches))]
 
 
 @jax.jit
@@ -148,44 +294,45 @@ def _zero_rows(rows: jax.Array, tree: Any) -> Any:
     )
 
 
-def _stack(trees: Sequence[Any]) -> Any:
-    """Trees stacked on a new leading axis (host arrays on the host, device on the device)."""
-    xp = lambda x: np if isinstance(x, np.ndarray) else jnp
-    return jax.tree.map(lambda *xs: xp(xs[0]).stack(xs), *trees)
-
-
 class VectorizedStepper(Stepper):
-    """K trials: ``jit(vmap(step))`` over states stacked on a leading trial axis."""
+    """K trials: ``jit(vmap(dispatch))`` over states stacked on a leading trial axis."""
 
     def __init__(
         self,
         spec: StepSpec,
         stage: Stage,
-        states: Sequence[TrainState],
+        members: Sequence[Member],
         *,
-        settings: Sequence[Settings],
-        dropout_keys: Sequence[jax.Array],
+        table: dict[str, jax.Array],
         eval_step: Callable[[Any, dict], Any],
+        steps_per_dispatch: int | str = 1,
     ):
-        self.size = len(states)
-        self.state = jax.device_put(_stack(states))
-        self.settings = {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]}
-        self.dropout_keys = jnp.stack(list(dropout_keys))
-        step = _step_fn(spec, stage)
-
-        def masked_step(state, batch, dropout_key, settings, active):
-            new, finite = step(state, batch, dropout_key, settings)
-            return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, state), finite
-
-        self._step = jax.jit(jax.vmap(masked_step), donate_argnums=0)
+        super().__init__(steps_per_dispatch)
+        self.size = len(members)
+        self.state = jax.device_put(_stack([m.state for m in members]))
+        self._health = jax.device_put(_health0(members))
+        cached = members[0].features is not None
+        own = {"features": jnp.stack([m.features for m in members])} if cached else {}
+        self._table = {"shared": table, "own": own}
+        settings = [m.settings for m in members]
+        self.trials = {
+            "dropout_key": jnp.stack([m.dropout_key for m in members]),
+            "settings": {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]},
+            "limit": np.asarray([m.max_nonfinite_steps for m in members], np.int32),
+        }
+        dispatch = _dispatch_fn(spec, stage, self.capacity)
+        axes = (0, {"shared": None, "own": 0}, 0, None, 0)
+        self._run = jax.jit(jax.vmap(dispatch, in_axes=axes), donate_argnums=0)
         self._eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
 
-    def step(self, batches: Sequence[dict | None]) -> np.ndarray:
-        active = np.array([batch is not None for batch in batches])
-        filler = next(batch for batch in batches if batch is not None)  # masked out anyway
-        batch = _stack([filler if b is None else b for b in batches])
-        self.state, finite = self._step(self.state, batch, self.dropout_keys, self.settings, active)
-        return np.asarray(finite) | ~active
+    def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
+        active = np.array([rows is not None for rows in indices])
+        filler = next(rows for rows in indices if rows is not None)  # masked out anyway
+        rows = np.stack([filler if r is None else r for r in indices])
+        trials = {**self.trials, "active": active}
+        self.state, self._health = self._run(
+            (self.state, self._health), self._table, rows, np.int32(count), trials
+        )
 
     def host_states(self) -> list[TrainState]:
         return host_slices(self.state, self.size)
@@ -196,22 +343,28 @@ class VectorizedStepper(Stepper):
     def reset_sums(self, rows: Sequence[bool]) -> None:
         self.state = self.state.replace(sums=_zero_rows(np.asarray(rows), self.state.sums))
 
-    def evaluate_sums(self, split: data_lib.Split, batch_size: int) -> list[Any]:
-        return host_slices(split_sums(self._eval, self.state.params, split, batch_size), self.size)
+    def evaluate_sums(self, batches: Sequence[dict]) -> list[Any]:
+        return host_slices(split_sums(self._eval, self.state.params, batches), self.size)
 
 
 def make_stepper(
     spec: StepSpec,
     stage: Stage,
-    states: Sequence[TrainState],
+    members: Sequence[Member],
     *,
-    settings: Sequence[Settings],
-    dropout_keys: Sequence[jax.Array],
+    table: dict[str, jax.Array],
     eval_step: Callable[[Any, dict], Any],
+    steps_per_dispatch: int | str = 1,
 ) -> Stepper:
-    """The stepper for ``len(states)`` trials: ``jit(step)`` for one, ``jit(vmap(step))``
-    for more. ``eval_step(params, batch) -> sums`` is one trial's (jitted) evaluation."""
-    cls = SingleStepper if len(states) == 1 else VectorizedStepper
+    """The stepper for ``len(members)`` trials: ``jit(dispatch)`` for one,
+    ``jit(vmap(dispatch))`` for more. ``table`` holds the train rows every member shares
+    (``train_table``); ``eval_step(params, batch) -> sums`` is one trial's evaluation."""
+    cls = SingleStepper if len(members) == 1 else VectorizedStepper
     return cls(
-        spec, stage, states, settings=settings, dropout_keys=dropout_keys, eval_step=eval_step
+        spec,
+        stage,
+        members,
+        table=table,
+        eval_step=eval_step,
+        steps_per_dispatch=steps_per_dispatch,
     )

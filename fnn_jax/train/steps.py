@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import flax
@@ -189,10 +189,15 @@ def make_eval_step(
     return jax.jit(eval_step_body(model, task, to_model))
 
 
-def split_sums(eval_step, params: Any, split: data_lib.Split, batch_size: int) -> Any:
-    """``eval_step``'s sums added over every batch of ``split`` (on the device)."""
+def device_eval_batches(split: data_lib.Split, batch_size: int) -> list[dict]:
+    """``eval_batches`` of the whole split, on the device (sent once, evaluated often)."""
+    return [jax.device_put(batch) for batch in eval_batches(split, batch_size)]
+
+
+def split_sums(eval_step, params: Any, batches: Iterable[dict]) -> Any:
+    """``eval_step``'s sums added over ``batches`` (a whole split: ``eval_batches``)."""
     total = None
-    for batch in eval_batches(split, batch_size):
+    for batch in batches:
         sums = eval_step(params, batch)
         total = sums if total is None else jax.tree.map(jnp.add, total, sums)
     return total
@@ -200,7 +205,8 @@ def split_sums(eval_step, params: Any, split: data_lib.Split, batch_size: int) -
 
 def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
     """The task's metrics over a whole split."""
-    return task.metrics(jax.device_get(split_sums(eval_step, params, split, batch_size)))
+    sums = split_sums(eval_step, params, eval_batches(split, batch_size))
+    return task.metrics(jax.device_get(sums))
 
 
 @functools.partial(jax.jit, static_argnums=0)

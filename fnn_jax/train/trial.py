@@ -5,7 +5,7 @@ checkpoint)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +37,25 @@ class Setup:
     model: Any
     sample: dict  # a train batch, for model.init
 
-    def train_batches(self, seed: int, start: int, end: int) -> Iterator[dict]:
-        """Checked train batches for global steps start..end-1, across epochs; the order is
-        a function of (seed, epoch), so a resumed run sees what an uninterrupted one saw."""
-        name, train = self.dataset.name, self.dataset.train
-        step = start
-        while step < end:
-            epoch, first = divmod(step, self.steps_per_epoch)
-            epoch_batches = data_lib.batches(train, self.batch_size, seed=seed, epoch=epoch)
-            for i, batch in enumerate(epoch_batches):
-                if i < first:
-                    continue  # resuming inside this epoch
-                data_lib.check_batch(
-                    batch, dataset=name, split="train", index=i, expected=self.spec
-                )
-                yield batch
-                step += 1
-                if step >= end:
-                    return
+    def train_indices(self, seed: int, start: int, count: int) -> np.ndarray:
+        """[count, batch] int32: the train rows of global steps start..start+count-1, across
+        epochs. The order is a function of (seed, epoch) (``data.batches``' order), so a
+        resumed run sees what an uninterrupted one saw. The rows were checked when the
+        dataset was built (data.Dataset), so no batch is checked again here."""
+        rows = []
+        for step in range(start, start + count):
+            epoch, position = divmod(step, self.steps_per_epoch)
+            order = _epoch_rows(len(self.dataset.train), seed, epoch, self.batch_size)
+            rows.append(order[position])
+        return np.stack(rows)
+
+
+@functools.lru_cache(maxsize=64)
+def _epoch_rows(n: int, seed: int, epoch: int, batch_size: int) -> np.ndarray:
+    """[batches, batch_size] int32: one epoch's batches of row indices (remainder dropped)."""
+    order = data_lib.epoch_order(n, seed=seed, epoch=epoch).astype(np.int32)
+    count = n // batch_size
+    return order[: count * batch_size].reshape(count, batch_size)
 
 
 def setup(config: ml_collections.ConfigDict) -> Setup:

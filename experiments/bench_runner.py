@@ -1,0 +1,196 @@
+"""The ``runner`` and ``demo`` sections of experiments/bench.py: what the runner costs on
+top of its jitted step.
+
+``runner`` (one process): the runner's training steps per second (``train_and_evaluate``'s
+stage loop, with its validation every epoch and its checkpoints) against a bare Python loop
+of the same jitted train step over batches already on the device, at the demo's shape
+(digits LSTM 128, batch 32, length 8) and at a mid-size one (adding problem, LSTM 256,
+batch 64, length 256), for ``steps_per_dispatch`` 1 and "auto". Runs and bare loops
+alternate, the compilation cache is warm for both, and each keeps its best of three.
+
+``demo`` (whole processes, alternating): ``experiments/main.py`` on configs/digits_lstm.py
+with a cold and with a warm compilation cache, against the yardstick, a tuned bare JAX
+script (experiments/bare_digits.py) doing the same training with our model: data on the
+device, one jitted ``lax.scan`` per epoch, validation each epoch, no checkpoints.
+
+    python experiments/bench.py --section runner,demo
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/
+from configs import digits_lstm  # noqa: E402
+from fnn_jax.config import default_config  # noqa: E402
+from fnn_jax.optim import make_optimizer  # noqa: E402
+from fnn_jax.train import engine as engine_lib  # noqa: E402
+from fnn_jax.train.loop import train_and_evaluate  # noqa: E402
+from fnn_jax.train.steppers import train_table  # noqa: E402
+from fnn_jax.train.steps import (  # noqa: E402
+    StepSpec,
+    TrainState,
+    init_params,
+    make_train_step,
+    zero_sums,
+)
+from fnn_jax.train.trial import setup  # noqa: E402
+
+REPEATS = 3
+
+
+def _demo_config() -> ml_collections.ConfigDict:
+    return digits_lstm.get_config()
+
+
+def _mid_config() -> ml_collections.ConfigDict:
+    config = default_config()
+    config.data.name = "adding"
+    config.data.options = ml_collections.ConfigDict(
+        {"length": 256, "num_train": 64 * 60, "num_validation": 256, "num_test": 256}
+    )
+    config.data.batch_size = 64
+    config.model.hidden_size = 256
+    config.train.num_epochs = 1
+    return config
+
+
+SHAPES = {
+    "demo: digits LSTM 128, batch 32, length 8": _demo_config,
+    "mid-size: adding LSTM 256, batch 64, length 256": _mid_config,
+}
+
+
+def _runner_steps_per_s(config: ml_collections.ConfigDict, root: Path) -> float:
+    """Steps per second of the runner's stage loop (validation and checkpoints included;
+    set-up, final evaluation and report excluded)."""
+    clock: list[float] = []
+    original = engine_lib.Engine._train_stage
+
+    def timed(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            clock.append(time.perf_counter() - start)
+
+    workdir = Path(tempfile.mkdtemp(dir=root))
+    engine_lib.Engine._train_stage = timed
+    try:
+        report = train_and_evaluate(config, workdir)
+    finally:
+        engine_lib.Engine._train_stage = original
+        shutil.rmtree(workdir, ignore_errors=True)
+    return report["steps"] / sum(clock)
+
+
+def _bare_loop(config: ml_collections.ConfigDict):
+    """A function timing the same jitted train step (optimizer, clipping, dropout key) in a
+    plain Python loop over the run's batches, gathered on the device beforehand."""
+    plan = setup(config)
+    steps = plan.steps_per_epoch * config.train.num_epochs
+    params = init_params(plan.model, jax.random.key(0), plan.sample)
+    tx = make_optimizer(config.optimizer, steps)
+    spec = StepSpec(plan.model, plan.task, config.regularization.exclude)
+    step = make_train_step(spec, tx, dropout_key=jax.random.key(1))
+    table = train_table(plan.dataset.train)
+    rows = plan.train_indices(config.seed, 0, steps)
+    ones = jax.numpy.ones((plan.batch_size,), np.float32)
+    batches = [{**{k: v[r] for k, v in table.items()}, "weights": ones} for r in rows]
+    sums = zero_sums(plan.model, plan.task, params, plan.sample)
+
+    def steps_per_s() -> float:
+        fresh = jax.tree.map(lambda x: x.copy(), params)
+        state = TrainState(np.int32(0), fresh, tx.init(fresh), sums)
+        state = jax.block_until_ready(step(state, batches[0])[0])  # compiled already after one
+        start = time.perf_counter()
+        for batch in batches[1:]:
+            state, _ = step(state, batch)
+        jax.block_until_ready(state)
+        return (len(batches) - 1) / (time.perf_counter() - start)
+
+    return steps_per_s
+
+
+def section_runner(cfg: Any) -> dict[str, Any]:
+    del cfg
+    root = Path(tempfile.mkdtemp(prefix="bench_runner_"))
+    result = {}
+    try:
+        for label, make_config in SHAPES.items():
+            bare = _bare_loop(make_config())
+            bare()  # compiles
+            row: dict[str, Any] = {"bare_steps_per_s": 0.0}
+            for dispatch in (1, "auto"):
+                config = make_config()
+                config.train.steps_per_dispatch = dispatch
+                _runner_steps_per_s(config, root)  # fills the compilation cache
+                runs, bares = [], []
+                for _ in range(REPEATS):
+                    runs.append(_runner_steps_per_s(config, root))
+                    bares.append(bare())
+                row[f"runner_steps_per_s[{dispatch}]"] = max(runs)
+                row["bare_steps_per_s"] = max(row["bare_steps_per_s"], *bares)
+            for dispatch in (1, "auto"):
+                ratio = row[f"runner_steps_per_s[{dispatch}]"] / row["bare_steps_per_s"]
+                row[f"ratio[{dispatch}]"] = ratio
+            result[label] = row
+            print(
+                f"\nrunner, {label}: bare loop {row['bare_steps_per_s']:.0f} steps/s; runner "
+                f"{row['runner_steps_per_s[1]']:.0f} steps/s at 1 step per dispatch "
+                f"({row['ratio[1]']:.2f}x), {row['runner_steps_per_s[auto]']:.0f} at auto "
+                f"({row['ratio[auto]']:.2f}x)",
+                flush=True,
+            )
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def section_demo(cfg: Any) -> dict[str, Any]:
+    """Wall seconds of whole processes, medians of REPEATS alternating rounds."""
+    del cfg
+    root = Path(tempfile.mkdtemp(prefix="bench_demo_"))
+    python = sys.executable
+    demo = [python, "experiments/main.py", "--config", "configs/digits_lstm.py"]
+    try:
+        cache = root / "cache"
+        times: dict[str, list[float]] = {"demo_cold_s": [], "demo_warm_s": [], "bare_s": []}
+        for k in range(REPEATS):
+            shutil.rmtree(cache, ignore_errors=True)
+            flag = f"--config.train.compilation_cache={cache}"
+            times["demo_cold_s"].append(_wall([*demo, "--workdir", str(root / f"c{k}"), flag]))
+            times["demo_warm_s"].append(_wall([*demo, "--workdir", str(root / f"w{k}"), flag]))
+            times["bare_s"].append(_wall([python, "experiments/bare_digits.py"]))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    result = {name: statistics.median(ts) for name, ts in times.items()}
+    result["all"] = times
+    result["warm_over_bare"] = result["demo_warm_s"] / result["bare_s"]
+    print(
+        f"\ndemo (whole processes, median of {REPEATS}): cold cache {result['demo_cold_s']:.1f} s,"
+        f" warm cache {result['demo_warm_s']:.1f} s; the bare JAX script "
+        f"{result['bare_s']:.1f} s (warm / bare {result['warm_over_bare']:.2f}x)"
+    )
+    return result
