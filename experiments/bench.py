@@ -209,7 +209,7 @@ def ours(cell: str, cfg: Config, **options: Any) -> nn.Module:
 
 
 def bench_ours(
-    cell: str, cfg: Config, *, hoist_inputs: bool | None = None, unroll: int = 1
+    cell: str, cfg: Config, *, hoist_inputs: bool | None = None, unroll: int | None = None
 ) -> Benches:
     """fnn_jax.layers.Recurrent (our layer) with the given hoist/unroll settings
     (hoist_inputs None: the layer's platform default)."""

@@ -41,7 +41,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.dropout": (0.0, 0.99),
     "model.output_size": (1, None),
     "model.embed_dim": (1, None),
-    "model.unroll": (1, None),
+    "model.unroll": (0, None),
     "optimizer.learning_rate": (0.0, None),
     "optimizer.weight_decay": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
@@ -65,8 +65,10 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.min_delta": (0.0, None),
     "train.max_nonfinite_steps": (0, None),
 }
-# Sections whose differences make a checkpoint meaningless for this config.
+# Sections whose differences make a checkpoint meaningless for this config, and the keys in
+# them that change only how the model runs (a change resumes, with a warning).
 ARCHITECTURE_KEYS = ("model", "data", "seed")
+EXECUTION_KEYS = ("model.unroll", "model.remat", "model.scan_impl")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -92,7 +94,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.output_activation = "tanh"  # jordan
     c.model.output_size = config_dict.placeholder(int)  # jordan, lru; None = hidden_size
     c.model.embed_dim = 64  # token inputs (language models, copy memory)
-    c.model.unroll = 1
+    c.model.unroll = 0  # lax.scan unroll; 0 = the cell's own (cells.CellSpec.unroll)
     c.model.remat = False
     c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
     c.model.dtype = "float32"  # "bfloat16": mixed precision (parameters, optimizer in float32)
@@ -379,5 +381,10 @@ def split_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[st
     """(architectural differences, other differences) between a saved and a new config
     (the saved one read in today's schema)."""
     diffs = differences(in_current_schema(old), new)
-    arch = [d for d in diffs if d.split(".")[0].split(":")[0] in ARCHITECTURE_KEYS]
+    key = lambda d: d.split(":")[0]
+    arch = [
+        d
+        for d in diffs
+        if key(d).split(".")[0] in ARCHITECTURE_KEYS and key(d) not in EXECUTION_KEYS
+    ]
     return arch, [d for d in diffs if d not in arch]

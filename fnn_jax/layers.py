@@ -63,7 +63,7 @@ class CellOptions(nn.Module):
     output_size: int | None = None
     max_iter: int = 50
     tol: float = 1e-6
-    unroll: int = 1
+    unroll: int | None = None  # lax.scan unroll; None: the cell's own (CellSpec.unroll)
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
     scan_impl: str = "sequential"  # "associative" (lru, mingru) or "auto": resolve_scan_impl
@@ -137,12 +137,10 @@ class Recurrent(CellOptions):
         carry = zeros if initial_carry is None else initial_carry
         if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
-        elif module.sequence is not None and not self.remat:
-            options = _keyword_options(module.sequence, self)
-            carry, ys = module.sequence(params, carry, xs, lengths=lengths, **options)
         else:
             step_options = _keyword_options(module.step_projected, self)
-            run = dict(lengths=lengths, reverse=self.reverse, unroll=self.unroll, remat=self.remat)
+            unroll = self.unroll or module.unroll
+            run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)
             if hoists_inputs(self.hoist_inputs):
                 step = functools.partial(module.step_projected, **step_options)
                 carry, ys = scan(step, params, carry, xs, project=module.project_inputs, **run)

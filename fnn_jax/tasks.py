@@ -45,7 +45,9 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "remat",
         "scan_impl",
     )
-    return {name: cfg[name] for name in names} | {"dtype": jnp.dtype(cfg.dtype)}
+    options = {name: cfg[name] for name in names}
+    options["unroll"] = cfg.unroll or None  # 0: the cell's own
+    return options | {"dtype": jnp.dtype(cfg.dtype)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,10 +87,15 @@ def test_hoisted_projection_equals_per_step_projection(key):
     )
 
 
-def test_unroll_and_remat_do_not_change_outputs_or_gradients(key):
+@pytest.mark.parametrize(
+    ("cell", "tuning"),
+    [("lstm", {"unroll": 3, "remat": True}), ("elman", {"unroll": 1})],
+    ids=["lstm_unroll3_remat", "elman_default_unroll4_vs_1"],
+)
+def test_unroll_and_remat_do_not_change_outputs_or_gradients(key, cell, tuning):
     xs, _ = _padded_batch(key)
-    plain = layers.Recurrent(cell="lstm", hidden_size=6)
-    tuned = layers.Recurrent(cell="lstm", hidden_size=6, unroll=3, remat=True)
+    plain = layers.Recurrent(cell=cell, hidden_size=6)
+    tuned = layers.Recurrent(cell=cell, hidden_size=6, **tuning)
     variables = plain.init(key, xs)
 
     def loss(module, variables):

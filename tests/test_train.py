@@ -1,6 +1,7 @@
 """The runner: exact resume, early stopping, artifacts, and refusal of bad configs."""
 
 import json
+import logging
 
 import jax
 import ml_collections
@@ -160,6 +161,16 @@ def test_workdir_with_a_different_model_refuses_to_resume(uninterrupted):
     with pytest.raises(ValueError, match=r"model.hidden_size: 16 -> 32"):
         train_and_evaluate(config, workdir)
     assert (workdir / "config.json").read_text() == before
+
+
+def test_a_change_in_how_the_model_runs_resumes_with_a_warning(tmp_path, caplog):
+    """unroll, remat and scan_impl change how the time loop runs, not the model: no refusal."""
+    train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
+    changed = _config(**{"train.num_steps": 12, "model.unroll": 2, "model.remat": True})
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        report = train_and_evaluate(changed, tmp_path)
+    assert report["steps"] == 12
+    assert "model.unroll: 0 -> 2" in caplog.text and "model.remat: False -> True" in caplog.text
 
 
 @pytest.mark.parametrize(

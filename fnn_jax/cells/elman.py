@@ -7,7 +7,6 @@ Matches PyTorch's ``nn.RNN`` (two biases) so weights convert exactly.
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -66,88 +65,6 @@ def step(
     return step_projected(params, carry, project_inputs(params, x_t), activation=activation)
 
 
-def _scan_carries(how, w_hh, h0, xp, valid):
-    """carries [time, batch, hidden], the carry after each step (kept where not valid),
-    and the pre-activations; ``how`` is (activation, unroll)."""
-    activation, unroll = how
-    act = activation_fn(activation)
-
-    def one(h, inputs):
-        xp_t, valid_t = inputs
-        pre = xp_t + h @ w_hh
-        h = jnp.where(valid_t[:, None], act(pre), h)
-        return h, (h, pre)
-
-    return jax.lax.scan(one, h0, (xp, valid), unroll=unroll)[1]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _carries(how, w_hh, h0, xp, valid):
-    return _scan_carries(how, w_hh, h0, xp, valid)[0]
-
-
-def _carries_fwd(how, w_hh, h0, xp, valid):
-    carries, pres = _scan_carries(how, w_hh, h0, xp, valid)
-    return carries, (w_hh, h0, carries, pres, valid)
-
-
-def _carries_bwd(how, residuals, d_carries):
-    """Back through time for the carry only; the weight gradient is one matmul after it."""
-    activation, unroll = how
-    w_hh, h0, carries, pres, valid = residuals
-    act = activation_fn(activation)
-
-    def one(d_h, inputs):
-        d_carry_t, pre_t, valid_t = inputs
-        keep = valid_t[:, None]
-        d_total = d_h + d_carry_t
-        d_pre = jax.vjp(act, pre_t)[1](jnp.where(keep, d_total, 0))[0]
-        return jnp.where(keep, 0, d_total) + d_pre @ w_hh.T, d_pre
-
-    inputs = (d_carries, pres, valid)
-    d_h0, d_pres = jax.lax.scan(one, jnp.zeros_like(h0), inputs, reverse=True, unroll=unroll)
-    previous = jnp.concatenate([h0[None], carries[:-1]])  # the carry each step started from
-    d_w_hh = jnp.einsum("tbi,tbj->ij", previous, d_pres)
-    return d_w_hh, d_h0, d_pres, None
-
-
-_carries.defvjp(_carries_fwd, _carries_bwd)
-
-
-def sequence(  # noqa: PLR0913 (the four options are keyword-only)
-    params: Params,
-    carry: ElmanCarry,
-    xs: Array,
-    *,
-    lengths: Array | None = None,
-    reverse: bool = False,
-    unroll: int = 1,
-    activation: str = "tanh",
-) -> tuple[ElmanCarry, Array]:
-    """The whole sequence, as ``scan(step, params, carry, xs, ...)`` computes it, with a
-    backward pass written for the recurrence: the carry's gradient runs back through time
-    alone and dW_hh is one [hidden, time*batch] @ [time*batch, hidden] matmul after the
-    loop (autodiff of the scan adds a rank-batch update into dW_hh at every step). x W_ih
-    is one matmul for all steps too.
-
-    xs [batch, time, input], lengths [batch] -> (final carry, ys [batch, time, hidden]);
-    outputs past a sequence's length are zero, its carry the one at its last valid step.
-    """
-    time = xs.shape[1]
-    xp = project_inputs(params, jnp.swapaxes(xs, 0, 1))  # [time, batch, hidden]
-    if lengths is None:
-        valid = jnp.ones(xp.shape[:2], bool)
-    else:
-        valid = jnp.arange(time)[:, None] < lengths[None, :]
-    if reverse:
-        xp, valid = xp[::-1], valid[::-1]
-    carries = _carries((activation, unroll), params["w_hh"], carry.h, xp, valid)
-    ys = jnp.where(valid[..., None], carries, 0)
-    if reverse:
-        ys = ys[::-1]
-    return ElmanCarry(carries[-1]), jnp.swapaxes(ys, 0, 1)
-
-
-SPEC = CellSpec(
-    "elman", init_params, init_carry, step, project_inputs, step_projected, sequence=sequence
-)
+# unroll 4: forward+backward at batch 64, length 256, hidden 256 on 2 CPU cores took 72.6 ms
+# against 86.4 ms at unroll 1 (PyTorch's nn.RNN: 79.4 ms), experiments/bench.py --cells elman.
+SPEC = CellSpec("elman", init_params, init_carry, step, project_inputs, step_projected, unroll=4)

@@ -26,9 +26,9 @@ class CellSpec:
         the hidden size); jordan's carry is its output, so then the carry has that size too.
     parallel: ``parallel(params, carry, xs, *, lengths, reverse)`` by associative scan, or
         None when the recurrence is not linear in its state.
-    sequence: ``sequence(params, carry, xs, *, lengths, reverse, unroll, **step options)``,
-        the sequential scan with a backward pass written for the cell (faster than autodiff
-        of the scan), or None. The layers use it unless asked to remat.
+    unroll: the ``lax.scan`` unroll the layers use unless told otherwise: time steps per
+        loop iteration. A cell whose step is a single small matmul spends much of an
+        iteration on the loop itself (experiments/bench.py measures it).
     """
 
     name: str
@@ -41,7 +41,7 @@ class CellSpec:
     output_size: bool = False
     carry_is_output: bool = False
     parallel: Callable[..., Any] | None = None
-    sequence: Callable[..., Any] | None = None
+    unroll: int = 1
     complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
 
     def compute_dtype(self, dtype: Any) -> Any:
