@@ -34,6 +34,9 @@ Sections ``runner`` and ``demo`` (experiments/bench_runner.py): the runner's ste
 second against a bare loop of the same jitted step, and ``make demo``'s whole process with a
 cold and a warm compilation cache against a tuned bare JAX script (experiments/bare_digits.py).
 
+Section ``memory`` (experiments/bench_memory.py): peak RSS of one forward+backward at
+length 4096, ours with and without remat against PyTorch, each in a process of its own.
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -56,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
+from bench_memory import section_memory
 from bench_runner import section_demo, section_runner
 from bench_vectorize import section_vectorize
 
@@ -350,6 +354,7 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "vectorize": section_vectorize,
     "runner": section_runner,
     "demo": section_demo,
+    "memory": section_memory,
 }
 
 

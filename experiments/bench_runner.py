@@ -112,8 +112,8 @@ def _bare_loop(config: ml_collections.ConfigDict):
     sums = zero_sums(plan.model, plan.task, params, plan.sample)
 
     def steps_per_s() -> float:
-        fresh = jax.tree.map(lambda x: x.copy(), params)
-        state = TrainState(np.int32(0), fresh, tx.init(fresh), sums)
+        fresh = jax.tree.map(lambda x: x.copy(), params)  # the step donates its state
+        state = TrainState(np.int32(0), fresh, tx.init(fresh), jax.tree.map(np.zeros_like, sums))
         state = jax.block_until_ready(step(state, batches[0])[0])  # compiled already after one
         start = time.perf_counter()
         for batch in batches[1:]:

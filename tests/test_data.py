@@ -340,3 +340,29 @@ def test_split_does_not_freeze_the_callers_arrays():
     assert inputs.flags.writeable and not split.inputs.flags.writeable
     inputs[0, 0, 0] = 1.0  # the split is a read-only view of the same memory
     assert split.inputs[0, 0, 0] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "damage", "words"),
+    [
+        ("inputs", lambda x: x.__setitem__((3, 1, 2), np.nan), "non-finite values"),
+        ("targets", lambda y: y.__setitem__(4, 10), "values in [0, 10]"),
+    ],
+    ids=["nan_input", "label_out_of_range"],
+)
+def test_a_dataset_with_bad_rows_is_refused_when_built_naming_split_and_field(field, damage, words):
+    """The runner's batches are rows of these arrays, gathered on the device: the whole
+    split is checked once, here."""
+    good = data.load("digits", classes=(0, 1, 2), train_per_class=4)
+    arrays = {"inputs": np.array(good.train.inputs), "targets": np.array(good.train.targets)}
+    damage(arrays[field])
+    with pytest.raises(ValueError, match=r"dataset 'digits', split 'train' \(whole split\)") as e:
+        data.Dataset(
+            name="digits",
+            task="classification",
+            train=data.Split(**arrays),
+            validation=good.validation,
+            test=good.test,
+            num_classes=3,
+        )
+    assert field in str(e.value) and words in str(e.value)

@@ -278,3 +278,20 @@ def test_every_dataset_task_kind_has_a_task_class():
     assert set(data.TASKS) == set(tasks.REGISTRY)
     with pytest.raises(ValueError, match=r"unknown task 'ranking'; valid choices: \["):
         tasks.get("ranking")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "cell"),
+    [("digits", "lstm"), ("digits", "jordan"), ("text", "lru"), ("sunspots", "gru")],
+)
+def test_init_params_from_one_step_of_one_row_equals_init_from_the_whole_batch(dataset, cell):
+    """init_params runs the model on [1, 1, ...] to find the shapes: the same values as
+    Flax's init (jitted too: XLA may round an op differently from op-by-op) on a full batch
+    (two bidirectional layers: every submodule's path and key)."""
+    ds = data.load(dataset)
+    model_config = ml_collections.ConfigDict(default_config().model)
+    model_config.update(cell=cell, hidden_size=8, num_layers=2, bidirectional=True)
+    model = build_model(model_config, ds)
+    batch = to_device_batch(next(data.batches(ds.train, 4, seed=0, epoch=0)))
+    full = jax.jit(model.init)(jax.random.key(3), batch["inputs"], batch["lengths"])["params"]
+    _assert_trees_equal(init_params(model, jax.random.key(3), batch), full)

@@ -226,6 +226,11 @@ def _init(model: nn.Module, key: Array, inputs: Array, lengths: Array) -> Any:
 
 
 def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
-    """The model's initial parameters for ``key``, shaped by ``batch`` (compiled once, so a
-    second run or a vectorised group's trials reuse the program)."""
-    return _init(model, key, batch["inputs"], batch["lengths"])
+    """The model's initial parameters for ``key``, shaped by ``batch``'s features.
+
+    Flax finds the shapes by running the model; it runs on the first step of the first
+    row only (the parameters do not depend on batch or length, and the values are the same),
+    which takes a third off compiling it. Compiled once: a second run, or a vectorised
+    group's trials, reuse the program (and the compilation cache keeps it across runs)."""
+    inputs = jnp.asarray(batch["inputs"])[:1, :1]
+    return _init(model, key, inputs, jnp.ones((1,), jnp.int32))

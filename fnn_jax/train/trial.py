@@ -30,7 +30,6 @@ class Setup:
     task: Task
     metric: str  # the validation metric for early stopping and the best checkpoint
     mode: str  # "min" | "max": which way ``metric`` improves
-    spec: Any  # the shape/dtype every train batch must have (data.batch_spec)
     batch_size: int
     steps_per_epoch: int
     eval_every: int
@@ -76,7 +75,6 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         task=task,
         metric=metric,
         mode=tasks.metric_mode(metric),
-        spec=data_lib.batch_spec(dataset),
         batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         eval_every=config.train.eval_every_steps or steps_per_epoch,
