@@ -63,7 +63,9 @@ from bench_memory import section_memory
 from bench_runner import section_demo, section_runner
 from bench_vectorize import section_vectorize
 
+from fnn_jax import cells
 from fnn_jax.layers import Recurrent
+from fnn_jax.scan import scan
 
 try:
     import torch
@@ -81,6 +83,7 @@ FLAX_CELLS: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 }
 MODES = ("fwd", "fwd_bwd")
 HOIST = "ours:hoist_inputs=True"
+SCAN_STEP = "ours:scan(step)"
 NO_HOIST = "ours:hoist_inputs=False"
 QUICK = {"batch": 8, "length": 32, "hidden_size": 32, "repeats": 3}
 
@@ -220,6 +223,27 @@ def bench_ours(
     return bench_module(ours(cell, cfg, hoist_inputs=hoist_inputs, unroll=unroll), cfg, cell)
 
 
+def bench_scan_step(cell: str, cfg: Config, unroll: int) -> Benches:
+    """``fnn_jax.scan(<cell>.step, ...)``: the pure step function run directly, as research
+    code calls it (no layer), at the given unroll."""
+    spec = cells.get(cell)
+    shape = (cfg.batch, cfg.length, cfg.input_size)
+    xs = jax.random.normal(jax.random.key(1), shape, jnp.float32)
+    params = spec.init_params(jax.random.key(0), cfg.input_size, cfg.hidden_size)
+    carry = spec.init_carry((cfg.batch,), cfg.hidden_size)
+
+    def forward(params: Any, xs: jax.Array) -> jax.Array:
+        return scan(spec.step, params, carry, xs, unroll=unroll)[1]
+
+    fwd = jax.jit(forward)
+    fwd_bwd = jax.jit(jax.grad(lambda p, x: jnp.sum(forward(p, x)), argnums=(0, 1)))
+    flops, sync = forward_flops(cfg, cell), jax.block_until_ready
+    return {
+        "fwd": Timed(lambda: fwd(params, xs), sync, flops),
+        "fwd_bwd": Timed(lambda: fwd_bwd(params, xs), sync, 3 * flops),
+    }
+
+
 def bench_flax(cell: str, cfg: Config, make_cell: Callable[[int], nn.Module]) -> Benches:
     """flax.linen.RNN over a flax cell (the cell's own step, input matmul inside the loop)."""
     return bench_module(nn.RNN(make_cell(cfg.hidden_size)), cfg, cell)
@@ -297,6 +321,8 @@ def jax_implementations(cell: str, cfg: Config) -> dict[str, Benches]:
         for k in cfg.unrolls:
             if k != 1:  # unroll=1 is the default: "ours"
                 impls[f"ours:unroll={k}"] = bench_ours(cell, cfg, unroll=k)
+    for k in sorted({1, cells.get(cell).unroll}):
+        impls[f"{SCAN_STEP}, unroll={k}"] = bench_scan_step(cell, cfg, k)
     for name, make_cell in FLAX_CELLS[cell].items():
         impls[name] = bench_flax(cell, cfg, make_cell)
     return impls
@@ -324,8 +350,12 @@ def section_cells(cfg: Config) -> dict[str, Any]:
             print(f"[cells] {cell}: timing torch ({torch_device()})", flush=True)
             timings[cell].update(time_implementations({"torch": bench_torch(cell, cfg)}, cfg))
 
-    compare = {  # ours (defaults) and the peers
-        cell: {name: t for name, t in rows.items() if not name.startswith("ours:")}
+    compare = {  # ours (the layer's defaults, and the step under fnn_jax.scan) and the peers
+        cell: {
+            name: t
+            for name, t in rows.items()
+            if not name.startswith("ours:") or name.startswith(SCAN_STEP)
+        }
         for cell, rows in timings.items()
     }
     hoist = {
@@ -362,7 +392,7 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
 
 
 def _row(name: str, timing: dict[str, Timing], ref: dict[str, Timing] | None) -> str:
-    cols = [f"{name:<22}"]
+    cols = [f"{name:<28}"]
     for mode in MODES:
         t = timing[mode]
         ratio = f"{ref[mode]['ms'] / t['ms']:6.2f}" if ref is not None else "     -"
@@ -371,7 +401,7 @@ def _row(name: str, timing: dict[str, Timing], ref: dict[str, Timing] | None) ->
 
 
 def _table(title: str, rows: dict[str, dict[str, Timing]], reference: str) -> None:
-    cols = f"{'':<22} | {'fwd ms':>10} {'GFLOP/s':>8} {'ratio':>6} | "
+    cols = f"{'':<28} | {'fwd ms':>10} {'GFLOP/s':>8} {'ratio':>6} | "
     cols += f"{'f+b ms':>10} {'GFLOP/s':>8} {'ratio':>6}"
     print(f"\n{title}\n{cols}\n{'-' * len(cols)}")
     for name, timing in rows.items():

@@ -18,6 +18,7 @@ device, one jitted ``lax.scan`` per epoch, validation each epoch, no checkpoints
 
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import subprocess
@@ -168,13 +169,42 @@ def _wall(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
+EVENTS = {  # JAX's monitoring events -> our names (seconds summed over the run)
+    "/jax/core/compile/jaxpr_trace_duration": "trace_s",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+    "/jax/core/compile/backend_compile_duration": "compile_s",  # or fetch from the cache
+}
+
+
+def _compile_seconds(cache: Path, workdir: Path) -> dict[str, float]:
+    """The demo run in this (fresh) process; seconds JAX spent tracing, lowering and
+    compiling (or reading compiled programs from ``cache``)."""
+    totals = dict.fromkeys(EVENTS.values(), 0.0)
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event in EVENTS:
+            totals[EVENTS[event]] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    config = _demo_config()
+    config.train.compilation_cache = str(cache)
+    train_and_evaluate(config, workdir)
+    return totals
+
+
 def section_demo(cfg: Any) -> dict[str, Any]:
-    """Wall seconds of whole processes, medians of REPEATS alternating rounds."""
+    """Wall seconds of whole processes, medians of REPEATS alternating rounds; and the
+    compile seconds of a cold and a warm run."""
     del cfg
     root = Path(tempfile.mkdtemp(prefix="bench_demo_"))
     python = sys.executable
     demo = [python, "experiments/main.py", "--config", "configs/digits_lstm.py"]
     try:
+        compile_s = {}
+        for state in ("cold", "warm"):
+            command = [python, __file__, "compile", str(root / "compile_cache"), str(root / state)]
+            done = subprocess.run(command, check=True, capture_output=True, text=True)
+            compile_s[state] = json.loads(done.stdout.strip().splitlines()[-1])
         cache = root / "cache"
         times: dict[str, list[float]] = {"demo_cold_s": [], "demo_warm_s": [], "bare_s": []}
         for k in range(REPEATS):
@@ -187,10 +217,17 @@ def section_demo(cfg: Any) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
     result = {name: statistics.median(ts) for name, ts in times.items()}
     result["all"] = times
+    result["jax_seconds"] = compile_s
     result["warm_over_bare"] = result["demo_warm_s"] / result["bare_s"]
     print(
         f"\ndemo (whole processes, median of {REPEATS}): cold cache {result['demo_cold_s']:.1f} s,"
         f" warm cache {result['demo_warm_s']:.1f} s; the bare JAX script "
         f"{result['bare_s']:.1f} s (warm / bare {result['warm_over_bare']:.2f}x)"
     )
+    for state, seconds in compile_s.items():
+        print(f"  {state} cache: " + ", ".join(f"{k} {v:.2f}" for k, v in seconds.items()))
     return result
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["compile"]:
+    print(json.dumps(_compile_seconds(Path(sys.argv[2]), Path(sys.argv[3]))))

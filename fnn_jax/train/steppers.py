@@ -24,6 +24,7 @@ traced arguments, so K = 1 and K > 1 run the same arithmetic. The engine
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -40,11 +41,13 @@ from fnn_jax.finetune import Stage
 from fnn_jax.optim import TRIAL_SETTINGS, make_optimizer
 from fnn_jax.train.steps import StepSpec, TrainState, split_sums, train_step_body
 
+log = logging.getLogger("fnn_jax")
 Settings = dict[str, np.float32]  # a trial's scalar settings: learning_rate, weight_decay, ...
 # What ``steps_per_dispatch = "auto"`` compiles for: it then sends as many steps per call
 # (up to this) as keep the measured dispatch overhead near 5% of the time of a step.
 AUTO_CAPACITY = 32
 AUTO_OVERHEAD = 0.05
+AUTO_PROBES = 4  # single-step calls clocked before choosing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,11 +185,12 @@ class Stepper:
         self.capacity = AUTO_CAPACITY if auto else int(steps_per_dispatch)
         self.dispatch_size = 1 if auto else self.capacity  # "auto": tuned on the first runs
         self._tuning = auto
+        self._clock: list[float] = []  # "auto": a call's overhead, then per-step times
 
     def run(self, indices: Sequence[np.ndarray | None], count: int) -> None:
         """``count`` (<= capacity) steps of each trial whose row indices [count, batch] are
         given (None: the trial is left as it is). Returns without waiting for the device,
-        except while "auto" measures the dispatch overhead."""
+        except while "auto" clocks its first calls."""
         padded = []
         for rows in indices:
             if rows is not None:
@@ -195,17 +199,29 @@ class Stepper:
         if not self._tuning:
             self._dispatch(padded, count)
             return
-        # Clocked calls: no steps (compiles), no steps (the overhead alone), then the steps.
-        clock = []
-        for n in (0, 0, count):
-            start = time.perf_counter()
-            self._dispatch(padded, n)
-            jax.block_until_ready(self.state)
-            clock.append(time.perf_counter() - start)
-        overhead, step = clock[1], max(clock[2] - clock[1], 1e-6) / max(count, 1)
-        wanted = math.ceil(overhead / (AUTO_OVERHEAD * step))
-        self.dispatch_size = int(np.clip(wanted, 1, self.capacity))
-        self._tuning = False
+        if not self._clock:  # two calls without steps: the first compiles, the second
+            for _ in range(2):  # is the overhead of a call alone
+                overhead = self._clocked(padded, 0)
+            self._clock.append(overhead)
+        self._clock.append(self._clocked(padded, count) / count)
+        if len(self._clock) > AUTO_PROBES:  # the fastest of the first steps (the very
+            overhead, step = self._clock[0], min(self._clock[1:])  # first is slower)
+            step = max(step - overhead, 1e-6)
+            wanted = math.ceil(overhead / (AUTO_OVERHEAD * step))
+            self.dispatch_size = int(np.clip(wanted, 1, self.capacity))
+            self._tuning = False
+            log.info(
+                'steps_per_dispatch "auto": %d (a call costs %.2f ms, a step %.2f ms)',
+                self.dispatch_size,
+                1e3 * overhead,
+                1e3 * step,
+            )
+
+    def _clocked(self, indices: list[np.ndarray | None], count: int) -> float:
+        start = time.perf_counter()
+        self._dispatch(indices, count)
+        jax.block_until_ready(self.state)
+        return time.perf_counter() - start
 
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         raise NotImplementedError
