@@ -295,3 +295,53 @@ def test_init_params_from_one_step_of_one_row_equals_init_from_the_whole_batch(d
     batch = to_device_batch(next(data.batches(ds.train, 4, seed=0, epoch=0)))
     full = jax.jit(model.init)(jax.random.key(3), batch["inputs"], batch["lengths"])["params"]
     _assert_trees_equal(init_params(model, jax.random.key(3), batch), full)
+
+
+class _ClockedStepper(steppers.Stepper):
+    """A stepper whose calls take the given times (no device): for the "auto" choice."""
+
+    def __init__(self, times):
+        super().__init__("auto")
+        self.times, self.size = iter(times), 1
+
+    def _dispatch(self, indices, count):
+        pass
+
+    def _clocked(self, indices, count):
+        return next(self.times)
+
+
+@pytest.mark.parametrize(
+    ("step_ms", "expected"),
+    [(9.5, 3), (0.01, steppers.AUTO_CAPACITY), (1000.0, 1)],
+    ids=["overhead_a_tenth_of_a_step", "tiny_step", "huge_step"],
+)
+def test_auto_dispatch_size_keeps_the_call_overhead_near_five_percent(step_ms, expected):
+    """A 1 ms call overhead; after four single-step calls (the first slow) the size is
+    ceil(overhead / (5% of a step)), within 1..capacity."""
+    first_call, overhead = 5.0, 1e-3
+    calls = [first_call, overhead, 10.0, *[overhead + step_ms / 1e3] * 3]
+    stepper = _ClockedStepper(calls)
+    rows = np.zeros((1, 4), np.int32)
+    for _ in range(steppers.AUTO_PROBES):
+        assert stepper.dispatch_size == 1
+        stepper.run([rows], 1)
+    assert stepper.dispatch_size == expected
+
+
+def test_train_indices_are_the_rows_of_data_batches_across_epochs(digits):
+    """The runner's [count, batch] rows from any step are data.batches' order: a pure
+    function of (seed, epoch), continued across the epoch boundary."""
+    from configs import test as test_config
+    from fnn_jax.train.trial import setup
+
+    plan = setup(test_config.get_config())
+    per_epoch = plan.steps_per_epoch
+    want = [
+        b["index"]
+        for epoch in (0, 1)
+        for b in data.batches(plan.dataset.train, plan.batch_size, seed=5, epoch=epoch)
+    ]
+    start = per_epoch - 2  # two steps of epoch 0, then epoch 1
+    got = plan.train_indices(5, start, 5)
+    np.testing.assert_array_equal(got, np.stack(want[start : start + 5]))

@@ -251,3 +251,20 @@ def test_a_wrong_size_initial_carry_names_its_shapes(cell, key):
     want = [(2, 4)] if cell == "jordan" else [(2, 6), (2, 6)]  # jordan's carry: its output
     with pytest.raises(ValueError, match=re.escape(f"expected {want}")):
         layer.apply(variables, xs, None, wrong)
+
+
+def _scan_unrolls(module, xs):
+    variables = module.init(jax.random.key(0), xs)
+    jaxpr = jax.make_jaxpr(lambda v: module.apply(v, xs))(variables)
+    return [e.params["unroll"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "unroll", "expected"),
+    [("elman", None, 4), ("lstm", None, 1), ("elman", 2, 2)],
+    ids=["elman_own", "lstm_own", "elman_told_2"],
+)
+def test_the_time_loop_unrolls_as_the_cell_says_unless_told(cell, unroll, expected):
+    xs = jnp.ones((2, 8, 3))
+    layer = layers.Recurrent(cell=cell, hidden_size=4, unroll=unroll)
+    assert _scan_unrolls(layer, xs) == [expected]

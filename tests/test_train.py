@@ -2,6 +2,7 @@
 
 import json
 import logging
+from pathlib import Path
 
 import jax
 import ml_collections
@@ -12,7 +13,7 @@ from configs import test as test_config
 from fnn_jax import sweep
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.reporting import MetricsLog
-from fnn_jax.train import train_and_evaluate
+from fnn_jax.train import steppers, train_and_evaluate
 
 
 def _config(**overrides):
@@ -269,3 +270,54 @@ def test_a_bad_stage_fails_before_anything_is_written_in_runs_and_sweeps(stage, 
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match=message):
         sweep.validate_sweep(_config(), [{"finetune.stages": [stage]}])
+
+
+def test_a_trial_halted_between_a_log_and_an_evaluation_point_is_never_saved(monkeypatch, tmp_path):
+    """Steps from 12 on report non-finite (limit 0): the run halts at step 12, inside the
+    dispatch that ends at the evaluation point 15 (logs at 10, 20). The health read at that
+    evaluation stops it before anything is saved."""
+    real_body = steppers.train_step_body
+
+    def poisoned(spec):
+        body = real_body(spec)
+
+        def wrapped(state, batch, dropout_key, tx, *, l1, l2):
+            new, finite = body(state, batch, dropout_key, tx, l1=l1, l2=l2)
+            return new, finite & (state.step < 11)
+
+        return wrapped
+
+    monkeypatch.setattr(steppers, "train_step_body", poisoned)
+    config = _config(**FUSED, **{"train.steps_per_dispatch": 8})
+    with pytest.raises(FloatingPointError, match=r"at step 12 \(1 such steps"):
+        train_and_evaluate(config, tmp_path)
+    assert not _all_checkpoints(tmp_path)
+    assert [r["step"] for r in _metric_records(tmp_path)] == [10]
+
+
+TORCH_FREE_RUN = """
+import sys
+from configs import test
+from fnn_jax.train import train_and_evaluate
+config = test.get_config()
+config.train.num_steps = 4
+train_and_evaluate(config, sys.argv[1])
+print("torch" in sys.modules and sys.modules["torch"] is not None)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_never_imports_torch(tmp_path):
+    """tensorboardX imports torch (about 2 s) when it is installed, as it is here."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", TORCH_FREE_RUN, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
