@@ -31,6 +31,8 @@ BAD_VALUES = [
     ("train.num_steps", -5, r"config\.train\.num_steps must be >= 0; got -5"),
     ("train.log_every_steps", 0, r"config\.train\.log_every_steps must be >= 1; got 0"),
     ("train.eval_every_steps", -1, r"config\.train\.eval_every_steps must be >= 0; got -1"),
+    ("train.steps_per_dispatch", 0, r'steps_per_dispatch must be "auto" or an int >= 1; got 0'),
+    ("train.steps_per_dispatch", "fast", r"steps_per_dispatch must be .* got 'fast'"),
 ]
 
 
