@@ -230,7 +230,7 @@ def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
 
     Flax finds the shapes by running the model; it runs on the first step of the first
     row only (the parameters do not depend on batch or length, and the values are the same),
-    which takes a third off compiling it. Compiled once: a second run, or a vectorised
-    group's trials, reuse the program (and the compilation cache keeps it across runs)."""
+    a smaller program to compile. Compiled once: a second run, or a vectorised group's
+    trials, reuse the program (and the compilation cache keeps it across runs)."""
     inputs = jnp.asarray(batch["inputs"])[:1, :1]
     return _init(model, key, inputs, jnp.ones((1,), jnp.int32))
