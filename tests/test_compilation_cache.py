@@ -6,9 +6,12 @@ import logging
 
 import jax
 import pytest
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 from configs import test as test_config
+from fnn_jax import compilation
 from fnn_jax.compilation import use_compilation_cache
+from fnn_jax.config import default_config
 from fnn_jax.train import train_and_evaluate
 
 HIT, MISS = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
@@ -21,6 +24,19 @@ def _config(cache, seed=0):
         config.train.compilation_cache = str(cache)
         config.train.num_steps = 8
     return config
+
+
+@pytest.fixture(autouse=True)
+def _jax_cache_settings_restored(monkeypatch):
+    """These tests point the process-wide cache elsewhere; the suite's cache (conftest)
+    comes back after each."""
+    names = ("jax_compilation_cache_dir", "jax_enable_compilation_cache")
+    old = {name: getattr(jax.config, name) for name in names}
+    monkeypatch.setattr(compilation, "_current", [None])
+    yield
+    for name, value in old.items():
+        jax.config.update(name, value)
+    jax_cache.reset_cache()
 
 
 @pytest.fixture
@@ -53,3 +69,13 @@ def test_a_cache_folder_that_cannot_be_written_is_a_warning_not_an_error(tmp_pat
         use_compilation_cache(str(blocked / "cache"))
     assert f"cannot write {blocked / 'cache'}" in caplog.text
     assert not jax.config.jax_enable_compilation_cache
+
+
+def test_at_its_default_the_key_keeps_a_cache_folder_given_to_jax_itself(tmp_path):
+    """As JAX_COMPILATION_CACHE_DIR or jax.config would set it (this suite's conftest
+    does): a run with the default key uses that folder; an explicit key still wins."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
+    use_compilation_cache(default_config().train.compilation_cache)
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_own")
+    use_compilation_cache(str(tmp_path / "explicit"))
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "explicit")

@@ -492,3 +492,15 @@ def test_workers_die_with_a_killed_parallel_sweep_and_a_rerun_finishes_every_tri
     (trials[0] / "error.txt").write_text("WorkdirLocked: an earlier attempt")
     assert subprocess.run(command, capture_output=True).returncode == 0
     assert not any((t / "error.txt").exists() for t in trials)
+
+
+def test_a_sweep_saved_before_a_config_key_existed_resumes(fake, tmp_path):
+    """An older version wrote sweep.json without today's keys (e.g. train.compilation_cache):
+    they take their defaults, as in that version, so the sweep is the same one."""
+    sweep.run(_config(), sweep.product({LR: [1e-3, 1e-2]}), tmp_path)
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    del saved["spec"]["config"]["train"]["compilation_cache"]
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    fake.calls.clear()
+    result = sweep.run(_config(), sweep.product({LR: [1e-3, 1e-2]}), tmp_path)
+    assert [t.status for t in result.trials] == ["done", "done"]

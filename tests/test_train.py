@@ -321,3 +321,11 @@ def test_a_run_never_imports_torch(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "False"
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_huge_max_nonfinite_steps_means_never_stop(tmp_path):
+    """Past int32 (the device's counter), the limit is int32's largest."""
+    report = train_and_evaluate(
+        _config(**{"train.num_steps": 4, "train.max_nonfinite_steps": 2**40}), tmp_path
+    )
+    assert report["steps"] == 4

@@ -144,7 +144,8 @@ def _check_spec(
     if not path.exists():
         return spec
     old = json.loads(path.read_text())["spec"]
-    problems = [f"base config {d}" for d in config_lib.differences(old["config"], spec["config"])]
+    saved = config_lib.in_current_schema(old["config"])  # keys added since: their defaults
+    problems = [f"base config {d}" for d in config_lib.differences(saved, spec["config"])]
     before = {t["name"]: t["overrides"] for t in old["trials"]}
     after = {t["name"]: t["overrides"] for t in spec["trials"]}
     problems += [f"trial {n} is new" for n in after if n not in before]

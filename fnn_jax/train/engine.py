@@ -241,14 +241,16 @@ class Engine:
             self.ran += count
             for trial, on in zip(members, active, strict=True):
                 trial.step += count if on else 0
-            stop = self.ran == stop_after_steps
+            # Read once: a signal arriving later in this pass is honoured at the next one,
+            # so no trial is saved before its non-finite count is read.
+            interrupt = self.ran == stop_after_steps or preemption.requested
             due = self._due(members, active, self.log_every)
             due += self._due(members, active, self.plan.eval_every)
-            if stop or preemption.requested or any(due):
+            if interrupt or any(due):
                 self._read_health(members, active, stepper)
             saved = self._log_evaluate_save(members, active, stepper)
             self._show(bar, members, active)
-            if preemption.requested or stop:
+            if interrupt:
                 states = stepper.host_states()
                 for i, trial in enumerate(members):
                     if active[i] and i not in saved:

@@ -162,6 +162,12 @@ def _dispatch_fn(spec: StepSpec, stage: Stage, capacity: int):
     return dispatch
 
 
+def _limits(members: Sequence[Member]) -> np.ndarray:
+    """[K] int32 max_nonfinite_steps (a larger limit, "never stop", is int32's largest)."""
+    largest = np.iinfo(np.int32).max
+    return np.asarray([min(m.max_nonfinite_steps, largest) for m in members], np.int32)
+
+
 def _health0(members: Sequence[Member]) -> dict[str, np.ndarray]:
     zeros = np.zeros(len(members), np.int32)
     counts = np.asarray([m.nonfinite_steps for m in members], np.int32)
@@ -275,7 +281,7 @@ class SingleStepper(Stepper):
         self.trial = {
             "dropout_key": member.dropout_key,
             "settings": member.settings,
-            "limit": np.int32(member.max_nonfinite_steps),
+            "limit": _limits(members)[0],
             "active": np.bool_(True),
         }
         dispatch = _dispatch_fn(spec, stage, self.capacity)
@@ -334,7 +340,7 @@ class VectorizedStepper(Stepper):
         self.trials = {
             "dropout_key": jnp.stack([m.dropout_key for m in members]),
             "settings": {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]},
-            "limit": np.asarray([m.max_nonfinite_steps for m in members], np.int32),
+            "limit": _limits(members),
         }
         dispatch = _dispatch_fn(spec, stage, self.capacity)
         axes = (0, {"shared": None, "own": 0}, 0, None, 0)
