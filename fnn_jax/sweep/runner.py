@@ -145,7 +145,11 @@ def _check_spec(
         return spec
     old = json.loads(path.read_text())["spec"]
     saved = config_lib.in_current_schema(old["config"])  # keys added since: their defaults
-    problems = [f"base config {d}" for d in config_lib.differences(saved, spec["config"])]
+    differ = config_lib.differences(saved, spec["config"])
+    how = [d for d in differ if d.split(":")[0] in config_lib.EXECUTION_KEYS]
+    if how:  # how the model runs, not what the experiment is
+        log.warning("resuming sweep %s with changed settings:\n  %s", workdir, "\n  ".join(how))
+    problems = [f"base config {d}" for d in differ if d not in how]
     before = {t["name"]: t["overrides"] for t in old["trials"]}
     after = {t["name"]: t["overrides"] for t in spec["trials"]}
     problems += [f"trial {n} is new" for n in after if n not in before]
