@@ -37,6 +37,17 @@ cold and a warm compilation cache against a tuned bare JAX script (experiments/b
 Section ``memory`` (experiments/bench_memory.py): peak RSS of one forward+backward at
 length 4096, ours with and without remat against PyTorch, each in a process of its own.
 
+Section ``scan`` (experiments/bench_scan.py): lru and minGRU with ``scan_impl="sequential"``
+against ``"associative"`` (``lax.associative_scan``), forward and forward+backward, at each
+of --scan_lengths (batch 8, input 32, hidden 64), timed round-robin; each row gives the ratio
+sequential / associative (> 1: associative faster) and whether ``scan_impl="auto"`` picks the
+faster one on this machine.
+
+Section ``equilibrium`` (experiments/bench_equilibrium.py): fnn_jax.cells.fixed_point
+(anderson, iterate, phantom) against optimistix.fixed_point (implicit adjoint, dense and GMRES
+linear solves) on z = tanh(drive + z @ W), batch 32, hidden 64 and 256: median ms forward and
+forward+backward, iterations, compiled temp memory and agreement of z and gradients.
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -58,9 +69,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from bench_equilibrium import print_equilibrium, section_equilibrium
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
 from bench_memory import section_memory
 from bench_runner import section_demo, section_runner
+from bench_scan import print_scan, section_scan
 from bench_vectorize import section_vectorize
 
 from fnn_jax import cells
@@ -85,7 +98,7 @@ MODES = ("fwd", "fwd_bwd")
 HOIST = "ours:hoist_inputs=True"
 SCAN_STEP = "ours:scan(step)"
 NO_HOIST = "ours:hoist_inputs=False"
-QUICK = {"batch": 8, "length": 32, "hidden_size": 32, "repeats": 3}
+QUICK = {"batch": 8, "length": 32, "hidden_size": 32, "repeats": 3, "scan_lengths": (64, 256)}
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 64, "Batch size.")
@@ -97,6 +110,7 @@ flags.DEFINE_integer("warmup", 2, "Untimed runs before timing (after compilation
 flags.DEFINE_list("cells", ["lstm", "gru", "elman"], "Cells to compare: lstm, gru, elman.")
 flags.DEFINE_list("unrolls", ["1", "2", "4", "8"], "unroll values swept for our lstm.")
 flags.DEFINE_list("compile_lengths", ["256", "4096"], "Lengths for the compile-time check.")
+flags.DEFINE_list("scan_lengths", ["256", "1024", "4096", "16384"], "Lengths for section scan.")
 flags.DEFINE_list("section", ["cells"], "Sections to run (see SECTIONS).")
 flags.DEFINE_boolean("torch", True, "Include PyTorch when it imports.")
 flags.DEFINE_boolean("quick", False, f"Smoke run: {QUICK} unless given explicitly.")
@@ -115,6 +129,7 @@ class Config:
     unrolls: tuple[int, ...]
     compile_lengths: tuple[int, ...]
     use_torch: bool
+    scan_lengths: tuple[int, ...] = (256, 1024, 4096, 16384)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +224,26 @@ def bench_module(module: nn.Module, cfg: Config, cell: str) -> Benches:
         "fwd": Timed(lambda: fwd(variables, xs), sync, flops),
         "fwd_bwd": Timed(lambda: fwd_bwd(variables, xs), sync, 3 * flops),
     }
+
+
+def time_modules(
+    modules: dict[str, nn.Module], xs: jax.Array, cfg: Config
+) -> dict[str, dict[str, Timing]]:
+    """Forward and forward+backward of each module on ``xs``, all timed round-robin; no FLOP
+    count (the timings carry no gflops). Returns name -> mode -> timing."""
+    impls = {}
+    for name, module in modules.items():
+        variables = module.init(jax.random.key(0), xs[:, :2])  # parameters do not see length
+        fwd, fwd_bwd = _jax_fns(module)
+        impls[name] = {
+            "fwd": Timed(lambda f=fwd, v=variables: f(v, xs), jax.block_until_ready, 0.0),
+            "fwd_bwd": Timed(lambda f=fwd_bwd, v=variables: f(v, xs), jax.block_until_ready, 0.0),
+        }
+    timings = time_implementations(impls, cfg)
+    for modes in timings.values():
+        for timing in modes.values():
+            del timing["gflops"]
+    return timings
 
 
 def ours(cell: str, cfg: Config, **options: Any) -> nn.Module:
@@ -385,6 +420,10 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "runner": section_runner,
     "demo": section_demo,
     "memory": section_memory,
+    "scan": lambda cfg: section_scan(cfg, time_modules),
+    "equilibrium": lambda cfg: section_equilibrium(
+        cfg, time_implementations, Timed, quick=FLAGS.quick
+    ),
 }
 
 
@@ -425,7 +464,11 @@ def print_cells(result: dict[str, Any], cfg: Config) -> None:
         )
 
 
-PRINTERS: dict[str, Callable[[dict[str, Any], Config], None]] = {"cells": print_cells}
+PRINTERS: dict[str, Callable[[dict[str, Any], Config], None]] = {
+    "cells": print_cells,
+    "scan": print_scan,
+    "equilibrium": print_equilibrium,
+}
 
 
 def available_cores() -> int:
@@ -472,6 +515,7 @@ def environment() -> dict[str, Any]:
 
 def config_from_flags() -> Config:
     values = {name: FLAGS[name].value for name in ("batch", "length", "hidden_size", "repeats")}
+    values["scan_lengths"] = tuple(int(n) for n in FLAGS.scan_lengths)
     if FLAGS.quick:
         values.update({k: v for k, v in QUICK.items() if not FLAGS[k].present})
     unknown = sorted(set(FLAGS.cells) - set(GATES))

@@ -42,6 +42,12 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.output_size": (1, None),
     "model.embed_dim": (1, None),
     "model.unroll": (0, None),
+    "model.equilibrium.max_iter": (1, None),
+    "model.equilibrium.tol": (0.0, None),  # and > 0: check_equilibrium
+    "model.equilibrium.rtol": (0.0, None),
+    "model.equilibrium.anderson_memory": (1, None),
+    "model.equilibrium.phantom_steps": (1, None),
+    "model.equilibrium.max_feedback_norm": (0.0, None),
     "optimizer.learning_rate": (0.0, None),
     "optimizer.weight_decay": (0.0, None),
     "optimizer.momentum": (0.0, 1.0),
@@ -68,7 +74,22 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
 # Sections whose differences make a checkpoint meaningless for this config, and the keys in
 # them that change only how the model runs (a change resumes, with a warning).
 ARCHITECTURE_KEYS = ("model", "data", "seed")
-EXECUTION_KEYS = ("model.unroll", "model.remat", "model.scan_impl")
+EQUILIBRIUM_SOLVER_KEYS = (
+    "solver",
+    "max_iter",
+    "tol",
+    "rtol",
+    "anderson_memory",
+    "gradient",
+    "phantom_steps",
+    "on_nonconvergence",
+)
+EXECUTION_KEYS = (
+    "model.unroll",
+    "model.remat",
+    "model.scan_impl",
+    *(f"model.equilibrium.{key}" for key in EQUILIBRIUM_SOLVER_KEYS),
+)
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -98,6 +119,17 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.remat = False
     c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
     c.model.dtype = "float32"  # "bfloat16": mixed precision (parameters, optimizer in float32)
+    # cell "equilibrium": how each step's fixed point is found (fnn_jax.cells.fixed_point).
+    c.model.equilibrium = ml_collections.ConfigDict()
+    c.model.equilibrium.solver = "anderson"  # or "iterate"
+    c.model.equilibrium.max_iter = 50
+    c.model.equilibrium.tol = 1e-5  # converged: |f(z) - z| <= tol + rtol * |z| (max norms)
+    c.model.equilibrium.rtol = 1e-5
+    c.model.equilibrium.anderson_memory = 5
+    c.model.equilibrium.gradient = "implicit"  # or "phantom" (an approximation)
+    c.model.equilibrium.phantom_steps = 5
+    c.model.equilibrium.on_nonconvergence = "warn"  # "raise", "ignore"
+    c.model.equilibrium.max_feedback_norm = 0.0  # > 0: keeps ||W_zz||_2 at most this
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
@@ -267,6 +299,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     check_choice("model.cell", config.model.cell, cells.REGISTRY)
     check_choice("model.scan_impl", config.model.scan_impl, cells.SCAN_IMPLS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
+    check_equilibrium(config.model.equilibrium)
     try:
         cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
     except ValueError as error:
@@ -283,6 +316,19 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             "config.train.num_steps and config.train.num_epochs are both 0: nothing to train "
             "(set num_steps > 0, or num_epochs > 0 with num_steps = 0)"
         )
+
+
+def check_equilibrium(options: ml_collections.ConfigDict) -> None:
+    """config.model.equilibrium: known solver, gradient and policy names, tol > 0."""
+    from fnn_jax.cells import fixed_point  # late: reading a config must not import jax
+
+    check_choice("model.equilibrium.solver", options.solver, fixed_point.SOLVERS)
+    check_choice("model.equilibrium.gradient", options.gradient, fixed_point.GRADIENTS)
+    check_choice(
+        "model.equilibrium.on_nonconvergence", options.on_nonconvergence, fixed_point.POLICIES
+    )
+    if not options.tol > 0:
+        raise ValueError(f"config.model.equilibrium.tol must be > 0; got {options.tol!r}")
 
 
 def check_steps_per_dispatch(value: Any) -> None:

@@ -52,8 +52,9 @@ class CellOptions(nn.Module):
     """Fields shared by every layer that builds a cell (a base class, not a layer).
 
     ``output_size`` applies to the cells whose spec takes one (jordan, lru); ``activation``
-    to elman, jordan and equilibrium; ``output_activation`` to jordan; ``max_iter``/``tol``
-    to equilibrium; ``scan_impl`` picks the time loop (see cells.resolve_scan_impl).
+    to elman, jordan and equilibrium; ``output_activation`` to jordan; ``solver`` (a
+    ``cells.fixed_point.Solver``; None: its defaults) and ``max_feedback_norm`` to
+    equilibrium; ``scan_impl`` picks the time loop (see cells.resolve_scan_impl).
     """
 
     cell: str = "lstm"
@@ -61,8 +62,8 @@ class CellOptions(nn.Module):
     activation: str = "tanh"
     output_activation: str = "tanh"
     output_size: int | None = None
-    max_iter: int = 50
-    tol: float = 1e-6
+    solver: Any = None
+    max_feedback_norm: float = 0.0  # equilibrium: bound on ||W_zz||_2 (0 = none)
     unroll: int | None = None  # lax.scan unroll; None: the cell's own (CellSpec.unroll)
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
@@ -135,10 +136,14 @@ class Recurrent(CellOptions):
         if initial_carry is not None:
             _check_initial_carry(initial_carry, zeros)
         carry = zeros if initial_carry is None else initial_carry
+        if module.prepare is not None:
+            params = module.prepare(params, **_keyword_options(module.prepare, self))
         if resolve_scan_impl(module, self.scan_impl) == "associative":
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
         else:
             step_options = _keyword_options(module.step_projected, self)
+            if module.summarize is not None:
+                step_options["check"] = False  # checked once per sequence, below
             unroll = self.unroll or module.unroll
             run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)
             if hoists_inputs(self.hoist_inputs):
@@ -147,6 +152,9 @@ class Recurrent(CellOptions):
             else:
                 step = functools.partial(module.step, **step_options)
                 carry, ys = scan(step, params, carry, xs, **run)
+        if module.summarize is not None:
+            summary = module.summarize(carry, **_keyword_options(module.summarize, self))
+            self.sow("diagnostics", "solver", summary)
         ys = ys.astype(dtype)  # a complex-state cell asked for bfloat16 ran in float32
         return carry, ys
 

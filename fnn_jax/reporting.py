@@ -151,7 +151,10 @@ def plot_curves(
 
 
 def _fmt(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    """Four decimals; a small non-zero value (a solver residual) in three significant digits."""
+    if not isinstance(value, float):
+        return str(value)
+    return f"{value:.3g}" if 0 < abs(value) < 1e-3 else f"{value:.4f}"
 
 
 def markdown_table(rows: dict[str, dict[str, float]]) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from fnn_jax import metrics, models
+from fnn_jax.cells import fixed_point
 
 Array = jax.Array
 MAXIMISED = ("accuracy", "precision", "recall", "f1")
@@ -47,7 +48,23 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     )
     options = {name: cfg[name] for name in names}
     options["unroll"] = cfg.unroll or None  # 0: the cell's own
+    options["solver"] = equilibrium_solver(cfg.equilibrium)
+    options["max_feedback_norm"] = cfg.equilibrium.max_feedback_norm
     return options | {"dtype": jnp.dtype(cfg.dtype)}
+
+
+def equilibrium_solver(options: ml_collections.ConfigDict) -> fixed_point.Solver:
+    """The equilibrium cell's solver from config.model.equilibrium."""
+    return fixed_point.Solver(
+        name=options.solver,
+        max_iter=options.max_iter,
+        tol=options.tol,
+        rtol=options.rtol,
+        memory=options.anderson_memory,
+        gradient=options.gradient,
+        phantom_steps=options.phantom_steps,
+        on_nonconvergence=options.on_nonconvergence,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -66,8 +66,10 @@ def mingru(p, h, x):
     return h, h
 
 
-def equilibrium(p, z, x, activation="tanh", iters=500):
-    """Plain fixed-point iteration, many more steps than needed."""
+def equilibrium(p, h, x, activation="tanh", iters=500):
+    """z = f(x W_ih + b + h W_hh + z W_zz) by plain iteration, many more steps than needed."""
+    drive = x @ p["w_ih"] + p["b"] + h @ p["w_hh"]
+    z = h
     for _ in range(iters):
-        z = ACT[activation](x @ p["w_ih"] + z @ p["w_hh"] + p["b"])
+        z = ACT[activation](drive + z @ p["w_zz"])
     return z, z

@@ -21,6 +21,7 @@ CONFIGS = [
     "digits_pretrain",
     "sunspots_pretrain",
     "digits_sweep",
+    "digits_deq",
 ]
 ALL_CONFIG_FILES = sorted(p.stem for p in Path(__file__).parents[1].glob("configs/[!_]*.py"))
 TINY_DATA = {"num_train": 64, "num_validation": 32, "num_test": 32, "max_chars": 20_000}

@@ -52,3 +52,10 @@ def test_tensorboards_own_reader_loads_every_logged_scalar(run):
         scalars = events.Scalars(f"{split}/{name}")
         assert [s.step for s in scalars] == [step for step, _ in logged]
         np.testing.assert_allclose([s.value for s in scalars], [v for _, v in logged], rtol=1e-6)
+
+
+def test_the_report_table_shows_a_small_residual_instead_of_zero():
+    from fnn_jax.reporting import markdown_table
+
+    table = markdown_table({"test": {"accuracy": 0.95561, "solver_residual_max": 1.52e-05}})
+    assert "| test | 0.9556 | 1.52e-05 |" in table

@@ -33,6 +33,21 @@ BAD_VALUES = [
     ("train.eval_every_steps", -1, r"config\.train\.eval_every_steps must be >= 0; got -1"),
     ("train.steps_per_dispatch", 0, r'steps_per_dispatch must be "auto" or an int >= 1; got 0'),
     ("train.steps_per_dispatch", "fast", r"steps_per_dispatch must be .* got 'fast'"),
+    ("model.equilibrium.tol", 0.0, r"config\.model\.equilibrium\.tol must be > 0; got 0\.0"),
+    ("model.equilibrium.tol", -1e-6, r"config\.model\.equilibrium\.tol must be >= 0"),
+    ("model.equilibrium.max_iter", 0, r"config\.model\.equilibrium\.max_iter must be >= 1"),
+    (
+        "model.equilibrium.solver",
+        "broyden",
+        r"config\.model\.equilibrium\.solver='broyden' is not valid; "
+        r"valid choices: \['anderson', 'iterate'\]",
+    ),
+    (
+        "model.equilibrium.on_nonconvergence",
+        "shout",
+        r"on_nonconvergence='shout' is not valid; valid choices: \['ignore', 'raise', 'warn'\]",
+    ),
+    ("model.equilibrium.gradient", "exact", r"gradient='exact' is not valid; valid choices"),
 ]
 
 
@@ -43,8 +58,15 @@ def test_a_bad_value_is_refused_naming_its_key_before_the_workdir_is_touched(
     key, value, message, tmp_path
 ):
     workdir = tmp_path / "run"
+    config = _config()
+    *sections, name = key.split(".")
+    with config.unlocked():
+        node = config
+        for section in sections:
+            node = node[section]
+        node[name] = value
     with pytest.raises(ConfigError, match=message):
-        train_and_evaluate(_config(**{key: value}), workdir)
+        train_and_evaluate(config, workdir)
     assert not workdir.exists()
 
 

@@ -165,13 +165,22 @@ def test_workdir_with_a_different_model_refuses_to_resume(uninterrupted):
 
 
 def test_a_change_in_how_the_model_runs_resumes_with_a_warning(tmp_path, caplog):
-    """unroll, remat and scan_impl change how the time loop runs, not the model: no refusal."""
+    """unroll, remat, scan_impl and the equilibrium solver change how the model runs, not
+    what its parameters mean: no refusal."""
     train_and_evaluate(_config(**{"train.num_steps": 8}), tmp_path)
-    changed = _config(**{"train.num_steps": 12, "model.unroll": 2, "model.remat": True})
+    changed = _config(
+        **{
+            "train.num_steps": 12,
+            "model.unroll": 2,
+            "model.remat": True,
+            "model.equilibrium.solver": "iterate",
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="fnn_jax"):
         report = train_and_evaluate(changed, tmp_path)
     assert report["steps"] == 12
     assert "model.unroll: 0 -> 2" in caplog.text and "model.remat: False -> True" in caplog.text
+    assert "model.equilibrium.solver: 'anderson' -> 'iterate'" in caplog.text
 
 
 @pytest.mark.parametrize(

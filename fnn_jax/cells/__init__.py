@@ -6,9 +6,20 @@ plus the split ``project_inputs(params, x)`` / ``step_projected(params, carry, x
 ``fnn_jax.scan`` uses to hoist the input matmul out of the time loop. ``lru`` and ``mingru``
 also have ``parallel(params, carry, xs)`` (associative scan over time). Each module's
 ``SPEC`` (a ``CellSpec``) says what the layers need to know; ``REGISTRY`` holds them by name.
+``fixed_point`` holds the equilibrium cell's solvers (``Solver``, ``solve``).
 """
 
-from fnn_jax.cells import elman, equilibrium, gru, jordan, linear_recurrence, lru, lstm, mingru
+from fnn_jax.cells import (
+    elman,
+    equilibrium,
+    fixed_point,
+    gru,
+    jordan,
+    linear_recurrence,
+    lru,
+    lstm,
+    mingru,
+)
 from fnn_jax.cells.spec import SCAN_IMPLS, CellSpec, resolve_scan_impl
 
 REGISTRY: dict[str, CellSpec] = {
@@ -30,6 +41,7 @@ __all__ = [
     "CellSpec",
     "elman",
     "equilibrium",
+    "fixed_point",
     "get",
     "gru",
     "jordan",

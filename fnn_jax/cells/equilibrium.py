@@ -1,22 +1,26 @@
-"""Equilibrium cell: at every time step, iterate the feedback to its fixed point.
+"""Equilibrium cell: at every time step, the feedback iterated to its fixed point.
 
-    z_t = f(x_t W_ih + b + z_t W_hh)          (solved for z_t; y_t = z_t)
+    z_t = f(x_t W_ih + b + h_{t-1} W_hh + z_t W_zz)      (solved for z_t)
+    h_t = y_t = z_t
 
-The iteration starts from z_{t-1}, which only speeds it up: the fixed point is unique while
-the map is a contraction (f 1-Lipschitz and ||W_hh||_2 < 1; init_params sets it to
-``spectral_scale``). Gradients come from the implicit function theorem, not from
-back-propagating through the iterations, so memory does not grow with ``max_iter``.
+W_zz is the feedback within a step (the seeds' neuron "iterated until the network
+converges"); W_hh carries memory from the previous step's fixed point, so y_T depends on
+every earlier input. The fixed point is unique while the map is a contraction (f 1-Lipschitz,
+as tanh and relu are, and ||W_zz||_2 < 1): ``init_params`` sets ||W_zz||_2 = ``spectral_scale``
+and ``bound_feedback`` keeps it under a bound during training. The solve starts from
+h_{t-1}, is done by ``fixed_point.solve`` (Anderson or plain iteration, implicit or phantom
+gradients) and is never silently unconverged: each step's diagnostics add up in the carry
+(``SolveStats``, per sequence) and ``Solver.on_nonconvergence`` decides what a miss does.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from fnn_jax.cells import fixed_point
 from fnn_jax.cells._common import (
     Array,
     Params,
@@ -26,33 +30,66 @@ from fnn_jax.cells._common import (
     orthogonal,
     uniform,
 )
+from fnn_jax.cells.fixed_point import Solver
 from fnn_jax.cells.spec import CellSpec
+
+DEFAULT_SOLVER = Solver()
+
+
+class SolveStats(NamedTuple):
+    """The solves of one sequence so far, each leaf [*batch] (steps past a length excluded)."""
+
+    solves: Array  # int32: time steps solved
+    iterations: Array  # int32: iterations over those steps
+    max_iterations: Array  # int32
+    max_residual: Array  # float32
+    unconverged: Array  # int32: steps that missed the tolerance
 
 
 class EquilibriumCarry(NamedTuple):
-    z: Array  # [*batch, hidden]
+    h: Array  # [*batch, hidden]: the last step's fixed point
+    stats: SolveStats
 
 
 def init_params(
     key: Array,
     input_size: int,
     hidden_size: int,
+    *,
     spectral_scale: float = 0.5,
+    memory_scale: float = 0.5,
     dtype=jnp.float32,
 ) -> Params:
-    """w_ih [input, hidden], b [hidden], w_hh [hidden, hidden] orthogonal * spectral_scale."""
-    k_ih, k_hh = jax.random.split(key)
+    """w_ih [input, hidden], b [hidden], w_hh [hidden, hidden] (memory) orthogonal times
+    ``memory_scale``, w_zz [hidden, hidden] (feedback) orthogonal times ``spectral_scale``."""
+    k_ih, k_hh, k_zz = jax.random.split(key, 3)
     return {
         "w_ih": uniform(k_ih, (input_size, hidden_size), hidden_size**-0.5, dtype),
         "b": jnp.zeros((hidden_size,), dtype),
-        "w_hh": orthogonal(k_hh, (hidden_size, hidden_size), spectral_scale, dtype),
+        "w_hh": orthogonal(k_hh, (hidden_size, hidden_size), memory_scale, dtype),
+        "w_zz": orthogonal(k_zz, (hidden_size, hidden_size), spectral_scale, dtype),
     }
 
 
 def init_carry(
     batch_shape: tuple[int, ...], hidden_size: int, dtype=jnp.float32
 ) -> EquilibriumCarry:
-    return EquilibriumCarry(jnp.zeros((*batch_shape, hidden_size), dtype))
+    count = jnp.zeros(batch_shape, jnp.int32)
+    stats = SolveStats(count, count, count, jnp.zeros(batch_shape, jnp.float32), count)
+    return EquilibriumCarry(jnp.zeros((*batch_shape, hidden_size), dtype), stats)
+
+
+def bound_feedback(params: Params, max_feedback_norm: float = 0.0) -> Params:
+    """``params`` with W_zz scaled down to spectral norm ``max_feedback_norm`` if larger
+    (0: unchanged). A differentiable reparametrisation: training may push the raw W_zz past
+    the bound, the map used stays a contraction for a bound < 1. The norm is exact
+    (an SVD of a [hidden, hidden] matrix, once per forward pass, not per step)."""
+    if not max_feedback_norm:
+        return params
+    w = params["w_zz"]
+    norm = jnp.linalg.norm(w.astype(jnp.float32), 2)
+    scale = jnp.minimum(1.0, max_feedback_norm / jnp.maximum(norm, 1e-12)).astype(w.dtype)
+    return {**params, "w_zz": w * scale}
 
 
 def project_inputs(params: Params, x: Array) -> Array:
@@ -62,52 +99,14 @@ def project_inputs(params: Params, x: Array) -> Array:
     return xw + along_last(params["b"], xw)
 
 
-def _iterate(g: Callable[[Array], Array], z0: Array, max_iter: int, tol: float) -> Array:
-    """z <- g(z) until max |change| <= tol or max_iter iterations."""
-
-    def not_done(state):
-        i, _, change = state
-        return (i < max_iter) & (change > tol)
-
-    def body(state):
-        i, z, _ = state
-        z_new = g(z)
-        return i + 1, z_new, jnp.max(jnp.abs(z_new - z))
-
-    inf = jnp.asarray(jnp.inf, z0.dtype)
-    _, z, _ = jax.lax.while_loop(not_done, body, (0, z0, inf))
-    return z
-
-
-# jax.custom_vjp's nondiff_argnums needs these positional.
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 4, 5))
-def fixed_point(  # noqa: PLR0917
-    f: Callable[[Array, Array, Array], Array],
-    w_hh: Array,
-    xp: Array,
-    z0: Array,
-    max_iter: int,
-    tol: float,
-) -> Array:
-    """z* = f(w_hh, xp, z*), found by iteration from z0; differentiated implicitly."""
-    return _iterate(lambda z: f(w_hh, xp, z), z0, max_iter, tol)
-
-
-def _fixed_point_fwd(f, w_hh, xp, z0, max_iter, tol):  # noqa: PLR0917
-    z_star = fixed_point(f, w_hh, xp, z0, max_iter, tol)
-    return z_star, (w_hh, xp, z_star)
-
-
-def _fixed_point_bwd(f, max_iter, tol, residuals, z_bar):
-    w_hh, xp, z_star = residuals
-    _, vjp_all = jax.vjp(f, w_hh, xp, z_star)
-    # Adjoint u solves u = z_bar + (df/dz)^T u; the same contraction makes it converge.
-    u = _iterate(lambda u: z_bar + vjp_all(u)[2], z_bar, max_iter, tol)
-    w_bar, xp_bar, _ = vjp_all(u)
-    return w_bar, xp_bar, jnp.zeros_like(z_star)
-
-
-fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+def _add(stats: SolveStats, d: fixed_point.Diagnostics) -> SolveStats:
+    return SolveStats(
+        stats.solves + 1,
+        stats.iterations + d.iterations,
+        jnp.maximum(stats.max_iterations, d.iterations),
+        jnp.maximum(stats.max_residual, d.residual),
+        stats.unconverged + (~d.converged).astype(jnp.int32),
+    )
 
 
 def step_projected(
@@ -116,16 +115,22 @@ def step_projected(
     xp_t: Array,
     *,
     activation: str = "tanh",
-    max_iter: int = 50,
-    tol: float = 1e-6,
+    solver: Solver = DEFAULT_SOLVER,
+    check: bool = True,
 ) -> tuple[EquilibriumCarry, Array]:
+    """``step`` on projected inputs xp_t [*batch, hidden]. ``check=False`` leaves the
+    forward solve's policy to the caller (the layers check a whole sequence at once)."""
     act = activation_fn(activation)
+    drive = xp_t + carry.h @ params["w_hh"]  # everything but the feedback z_t W_zz
 
-    def f(w_hh, xp, z):
-        return act(xp + z @ w_hh)
+    def f(theta, z):
+        w_zz, drive = theta
+        return act(drive + z @ w_zz)
 
-    z = fixed_point(f, params["w_hh"], xp_t, carry.z, max_iter, tol)
-    return EquilibriumCarry(z), z
+    z, diagnostics = fixed_point.solve(
+        f, (params["w_zz"], drive), carry.h, solver, check_forward=check
+    )
+    return EquilibriumCarry(z, _add(carry.stats, diagnostics)), z
 
 
 def step(
@@ -134,12 +139,36 @@ def step(
     x_t: Array,
     *,
     activation: str = "tanh",
-    max_iter: int = 50,
-    tol: float = 1e-6,
+    solver: Solver = DEFAULT_SOLVER,
+    check: bool = True,
 ) -> tuple[EquilibriumCarry, Array]:
     """One time step. x_t [*batch, input] -> (carry, y_t = z_t [*batch, hidden])."""
     xp_t = project_inputs(params, x_t)
-    return step_projected(params, carry, xp_t, activation=activation, max_iter=max_iter, tol=tol)
+    return step_projected(params, carry, xp_t, activation=activation, solver=solver, check=check)
 
 
-SPEC = CellSpec("equilibrium", init_params, init_carry, step, project_inputs, step_projected)
+def summarize(carry: EquilibriumCarry, *, solver: Solver = DEFAULT_SOLVER) -> dict[str, Array]:
+    """The final carry's stats as scalars over the batch, after applying the policy to the
+    whole sequence's forward solves (what the layers sow as ``diagnostics``)."""
+    s = carry.stats
+    per_sequence = fixed_point.Diagnostics(s.max_iterations, s.max_residual, s.unconverged == 0)
+    fixed_point.check(per_sequence, solver)
+    return {
+        "solves": jnp.sum(s.solves),
+        "iterations": jnp.sum(s.iterations),
+        "max_iterations": jnp.max(s.max_iterations),
+        "max_residual": jnp.max(s.max_residual),
+        "unconverged": jnp.sum(s.unconverged),
+    }
+
+
+SPEC = CellSpec(
+    "equilibrium",
+    init_params,
+    init_carry,
+    step,
+    project_inputs,
+    step_projected,
+    prepare=bound_feedback,
+    summarize=summarize,
+)

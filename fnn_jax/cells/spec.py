@@ -26,6 +26,12 @@ class CellSpec:
         the hidden size); jordan's carry is its output, so then the carry has that size too.
     parallel: ``parallel(params, carry, xs, *, lengths, reverse)`` by associative scan, or
         None when the recurrence is not linear in its state.
+    prepare: ``prepare(params, **options) -> params``, applied once before the time loop
+        (equilibrium: bounds the feedback's spectral norm), or None.
+    summarize: ``summarize(final_carry, **options) -> {name: scalar}``, what the cell reports
+        about a sequence (equilibrium: its solver statistics, after applying the
+        non-convergence policy to them); the layers call the step with ``check=False``,
+        sow the result into the ``diagnostics`` collection. None: nothing to report.
     unroll: the ``lax.scan`` unroll the layers use unless told otherwise: time steps per
         loop iteration. A cell whose step is a single small matmul spends much of an
         iteration on the loop itself (experiments/bench.py measures it).
@@ -41,6 +47,8 @@ class CellSpec:
     output_size: bool = False
     carry_is_output: bool = False
     parallel: Callable[..., Any] | None = None
+    prepare: Callable[..., Any] | None = None
+    summarize: Callable[..., dict[str, Any]] | None = None
     unroll: int = 1
     complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
 

@@ -33,7 +33,7 @@ from fnn_jax import finetune, reporting
 from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
-from fnn_jax.train import finish, steppers
+from fnn_jax.train import diagnostics, finish, steppers
 from fnn_jax.train.preemption import (
     Preempted,
     PreemptionFlag,
@@ -380,7 +380,7 @@ class Engine:
         if any(due_log):
             for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
                 if due:
-                    values = self.plan.task.metrics(sums)
+                    values = diagnostics.metrics(self.plan.task, sums)
                     values["learning_rate"] = self._learning_rate(trial)
                     trial.metrics_log.write(trial.step, "train", values)
                     trial.summary = f"loss {values['loss']:.4f}"
@@ -393,7 +393,7 @@ class Engine:
         for i, trial in enumerate(members):
             if not due_eval[i]:
                 continue
-            values = self.plan.task.metrics(sums[i])
+            values = diagnostics.metrics(self.plan.task, sums[i])
             trial.metrics_log.write(trial.step, "validation", values)
             value, progress = values[self.plan.metric], trial.progress
             trial.summary += f"  val {self.plan.metric} {value:.4f}"

@@ -19,6 +19,7 @@ from fnn_jax import data as data_lib
 from fnn_jax import tasks
 from fnn_jax.optim import penalty
 from fnn_jax.tasks import Task
+from fnn_jax.train import diagnostics
 from fnn_jax.tree import all_finite
 
 Array = jax.Array
@@ -71,11 +72,7 @@ def eval_batches(split: data_lib.Split, batch_size: int) -> Iterator[dict]:
 def zero_sums(model: nn.Module, task: Task, params: Any, batch: dict) -> Any:
     """A tree of zeros shaped like the task's sums (``params``: the model's parameters)."""
 
-    def sums(params, batch):
-        outputs = model.apply({"params": params}, batch["inputs"], batch["lengths"])
-        return task.loss_and_sums(outputs, batch)[1]
-
-    shapes = jax.eval_shape(sums, params, batch)
+    shapes = jax.eval_shape(eval_step_body(model, task), params, batch)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
@@ -117,20 +114,31 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
     model, task, frozen, to_model = spec.model, spec.task, spec.frozen, spec.to_model
 
     def forward(params, batch, key):
+        """(outputs, what the model sowed into diagnostics.COLLECTION or None)."""
         variables, rngs = {"params": to_model(params)}, {"dropout": key}
         if spec.cached_features:
-            return model.apply(
+            outputs = model.apply(
                 variables, batch["features"], train=True, rngs=rngs, method="predict"
             )
-        return model.apply(variables, batch["inputs"], batch["lengths"], train=True, rngs=rngs)
+            return outputs, None
+        outputs, sown = model.apply(
+            variables,
+            batch["inputs"],
+            batch["lengths"],
+            train=True,
+            rngs=rngs,
+            mutable=[diagnostics.COLLECTION],
+        )
+        return outputs, diagnostics.collect(sown)
 
     def body(state: TrainState, batch: dict, dropout_key: Array, tx, *, l1, l2):
         key = jax.random.fold_in(dropout_key, state.step)
 
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)
-            outputs = forward(params, batch, key)
+            outputs, sown = forward(params, batch, key)
             loss, sums = task.loss_and_sums(outputs, batch)
+            sums = diagnostics.with_diagnostics(sums, sown)
             return loss + penalty(params, l1, l2, spec.exclude), sums
 
         (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -138,7 +146,7 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        new_sums = jax.tree.map(jnp.add, state.sums, sums)
+        new_sums = diagnostics.add(state.sums, sums)
         return (
             TrainState(
                 step=state.step + 1,
@@ -173,11 +181,18 @@ def make_train_step(
 def eval_step_body(
     model: nn.Module, task: Task, to_model: Callable[[Any], Any] = identity
 ) -> Callable[[Any, dict], Any]:
-    """The un-jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout)."""
+    """The un-jitted ``eval_step(params, batch) -> sums`` (deterministic: no dropout); the
+    model's diagnostics, if it sows any, ride along (see fnn_jax.train.diagnostics)."""
 
     def eval_step(params, batch):
-        outputs = model.apply({"params": to_model(params)}, batch["inputs"], batch["lengths"])
-        return task.loss_and_sums(outputs, batch)[1]
+        outputs, sown = model.apply(
+            {"params": to_model(params)},
+            batch["inputs"],
+            batch["lengths"],
+            mutable=[diagnostics.COLLECTION],
+        )
+        sums = task.loss_and_sums(outputs, batch)[1]
+        return diagnostics.with_diagnostics(sums, diagnostics.collect(sown))
 
     return eval_step
 
@@ -199,14 +214,14 @@ def split_sums(eval_step, params: Any, batches: Iterable[dict]) -> Any:
     total = None
     for batch in batches:
         sums = eval_step(params, batch)
-        total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+        total = sums if total is None else diagnostics.add(total, sums)
     return total
 
 
 def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, task: Task) -> dict:
-    """The task's metrics over a whole split."""
+    """The task's metrics over a whole split (and the model's diagnostics, if any)."""
     sums = split_sums(eval_step, params, eval_batches(split, batch_size))
-    return task.metrics(jax.device_get(sums))
+    return diagnostics.metrics(task, jax.device_get(sums))
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,0 +1,70 @@
+"""What a model reports about its own computation (Flax collection ``diagnostics``), added
+up between log lines and evaluated over splits beside the task's sums.
+
+A layer sows a dict of scalars per call (the equilibrium cell: solver statistics, see
+fnn_jax.cells.equilibrium.summarize); keys starting with ``max_`` combine by maximum, the
+others add. A model that sows nothing has no ``diagnostics`` entry in its sums at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+COLLECTION = "diagnostics"
+Sums = dict[str, Any]
+
+
+def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    return {k: jnp.maximum(a[k], b[k]) if k.startswith("max_") else a[k] + b[k] for k in a}
+
+
+def collect(variables: dict[str, Any]) -> dict[str, Any] | None:
+    """One forward pass's sown dicts (``apply(..., mutable=[COLLECTION])``), combined over
+    layers and calls; None when the model sowed nothing."""
+    sown = variables.get(COLLECTION)
+    if not sown:
+        return None
+    records = jax.tree.leaves(sown, is_leaf=lambda x: isinstance(x, dict) and "solves" in x)
+    total = records[0]
+    for record in records[1:]:
+        total = _combine(total, record)
+    return total
+
+
+def with_diagnostics(task_sums: Sums, diagnostics: dict[str, Any] | None) -> Sums:
+    """The task's sums, plus the diagnostics under COLLECTION when there are any."""
+    return task_sums if diagnostics is None else {**task_sums, COLLECTION: diagnostics}
+
+
+def add(old: Sums, new: Sums) -> Sums:
+    """``old`` + ``new``; diagnostics combine by key (a step that sows nothing, such as a
+    head-only stage on cached features, leaves the running diagnostics as they are)."""
+    task = {k: v for k, v in new.items() if k != COLLECTION}
+    total = jax.tree.map(jnp.add, {k: old[k] for k in task}, task)
+    if COLLECTION in old:
+        if COLLECTION in new:
+            total[COLLECTION] = _combine(old[COLLECTION], new[COLLECTION])
+        else:
+            total[COLLECTION] = old[COLLECTION]
+    return total
+
+
+def metrics(task, sums: Sums) -> dict[str, float]:
+    """The task's metrics of ``sums``, and the solver's when the model reported any:
+    mean and max iterations per solve, the largest residual, the fraction converged."""
+    values = task.metrics({k: v for k, v in sums.items() if k != COLLECTION})
+    d = sums.get(COLLECTION)
+    if d is not None:
+        d = {k: np.asarray(v, np.float64) for k, v in d.items()}
+        solves = max(float(d["solves"]), 1.0)
+        values |= {
+            "solver_iterations_mean": float(d["iterations"]) / solves,
+            "solver_iterations_max": float(d["max_iterations"]),
+            "solver_residual_max": float(d["max_residual"]),
+            "solver_converged_fraction": 1.0 - float(d["unconverged"]) / solves,
+        }
+    return values
