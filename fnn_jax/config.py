@@ -39,6 +39,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.hidden_size": (1, None),
     "model.num_layers": (1, None),
     "model.dropout": (0.0, 0.99),
+    "model.recurrent_dropout": (0.0, 0.99),
+    "model.zoneout": (0.0, 0.99),
     "model.output_size": (1, None),
     "model.embed_dim": (1, None),
     "model.unroll": (0, None),
@@ -109,7 +111,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.hidden_size = 128
     c.model.num_layers = 1
     c.model.bidirectional = False
-    c.model.dropout = 0.0
+    c.model.dropout = 0.0  # between layers and before the head
+    c.model.recurrent_dropout = 0.0  # variational: inputs and fed-back state, mask per sequence
+    c.model.zoneout = 0.0  # lstm, gru: a unit keeps its previous value with this probability
     c.model.pooling = "last"  # classifier: "last" or "mean"
     c.model.activation = "tanh"  # elman, jordan, equilibrium
     c.model.output_activation = "tanh"  # jordan
@@ -304,6 +308,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
     except ValueError as error:
         raise ValueError(f"config.model.scan_impl: {error}") from None
+    check_regularization(config.model, cells.get(config.model.cell))
     check_choice("data.name", config.data.name, data.available())
     data.check_options(config.data.name, config.data.options, where="config.data.options")
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
@@ -315,6 +320,21 @@ def _validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError(
             "config.train.num_steps and config.train.num_epochs are both 0: nothing to train "
             "(set num_steps > 0, or num_epochs > 0 with num_steps = 0)"
+        )
+
+
+def check_regularization(model: ml_collections.ConfigDict, spec: Any) -> None:
+    """config.model.zoneout only for cells that have it; neither it nor recurrent dropout
+    with an associative scan (both act inside the time loop)."""
+    if model.zoneout and not spec.zoneout:
+        raise ValueError(
+            f"config.model.zoneout={model.zoneout} applies to lstm and gru, not "
+            f"config.model.cell={spec.name!r}"
+        )
+    if (model.zoneout or model.recurrent_dropout) and model.scan_impl == "associative":
+        raise ValueError(
+            "config.model.recurrent_dropout and config.model.zoneout act inside the time "
+            "loop: set config.model.scan_impl to 'sequential' or 'auto', not 'associative'"
         )
 
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fnn_jax import cells
-from fnn_jax.cells import CellSpec, resolve_scan_impl
+from fnn_jax.cells import CellSpec, regularize, resolve_scan_impl
 from fnn_jax.scan import check_sequence, scan
 
 Array = jax.Array
@@ -64,6 +64,8 @@ class CellOptions(nn.Module):
     output_size: int | None = None
     solver: Any = None
     max_feedback_norm: float = 0.0  # equilibrium: bound on ||W_zz||_2 (0 = none)
+    recurrent_dropout: float = 0.0  # variational: one mask per sequence (cells.regularize)
+    zoneout: float = 0.0  # lstm, gru: probability a unit keeps its previous value
     unroll: int | None = None  # lax.scan unroll; None: the cell's own (CellSpec.unroll)
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
@@ -116,10 +118,18 @@ class Recurrent(CellOptions):
 
     @nn.compact
     def __call__(
-        self, xs: Array, lengths: Array | None = None, initial_carry: Any = None
+        self,
+        xs: Array,
+        lengths: Array | None = None,
+        initial_carry: Any = None,
+        *,
+        deterministic: bool = True,
     ) -> tuple[Any, Array]:
+        """``deterministic=False`` (training) draws recurrent-dropout and zoneout masks from
+        the "dropout" rng; evaluation runs the plain cell (zoneout: its expectation)."""
         check_sequence(xs, lengths)
         module = self.spec
+        self._check_regularization(module)
         if self.has_variable("params", module.input_weight):
             expected = self.get_variable("params", module.input_weight).shape[0]
             if xs.shape[-1] != expected:
@@ -138,35 +148,70 @@ class Recurrent(CellOptions):
         carry = zeros if initial_carry is None else initial_carry
         if module.prepare is not None:
             params = module.prepare(params, **_keyword_options(module.prepare, self))
-        if resolve_scan_impl(module, self.scan_impl) == "associative":
+        regularized = bool(self.recurrent_dropout or self.zoneout)
+        if resolve_scan_impl(module, self.scan_impl) == "associative" and not regularized:
             carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
         else:
-            step_options = _keyword_options(module.step_projected, self)
-            if module.summarize is not None:
-                step_options["check"] = False  # checked once per sequence, below
-            unroll = self.unroll or module.unroll
-            run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)
-            if hoists_inputs(self.hoist_inputs):
-                step = functools.partial(module.step_projected, **step_options)
-                carry, ys = scan(step, params, carry, xs, project=module.project_inputs, **run)
-            else:
-                step = functools.partial(module.step, **step_options)
-                carry, ys = scan(step, params, carry, xs, **run)
+            carry, ys = self._time_loop(module, params, carry, xs, lengths, deterministic)
         if module.summarize is not None:
             summary = module.summarize(carry, **_keyword_options(module.summarize, self))
             self.sow("diagnostics", "solver", summary)
         ys = ys.astype(dtype)  # a complex-state cell asked for bfloat16 ran in float32
         return carry, ys
 
+    def _check_regularization(self, module: CellSpec) -> None:
+        for name in ("recurrent_dropout", "zoneout"):
+            rate = getattr(self, name)
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {rate!r}")
+        if self.zoneout and not module.zoneout:
+            raise ValueError(f"zoneout applies to lstm and gru; cell {module.name!r} has none")
+        if (self.recurrent_dropout or self.zoneout) and self.scan_impl == "associative":
+            raise ValueError(
+                "recurrent_dropout and zoneout act inside the time loop: use "
+                "scan_impl='sequential' or 'auto', not 'associative'"
+            )
+
+    def _time_loop(  # noqa: PLR0913, PLR0917 (one call site: __call__)
+        self, module: CellSpec, params: Any, carry: Any, xs: Array, lengths, deterministic
+    ) -> tuple[Any, Array]:
+        """``fnn_jax.scan`` of the cell's step, with recurrent dropout and zoneout."""
+        step_options = _keyword_options(module.step_projected, self)
+        if module.summarize is not None:
+            step_options["check"] = False  # checked once per sequence, in __call__
+        zoneout_masks = bool(self.zoneout) and not deterministic  # they ride with the inputs
+        hoist = hoists_inputs(self.hoist_inputs) and not zoneout_masks
+        step = functools.partial(module.step_projected if hoist else module.step, **step_options)
+        if self.recurrent_dropout and not deterministic:
+            key_x, key_h = jax.random.split(self.make_rng("dropout"))
+            rate, (batch, features) = self.recurrent_dropout, (xs.shape[0], xs.shape[-1])
+            xs = xs * regularize.dropout_mask(key_x, (batch, features), rate, xs.dtype)[:, None]
+            mask = regularize.dropout_mask(key_h, jnp.shape(carry[0]), rate, xs.dtype)
+            step = regularize.with_state_dropout(step, mask)
+        if self.zoneout:
+            features = xs.shape[-1]
+            if zoneout_masks:
+                size = jnp.shape(carry[0])[-1]
+                xs = regularize.pack_zoneout_masks(self.make_rng("dropout"), xs, size, self.zoneout)
+            step = regularize.with_zoneout(step, self.zoneout, features if zoneout_masks else None)
+        unroll = self.unroll or module.unroll
+        run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)
+        project = module.project_inputs if hoist else None
+        return scan(step, params, carry, xs, project=project, **run)
+
 
 class Bidirectional(CellOptions):
     """A forward and a reverse Recurrent layer; outputs concatenated [batch, time, 2*output]."""
 
     @nn.compact
-    def __call__(self, xs: Array, lengths: Array | None = None) -> tuple[Any, Array]:
+    def __call__(
+        self, xs: Array, lengths: Array | None = None, *, deterministic: bool = True
+    ) -> tuple[Any, Array]:
         fields = self.cell_fields()
-        fw_carry, fw = Recurrent(**fields, name="forward")(xs, lengths)
-        bw_carry, bw = Recurrent(**fields, reverse=True, name="backward")(xs, lengths)
+        fw_carry, fw = Recurrent(**fields, name="forward")(xs, lengths, deterministic=deterministic)
+        bw_carry, bw = Recurrent(**fields, reverse=True, name="backward")(
+            xs, lengths, deterministic=deterministic
+        )
         return (fw_carry, bw_carry), jnp.concatenate([fw, bw], axis=-1)
 
 
@@ -190,9 +235,7 @@ class Stacked(CellOptions):
         for i in range(self.num_layers):
             if i > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout)(xs, deterministic=deterministic)
-            if self.bidirectional:
-                carry, xs = Bidirectional(**fields, name=f"layer_{i}")(xs, lengths)
-            else:
-                carry, xs = Recurrent(**fields, name=f"layer_{i}")(xs, lengths)
+            layer = Bidirectional if self.bidirectional else Recurrent
+            carry, xs = layer(**fields, name=f"layer_{i}")(xs, lengths, deterministic=deterministic)
             carries.append(carry)
         return carries, xs

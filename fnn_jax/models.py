@@ -55,8 +55,10 @@ class Encoder(CellOptions):
 
     @property
     def features_are_deterministic(self) -> bool:
-        """True when ``features`` uses no dropout in training (dropout sits between layers)."""
-        return self.dropout == 0 or self.num_layers == 1
+        """True when ``features`` uses no randomness in training (dropout sits between
+        layers; recurrent dropout and zoneout act inside them)."""
+        between = self.dropout == 0 or self.num_layers == 1
+        return between and not self.recurrent_dropout and not self.zoneout
 
     def __call__(self, inputs: Array, lengths: Array | None = None, *, train: bool = False):
         return self.predict(self.features(inputs, lengths, train=train), train=train)

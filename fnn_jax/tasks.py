@@ -39,6 +39,8 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "num_layers",
         "bidirectional",
         "dropout",
+        "recurrent_dropout",
+        "zoneout",
         "activation",
         "output_activation",
         "output_size",

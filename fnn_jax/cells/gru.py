@@ -64,4 +64,4 @@ def step(params: Params, carry: GRUCarry, x_t: Array) -> tuple[GRUCarry, Array]:
     return step_projected(params, carry, project_inputs(params, x_t))
 
 
-SPEC = CellSpec("gru", init_params, init_carry, step, project_inputs, step_projected)
+SPEC = CellSpec("gru", init_params, init_carry, step, project_inputs, step_projected, zoneout=True)

@@ -63,4 +63,4 @@ def step(params: Params, carry: LSTMCarry, x_t: Array) -> tuple[LSTMCarry, Array
     return step_projected(params, carry, project_inputs(params, x_t))
 
 
-SPEC = CellSpec("lstm", init_params, init_carry, step, project_inputs, step_projected)
+SPEC = CellSpec("lstm", init_params, init_carry, step, project_inputs, step_projected, zoneout=True)

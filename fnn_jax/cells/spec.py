@@ -32,6 +32,8 @@ class CellSpec:
         about a sequence (equilibrium: its solver statistics, after applying the
         non-convergence policy to them); the layers call the step with ``check=False``,
         sow the result into the ``diagnostics`` collection. None: nothing to report.
+    zoneout: whether zoneout applies (every carry leaf a [*batch, hidden] state, the first
+        one the output: lstm, gru).
     unroll: the ``lax.scan`` unroll the layers use unless told otherwise: time steps per
         loop iteration. A cell whose step is a single small matmul spends much of an
         iteration on the loop itself (experiments/bench.py measures it).
@@ -49,6 +51,7 @@ class CellSpec:
     parallel: Callable[..., Any] | None = None
     prepare: Callable[..., Any] | None = None
     summarize: Callable[..., dict[str, Any]] | None = None
+    zoneout: bool = False
     unroll: int = 1
     complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
 
