@@ -36,6 +36,10 @@ RULE_LABELS = ("train", "frozen")
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.batch_size": (1, None),
     "data.eval_batch_size": (1, None),
+    "data.augment.jitter": (0.0, None),
+    "data.augment.scale": (0.0, None),
+    "data.augment.max_shift": (0, None),
+    "data.augment.mask_width": (0, None),
     "model.hidden_size": (1, None),
     "model.num_layers": (1, None),
     "model.dropout": (0.0, 0.99),
@@ -105,6 +109,12 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 256
     # Keyword arguments of the dataset's loader (see fnn_jax.data); validated against it.
     c.data.options = ml_collections.ConfigDict()
+    # Training batches only (fnn_jax.data.augment); 0 = off.
+    c.data.augment = ml_collections.ConfigDict()
+    c.data.augment.jitter = 0.0  # std of Gaussian noise on every step
+    c.data.augment.scale = 0.0  # std of a per-sequence, per-feature factor around 1
+    c.data.augment.max_shift = 0  # steps a sequence moves later (zeros in front)
+    c.data.augment.mask_width = 0  # longest window of steps set to zero
 
     c.model = ml_collections.ConfigDict()
     c.model.cell = "lstm"

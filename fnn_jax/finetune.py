@@ -177,9 +177,12 @@ def model_params(config: ml_collections.ConfigDict):
 
 def caches_features(config: ml_collections.ConfigDict, model, task: Task, frozen) -> bool:
     """Whether a stage can train its head on features computed once: everything below the
-    head is frozen, the encoder uses no dropout, and features are one vector per sequence."""
+    head is frozen, the encoder uses no dropout, the inputs are not augmented, and features
+    are one vector per sequence."""
     ft = config.finetune
     if not ft.cache_features or frozen is None or ft.lora_rank or task.per_step_outputs:
+        return False
+    if any(config.data.augment.to_dict().values()):
         return False
     if not getattr(model, "features_are_deterministic", False):
         return False

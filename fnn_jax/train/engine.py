@@ -31,6 +31,7 @@ import numpy as np
 
 from fnn_jax import finetune, reporting
 from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
+from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
 from fnn_jax.train import diagnostics, finish, steppers
@@ -315,6 +316,7 @@ class Engine:
             frozen=frozen,
             to_model=self.to_model,
             cached_features=cached,
+            augment=augment.Augment.from_config(self.config.data.augment),
         )
         batch_size = self.config.data.eval_batch_size
         train = plan.dataset.train

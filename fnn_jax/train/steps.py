@@ -17,6 +17,7 @@ import optax
 
 from fnn_jax import data as data_lib
 from fnn_jax import tasks
+from fnn_jax.data import augment as augment_lib
 from fnn_jax.optim import penalty
 from fnn_jax.tasks import Task
 from fnn_jax.train import diagnostics
@@ -91,6 +92,7 @@ class StepSpec:
     to_model: maps state.params to the model's parameters (e.g. merges LoRA adapters).
     cached_features: the batch carries ``features`` (the frozen encoder's output, computed
         once) and only the head runs.
+    augment: transforms of the training inputs (fnn_jax.data.augment), keyed by the step.
     exclude: regex of parameter paths the L1/L2 penalty skips.
     """
 
@@ -100,6 +102,7 @@ class StepSpec:
     frozen: Any | None = None
     to_model: Callable[[Any], Any] = identity
     cached_features: bool = False
+    augment: augment_lib.Augment = augment_lib.Augment()
 
 
 def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
@@ -133,6 +136,9 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
 
     def body(state: TrainState, batch: dict, dropout_key: Array, tx, *, l1, l2):
         key = jax.random.fold_in(dropout_key, state.step)
+        if spec.augment.active and not spec.cached_features:
+            inputs = augment_lib.apply(spec.augment, batch["inputs"], batch["lengths"], key)
+            batch = {**batch, "inputs": inputs}
 
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)

@@ -17,6 +17,7 @@ from fnn_jax import data as data_lib
 from fnn_jax import reporting, tasks
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.config import ConfigError
+from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
 from fnn_jax.train.steps import TrainState, build_model, to_device_batch
@@ -69,6 +70,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
             f"config.data.batch_size={batch_size} is larger than the training split "
             f"of {dataset.name!r} ({len(dataset.train)} rows)"
         )
+    try:
+        augment.check(augment.Augment.from_config(config.data.augment), *_inputs_of(dataset))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
     return Setup(
         dataset=dataset,
@@ -81,6 +86,12 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         model=build_model(config.model, dataset),
         sample=to_device_batch(first),
     )
+
+
+def _inputs_of(dataset: data_lib.Dataset) -> tuple[Any, int]:
+    """The train inputs' dtype and time axis."""
+    inputs = dataset.train.inputs
+    return inputs.dtype, inputs.shape[1]
 
 
 @dataclasses.dataclass
