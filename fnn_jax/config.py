@@ -175,7 +175,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.finetune.stages = []  # stage dicts; empty = one stage with config.optimizer
     c.finetune.lora_rank = 0  # > 0: low-rank adapters on the kernels, base frozen
     c.finetune.lora_alpha = 8.0
-    c.finetune.lora_targets = r"(.*/)?(w_ih|w_hh|kernel)"
+    c.finetune.lora_targets = r"(.*/)?(w_ih|w_hh|w_zz|kernel)"
     c.finetune.cache_features = True  # head-only stages train on features computed once
 
     c.train = ml_collections.ConfigDict()

@@ -43,7 +43,7 @@ def _check_initial_carry(carry: Any, zeros: Any) -> None:
     want = [tuple(leaf.shape) for leaf in jax.tree.leaves(zeros)]
     if got != want:
         raise ValueError(
-            f"initial_carry has leaf shapes {got}; expected {want}, i.e. [batch, carry size] "
+            f"initial_carry has leaf shapes {got}; expected {want}, i.e. [batch, ...] "
             f"per leaf of {type(zeros).__name__} (xs is [batch, time, features], batch first)"
         )
 

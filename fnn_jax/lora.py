@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-DEFAULT_TARGETS = r"(.*/)?(w_ih|w_hh|kernel)"
+DEFAULT_TARGETS = r"(.*/)?(w_ih|w_hh|w_zz|kernel)"
 
 
 def targeted_paths(params: Any, targets: str, exclude: Sequence[str] = ()) -> list[str]:

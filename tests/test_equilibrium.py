@@ -86,6 +86,60 @@ def test_implicit_gradients_equal_backprop_through_a_long_unrolled_iteration(sol
             np.testing.assert_allclose(g, w, rtol=1e-8, atol=1e-10)
 
 
+def test_default_gradients_are_accurate_for_a_mean_loss_over_a_large_batch(key):
+    """The adjoint's tolerance is relative to the cotangent: a mean over 64 rows makes each
+    row's cotangent ~1/64, which an absolute 1e-5 would accept before iterating at all."""
+    with jax.enable_x64(True):
+        params = _params(key, feedback_norm=0.9)
+        xs = jax.random.normal(jax.random.fold_in(key, 2), (64, TIME, INPUT), jnp.float64)
+
+        def grads(solver):
+            loss = lambda p, x: jnp.mean(_last_output(p, x, solver) ** 2)
+            return jax.grad(loss, (0, 1))(params, xs)
+
+        got, want = grads(fp.Solver()), grads(TIGHT)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            assert float(jnp.max(jnp.abs(g - w))) < 1e-3 * float(jnp.max(jnp.abs(w)))
+
+
+def test_a_bfloat16_layer_solves_in_float32_and_converges(key):
+    xs = jax.random.normal(key, (BATCH, TIME, INPUT))
+    layer = layers.Recurrent(cell="equilibrium", hidden_size=HIDDEN, dtype=jnp.bfloat16)
+    params = layer.init(key, xs)["params"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (carry, ys), _ = layer.apply({"params": params}, xs, mutable=["diagnostics"])
+        jax.effects_barrier()
+    assert ys.dtype == jnp.bfloat16 and carry.h.dtype == jnp.float32
+    assert int(jnp.sum(carry.stats.unconverged)) == 0
+
+
+def test_repeated_misses_warn_at_powers_of_two_per_solver():
+    z0 = jnp.zeros((2, 4))
+    counted = {}
+    for name in ("iterate", "anderson"):
+        solver = fp.Solver(name=name, max_iter=2)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(5):
+                fp.solve(_shift, NO_FIXED_POINT, z0, solver)
+                jax.effects_barrier()
+        counted[name] = [str(w.message).split("[")[1][:1] for w in caught]
+    assert counted == {"iterate": ["1", "2", "4"], "anderson": ["1", "2", "4"]}
+
+
+def test_no_solver_metrics_where_nothing_was_solved():
+    from fnn_jax.train import diagnostics
+
+    class Task:
+        def metrics(self, sums):
+            return {"loss": float(sums["loss"])}
+
+    zeros = {"solves": 0.0, "iterations": 0.0, "max_iterations": 0.0, "max_residual": 0.0}
+    sums = {"loss": 1.0, "diagnostics": {**zeros, "unconverged": 0.0}}
+    assert diagnostics.metrics(Task(), sums) == {"loss": 1.0}
+
+
 def _tanh_map(theta, z):
     w, drive = theta
     return jnp.tanh(drive + z @ w)

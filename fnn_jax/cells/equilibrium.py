@@ -153,12 +153,13 @@ def summarize(carry: EquilibriumCarry, *, solver: Solver = DEFAULT_SOLVER) -> di
     s = carry.stats
     per_sequence = fixed_point.Diagnostics(s.max_iterations, s.max_residual, s.unconverged == 0)
     fixed_point.check(per_sequence, solver)
+    count = lambda a: jnp.sum(a.astype(jnp.float32))  # summed over many steps: no overflow
     return {
-        "solves": jnp.sum(s.solves),
-        "iterations": jnp.sum(s.iterations),
-        "max_iterations": jnp.max(s.max_iterations),
+        "solves": count(s.solves),
+        "iterations": count(s.iterations),
+        "max_iterations": jnp.max(s.max_iterations).astype(jnp.float32),
         "max_residual": jnp.max(s.max_residual),
-        "unconverged": jnp.sum(s.unconverged),
+        "unconverged": count(s.unconverged),
     }
 
 
@@ -171,4 +172,5 @@ SPEC = CellSpec(
     step_projected,
     prepare=bound_feedback,
     summarize=summarize,
+    float32_at_least=True,
 )

@@ -174,7 +174,12 @@ def find(g: Callable[[Array], Array], z0: Array, solver: Solver) -> tuple[Array,
 # ----------------------------------------------------------------------------- the policy
 
 
-_reported: dict[str, int] = {}  # warnings given per solve kind (this process)
+_reported: dict[tuple[str, Solver], int] = {}  # reports per (solve kind, solver) so far
+
+
+def reset_warnings() -> None:
+    """Forget the reports counted so far: the next miss of every solver warns again."""
+    _reported.clear()
 
 
 def _on_host(where: str, solver: Solver, converged, residual, iterations) -> None:
@@ -189,7 +194,7 @@ def _on_host(where: str, solver: Solver, converged, residual, iterations) -> Non
     )
     if solver.on_nonconvergence == "raise":
         raise NonConvergenceError(message)
-    count = _reported[where] = _reported.get(where, 0) + 1
+    count = _reported[where, solver] = _reported.get((where, solver), 0) + 1
     if count & (count - 1) == 0:  # the 1st, 2nd, 4th, 8th ... time: no flood of warnings
         note = f" [{count} such {where} reports so far; warned at 1, 2, 4, 8, ...]"
         warnings.warn(message + note, NonConvergenceWarning, 2)
@@ -220,18 +225,23 @@ def _implicit(f: Map, theta: Any, z0: Array, solver: Solver) -> tuple[Array, Dia
 
 def _implicit_fwd(f, theta, z0, solver):
     z, diagnostics = _implicit(f, theta, z0, solver)
-    return (z, diagnostics), (theta, z, z0)
+    return (z, diagnostics), (theta, z)
 
 
 def _implicit_bwd(f, solver, residuals, cotangents):
-    theta, z, z0 = residuals
+    theta, z = residuals
     z_bar = cotangents[0]
     _, vjp = jax.vjp(f, theta, z)
     # The adjoint solves u = z_bar + (df/dz)^T u: the same contraction as the forward map.
-    u, diagnostics = find(lambda u: z_bar + vjp(u)[1], z_bar, solver)
+    # It is linear and row by row, so each row is solved at unit scale and scaled back: the
+    # tolerance is then relative to the cotangent (a mean loss's is tiny, ~1 / batch).
+    size = _row_norm(z_bar)[..., None]
+    size = jnp.where(size > 0, size, jnp.ones_like(size))
+    unit = z_bar / size
+    u, diagnostics = find(lambda u: unit + vjp(u)[1], unit, solver)
     check(diagnostics, solver, "adjoint")
-    theta_bar, _ = vjp(u)
-    return theta_bar, jnp.zeros_like(z0)  # the starting point does not move the fixed point
+    theta_bar, _ = vjp(u * size)
+    return theta_bar, jnp.zeros_like(z)  # z0 (shaped as z) does not move the fixed point
 
 
 _implicit.defvjp(_implicit_fwd, _implicit_bwd)

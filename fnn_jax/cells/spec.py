@@ -54,17 +54,19 @@ class CellSpec:
     zoneout: bool = False
     unroll: int = 1
     complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
+    float32_at_least: bool = False  # equilibrium: a bfloat16 residual stalls near 4e-3
 
     def compute_dtype(self, dtype: Any) -> Any:
         """The dtype the cell runs in for ``dtype``: a complex-state cell needs at least
-        float32 (there are no bfloat16 complex numbers)."""
-        return jnp.promote_types(dtype, jnp.float32) if self.complex_state else dtype
+        float32 (there are no bfloat16 complex numbers), and so does a fixed-point solve."""
+        wide = self.complex_state or self.float32_at_least
+        return jnp.promote_types(dtype, jnp.float32) if wide else dtype
 
     def carry_dtype(self, dtype: Any) -> Any:
         """The carry's dtype when the cell runs in ``dtype``."""
         if self.complex_state:
             return jnp.promote_types(self.compute_dtype(dtype), jnp.complex64)
-        return dtype
+        return self.compute_dtype(dtype)
 
     def output_features(self, hidden_size: int, output_size: int | None) -> int:
         """Size of y_t: ``output_size`` where the cell takes one (and it is set)."""

@@ -58,9 +58,10 @@ def metrics(task, sums: Sums) -> dict[str, float]:
     mean and max iterations per solve, the largest residual, the fraction converged."""
     values = task.metrics({k: v for k, v in sums.items() if k != COLLECTION})
     d = sums.get(COLLECTION)
-    if d is not None:
+    if d is not None and float(d["solves"]) > 0:  # (a head-only stage on cached features
+        # solves nothing: no solver metrics rather than zeros)
         d = {k: np.asarray(v, np.float64) for k, v in d.items()}
-        solves = max(float(d["solves"]), 1.0)
+        solves = float(d["solves"])
         values |= {
             "solver_iterations_mean": float(d["iterations"]) / solves,
             "solver_iterations_max": float(d["max_iterations"]),
