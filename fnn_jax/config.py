@@ -73,6 +73,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every_steps": (1, None),
     "train.eval_every_steps": (0, None),
     "train.keep_checkpoints": (1, None),
+    "train.closed_loop_steps": (0, None),
     "train.patience": (0, None),
     "train.min_delta": (0.0, None),
     "train.max_nonfinite_steps": (0, None),
@@ -184,6 +185,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50
     c.train.eval_every_steps = 0  # 0 = once per epoch
     c.train.keep_checkpoints = 3  # latest N, plus the best
+    c.train.closed_loop_steps = 12  # forecasting: test error k steps ahead on own predictions
     c.train.early_stopping_metric = ""  # "" = the task's main metric
     c.train.patience = 0  # evaluations without improvement before stopping; 0 = off
     c.train.min_delta = 0.0

@@ -194,7 +194,24 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
         parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
     parts += ["", f"Parameters: {report['parameters']}", ""]
     parts += _stage_lines(report)
+    parts += _closed_loop_lines(report.get("closed_loop"))
     write_atomic(workdir / "report.md", "\n".join(parts))
+
+
+def _closed_loop_lines(result: dict[str, Any] | None) -> list[str]:
+    """The closed-loop table (fnn_jax.forecast): test MSE by steps ahead."""
+    if not result:
+        return []
+    lines = [
+        "",
+        f"Closed loop (test, {result['windows']} start windows; forecast.png):",
+        "",
+        "| steps ahead | MSE, own predictions fed back | MSE, teacher forced |",
+        "|---|---|---|",
+    ]
+    pairs = zip(result["mse_closed_loop"], result["mse_teacher_forced"], strict=True)
+    lines += [f"| {k} | {a:.4f} | {b:.4f} |" for k, (a, b) in enumerate(pairs, start=1)]
+    return lines
 
 
 def _stage_lines(report: dict[str, Any]) -> list[str]:

@@ -82,6 +82,7 @@ class Task:
     # True when outputs are per time step, so there is no one feature vector per sequence
     # that a head-only fine-tuning stage could compute once.
     per_step_outputs: ClassVar[bool] = False
+    rolls_forward: ClassVar[bool] = False  # predicts its inputs' next values (fnn_jax.forecast)
 
     num_classes: int | None = None
 
@@ -155,6 +156,7 @@ class Forecast(Task):
 
     kind: ClassVar[str] = "forecast"
     main_metric: ClassVar[str] = "mse"
+    rolls_forward: ClassVar[bool] = True
 
     def target_spec(self, dataset):
         t = dataset.train.targets

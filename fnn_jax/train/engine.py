@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from fnn_jax import finetune, reporting
+from fnn_jax import finetune, forecast, reporting
 from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
@@ -508,6 +508,12 @@ class Engine:
                 "tensorboard": str(workdir / "tensorboard"),
             },
         }
+        closed_loop = forecast.report(
+            self.plan.task, self.plan.model, exported, dataset.split("test"), config, workdir
+        )
+        if closed_loop is not None:
+            report["closed_loop"] = closed_loop
+            report["paths"]["forecast"] = str(workdir / "forecast.png")
         if problem is not None:
             report["best_checkpoint_problem"] = problem
         if self.group_size > 1:
