@@ -31,6 +31,7 @@ from flax import traverse_util
 from fnn_jax import lora
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.config import ConfigError
+from fnn_jax.data import augment
 from fnn_jax.optim import frozen_mask
 from fnn_jax.tasks import Task
 from fnn_jax.tree import paths, require_matches
@@ -182,7 +183,7 @@ def caches_features(config: ml_collections.ConfigDict, model, task: Task, frozen
     ft = config.finetune
     if not ft.cache_features or frozen is None or ft.lora_rank or task.per_step_outputs:
         return False
-    if any(config.data.augment.to_dict().values()):
+    if augment.Augment.from_config(config.data.augment).active:
         return False
     if not getattr(model, "features_are_deterministic", False):
         return False

@@ -149,3 +149,18 @@ def test_a_bad_augmentation_is_refused_naming_the_key_and_numbers(
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_head_only_stage_does_not_cache_features_of_augmented_inputs(key):
+    """Features computed once would freeze one augmentation for the whole stage."""
+    from fnn_jax import finetune, models, tasks
+
+    model = models.SequenceClassifier(cell="lstm", hidden_size=4, num_classes=3)
+    params = model.init(key, jnp.ones((2, 5, 3)))["params"]
+    frozen = finetune.frozen_tree(params, [("head/.*", "train"), (".*", "frozen")])
+    task = tasks.get("classification", 3)
+    config = _config()
+    assert finetune.caches_features(config, model, task, frozen)
+    with config.unlocked():
+        config.data.augment.jitter = 0.1
+    assert not finetune.caches_features(config, model, task, frozen)
