@@ -48,9 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.hidden_size = 66
         config.model.num_layers = 3
         config.optimizer.learning_rate = 1e-2
-        config.train.num_steps = 3500
+        config.train.num_steps = 4500
     else:
         config.model.hidden_size = 64
-        config.train.num_steps = 5000
+        config.train.num_steps = 6000
     config.lock()
     return config
