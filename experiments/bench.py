@@ -48,6 +48,10 @@ Section ``equilibrium`` (experiments/bench_equilibrium.py): fnn_jax.cells.fixed_
 linear solves) on z = tanh(drive + z @ W), batch 32, hidden 64 and 256: median ms forward and
 forward+backward, iterations, compiled temp memory and agreement of z and gradients.
 
+Section ``devices`` (experiments/bench_devices.py): the runner's training steps per second on
+a mesh of 1, 2 and 4 devices (data parallel) and with a model axis of 2 (on a CPU, 4 forced
+host devices in a subprocess: a smoke test, since they share the cores).
+
 More sections plug in through ``SECTIONS`` (a name -> function of the Config).
 """
 
@@ -69,6 +73,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from bench_devices import print_devices, section_devices
 from bench_equilibrium import print_equilibrium, section_equilibrium
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
 from bench_memory import section_memory
@@ -424,6 +429,7 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "equilibrium": lambda cfg: section_equilibrium(
         cfg, time_implementations, Timed, quick=FLAGS.quick
     ),
+    "devices": lambda cfg: section_devices(FLAGS),
 }
 
 
@@ -468,6 +474,7 @@ PRINTERS: dict[str, Callable[[dict[str, Any], Config], None]] = {
     "cells": print_cells,
     "scan": print_scan,
     "equilibrium": print_equilibrium,
+    "devices": lambda result, cfg: print_devices(result),
 }
 
 

@@ -77,10 +77,18 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.patience": (0, None),
     "train.min_delta": (0.0, None),
     "train.max_nonfinite_steps": (0, None),
+    "train.tbptt_length": (0, None),
+    "mesh.data": (-1, None),
+    "mesh.model": (1, None),
+    "distributed.num_processes": (1, None),
+    "distributed.process_id": (0, None),
 }
 # Sections whose differences make a checkpoint meaningless for this config, and the keys in
 # them that change only how the model runs (a change resumes, with a warning).
 ARCHITECTURE_KEYS = ("model", "data", "seed")
+# Keys outside those sections that a checkpoint depends on as much: truncated BPTT fixes
+# what a step is (a window of a row) and the state carried between steps.
+STATE_KEYS = ("train.tbptt_length",)
 EQUILIBRIUM_SOLVER_KEYS = (
     "solver",
     "max_iter",
@@ -162,6 +170,22 @@ def default_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_steps = 1000  # exponential: e-folding-like period; step: interval
     c.optimizer.final_lr_fraction = 0.0  # warmup_cosine end value / peak
 
+    # Devices (fnn_jax.train.mesh): a data axis splitting each batch's rows and a model
+    # axis splitting the matrices the rules name (regex of a parameter path -> the
+    # PartitionSpec of that array as a tuple). One device: nothing changes.
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data axis; -1: all that the model axis leaves
+    c.mesh.model = 1
+    # The recurrent matrices along their gate / hidden axis. A head's kernel can be added,
+    # ("head/kernel", (None, "model")), when its classes split evenly over the model axis.
+    c.mesh.rules = (("(.*/)?w_(ih|hh|zz)", (None, "model")),)
+
+    # Several processes, one model (fnn_jax.train.distributed); "" = this process alone.
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.coordinator_address = ""  # "host:port" of process 0, or "auto"
+    c.distributed.num_processes = 1
+    c.distributed.process_id = 0
+
     c.regularization = ml_collections.ConfigDict()
     c.regularization.l1 = 0.0
     c.regularization.l2 = 0.0
@@ -190,6 +214,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.patience = 0  # evaluations without improvement before stopping; 0 = off
     c.train.min_delta = 0.0
     c.train.max_nonfinite_steps = 0  # steps with NaN/Inf loss skipped before failing
+    # > 0: truncated BPTT. Each train row is cut into windows of this many steps, one
+    # optimizer step per window; the recurrent state passes from window to window of a row
+    # with its gradient stopped (tasks with a label per step: language models).
+    c.train.tbptt_length = 0
     # Optimizer steps per jitted call (a lax loop over that many batches): an int >= 1, or
     # "auto" (measured: enough steps to make the per-call overhead small).
     c.train.steps_per_dispatch = config_dict.FieldReference("auto", field_type=object)
@@ -463,6 +491,7 @@ def split_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[st
     arch = [
         d
         for d in diffs
-        if key(d).split(".")[0] in ARCHITECTURE_KEYS and key(d) not in EXECUTION_KEYS
+        if (key(d).split(".")[0] in ARCHITECTURE_KEYS and key(d) not in EXECUTION_KEYS)
+        or key(d) in STATE_KEYS
     ]
     return arch, [d for d in diffs if d not in arch]

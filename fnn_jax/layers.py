@@ -122,11 +122,15 @@ class Recurrent(CellOptions):
         xs: Array,
         lengths: Array | None = None,
         initial_carry: Any = None,
+        resets: Array | None = None,
         *,
         deterministic: bool = True,
     ) -> tuple[Any, Array]:
         """``deterministic=False`` (training) draws recurrent-dropout and zoneout masks from
-        the "dropout" rng; evaluation runs the plain cell (zoneout: its expectation)."""
+        the "dropout" rng; evaluation runs the plain cell (zoneout: its expectation).
+        ``resets`` [batch, time] bool restarts the carry from zeros where a new document
+        starts (fnn_jax.scan; a linear recurrence's associative scan zeroes its decay
+        there)."""
         check_sequence(xs, lengths)
         module = self.spec
         self._check_regularization(module)
@@ -148,11 +152,19 @@ class Recurrent(CellOptions):
         carry = zeros if initial_carry is None else initial_carry
         if module.prepare is not None:
             params = module.prepare(params, **_keyword_options(module.prepare, self))
-        regularized = bool(self.recurrent_dropout or self.zoneout)
-        if resolve_scan_impl(module, self.scan_impl) == "associative" and not regularized:
-            carry, ys = module.parallel(params, carry, xs, lengths=lengths, reverse=self.reverse)
+        sequential = bool(self.recurrent_dropout or self.zoneout)
+        if resets is not None and module.summarize is not None:
+            raise ValueError(
+                f"resets: cell {module.name!r} keeps per-sequence solver statistics in its "
+                "carry; rows holding several documents are not supported"
+            )
+        if resolve_scan_impl(module, self.scan_impl) == "associative" and not sequential:
+            run = dict(lengths=lengths, reverse=self.reverse)
+            if resets is not None:
+                run["resets"] = resets
+            carry, ys = module.parallel(params, carry, xs, **run)
         else:
-            carry, ys = self._time_loop(module, params, carry, xs, lengths, deterministic)
+            carry, ys = self._time_loop(module, params, carry, xs, lengths, deterministic, resets)
         if module.summarize is not None:
             summary = module.summarize(carry, **_keyword_options(module.summarize, self))
             self.sow("diagnostics", "solver", summary)
@@ -173,7 +185,7 @@ class Recurrent(CellOptions):
             )
 
     def _time_loop(  # noqa: PLR0913, PLR0917 (one call site: __call__)
-        self, module: CellSpec, params: Any, carry: Any, xs: Array, lengths, deterministic
+        self, module: CellSpec, params: Any, carry: Any, xs: Array, lengths, deterministic, resets
     ) -> tuple[Any, Array]:
         """``fnn_jax.scan`` of the cell's step, with recurrent dropout and zoneout."""
         step_options = _keyword_options(module.step_projected, self)
@@ -197,7 +209,10 @@ class Recurrent(CellOptions):
         unroll = self.unroll or module.unroll
         run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)
         project = module.project_inputs if hoist else None
-        return scan(step, params, carry, xs, project=project, **run)
+        zeros = self.initial_carry(xs.shape[0], xs.dtype) if resets is not None else None
+        return scan(
+            step, params, carry, xs, project=project, resets=resets, reset_carry=zeros, **run
+        )
 
 
 class Bidirectional(CellOptions):
@@ -228,14 +243,40 @@ class Stacked(CellOptions):
 
     @nn.compact
     def __call__(
-        self, xs: Array, lengths: Array | None = None, *, deterministic: bool = True
+        self,
+        xs: Array,
+        lengths: Array | None = None,
+        initial_carries: list[Any] | None = None,
+        resets: Array | None = None,
+        *,
+        deterministic: bool = True,
     ) -> tuple[list[Any], Array]:
+        """``initial_carries``: one per layer (default zeros), e.g. the carries a previous
+        window of the same rows returned (truncated BPTT); ``resets`` as Recurrent's."""
         fields = self.cell_fields()
+        stateful = initial_carries is not None or resets is not None
+        if stateful and self.bidirectional:
+            raise ValueError(
+                "initial_carries and resets carry state forward in time: not bidirectional"
+            )
+        if initial_carries is not None and len(initial_carries) != self.num_layers:
+            raise ValueError(
+                f"initial_carries has {len(initial_carries)} entries; expected one per layer "
+                f"({self.num_layers})"
+            )
         carries = []
         for i in range(self.num_layers):
             if i > 0 and self.dropout > 0:
                 xs = nn.Dropout(self.dropout)(xs, deterministic=deterministic)
-            layer = Bidirectional if self.bidirectional else Recurrent
-            carry, xs = layer(**fields, name=f"layer_{i}")(xs, lengths, deterministic=deterministic)
+            name = f"layer_{i}"
+            if self.bidirectional:
+                carry, xs = Bidirectional(**fields, name=name)(
+                    xs, lengths, deterministic=deterministic
+                )
+            else:
+                carry0 = None if initial_carries is None else initial_carries[i]
+                carry, xs = Recurrent(**fields, name=name)(
+                    xs, lengths, carry0, resets, deterministic=deterministic
+                )
             carries.append(carry)
         return carries, xs

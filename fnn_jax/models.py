@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -60,8 +62,16 @@ class Encoder(CellOptions):
         between = self.dropout == 0 or self.num_layers == 1
         return between and not self.recurrent_dropout and not self.zoneout
 
-    def __call__(self, inputs: Array, lengths: Array | None = None, *, train: bool = False):
-        return self.predict(self.features(inputs, lengths, train=train), train=train)
+    def __call__(
+        self,
+        inputs: Array,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ):
+        """``resets`` [batch, time] bool: where a new document starts inside a row."""
+        return self.predict(self.features(inputs, lengths, resets, train=train), train=train)
 
     def dense(self, features: int) -> nn.Dense:
         return nn.Dense(features, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -72,20 +82,49 @@ def _for_the_loss(outputs: Array) -> Array:
     return outputs.astype(jnp.promote_types(outputs.dtype, jnp.float32))
 
 
+def check_tokens(tokens: Array) -> None:
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(
+            f"tokens must be integer [batch, time]; got shape {tuple(tokens.shape)} "
+            f"dtype {tokens.dtype}"
+        )
+
+
 class SequenceClassifier(Encoder):
-    """xs [batch, time, features] -> logits [batch, num_classes]."""
+    """xs [batch, time, features] -> logits [batch, num_classes].
+
+    With ``vocab_size`` > 0 the inputs are tokens [batch, time] (int), embedded first by a
+    submodule ``embed`` named and shaped as CharLM's, so a classifier can start from a
+    language model's embedding and encoder.
+    """
 
     num_classes: int = 2
     pooling: str = "last"
+    vocab_size: int = 0
+    embed_dim: int = 64
 
     def setup(self):
+        if self.vocab_size:
+            self.embed = nn.Embed(
+                self.vocab_size, self.embed_dim, dtype=self.dtype, param_dtype=self.param_dtype
+            )
         self.encoder = self.make_encoder()
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = self.dense(self.num_classes)
 
-    def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
+    def features(
+        self,
+        xs: Array,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ) -> Array:
         """[batch, encoder output] pooled over valid steps."""
-        _, ys = self.encoder(xs, lengths, deterministic=not train)
+        if self.vocab_size:
+            check_tokens(xs)
+            xs = self.embed(xs)
+        _, ys = self.encoder(xs, lengths, resets=resets, deterministic=not train)
         return pool(ys, lengths, self.pooling, self.bidirectional)
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
@@ -103,9 +142,16 @@ class Forecaster(Encoder):
         self.encoder = self.make_encoder()
         self.head = self.dense(self.horizon * self.targets)
 
-    def features(self, xs: Array, lengths: Array | None = None, *, train: bool = False) -> Array:
+    def features(
+        self,
+        xs: Array,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ) -> Array:
         """[batch, encoder output] at each sequence's last valid step."""
-        _, ys = self.encoder(xs, lengths, deterministic=not train)
+        _, ys = self.encoder(xs, lengths, resets=resets, deterministic=not train)
         return pool(ys, lengths, "last", self.bidirectional)
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
@@ -129,16 +175,36 @@ class CharLM(Encoder):
         self.head = self.dense(self.vocab_size)
 
     def features(
-        self, tokens: Array, lengths: Array | None = None, *, train: bool = False
+        self,
+        tokens: Array,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
     ) -> Array:
         """[batch, time, encoder output]."""
-        if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-            raise ValueError(
-                f"tokens must be integer [batch, time]; got shape {tuple(tokens.shape)} "
-                f"dtype {tokens.dtype}"
-            )
-        _, ys = self.encoder(self.embed(tokens), lengths, deterministic=not train)
+        check_tokens(tokens)
+        _, ys = self.encoder(self.embed(tokens), lengths, None, resets, deterministic=not train)
         return ys
+
+    def window(
+        self,
+        tokens: Array,
+        lengths: Array | None,
+        carries: list[Any] | None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ) -> tuple[list[Any], Array]:
+        """(final carries, logits [batch, time, vocab_size]) of one stretch of the rows, the
+        encoder starting from ``carries`` (one per layer; None: zeros). Windows run in turn,
+        each from the carries of the one before, equal one pass over the rows (truncated
+        BPTT runs them so, with the carries' gradients stopped)."""
+        check_tokens(tokens)
+        carries, ys = self.encoder(
+            self.embed(tokens), lengths, carries, resets, deterministic=not train
+        )
+        return carries, self.predict(ys, train=train)
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
         features = self.head_dropout(features, deterministic=not train or not self.dropout)

@@ -39,12 +39,16 @@ class MetricsLog:
     run ends identical to an uninterrupted one.
     """
 
-    def __init__(self, workdir: Path, resume_step: int = 0):
+    def __init__(self, workdir: Path, resume_step: int = 0, *, writes: bool = True):
+        """``writes=False`` keeps the records in memory only (a distributed run's other
+        processes: process 0 writes the files)."""
         self.path = workdir / "metrics.jsonl"
         self.records = [r for r in self.read(workdir) if r["step"] <= resume_step]
-        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-        self.writer = _summary_writer()(str(workdir / "tensorboard"))
-        self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
+        self.writer = self._file = None
+        if writes:
+            write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+            self.writer = _summary_writer()(str(workdir / "tensorboard"))
+            self._file = open(self.path, "a")  # noqa: SIM115 (kept open for the run)
 
     @staticmethod
     def read(workdir: Path, *, times: bool = True) -> list[dict[str, Any]]:
@@ -69,17 +73,21 @@ class MetricsLog:
         its own wall time)."""
         record = {"step": step, "split": split, **metrics, "time": round(time.time(), 3)}
         self.records.append(record)
+        if self._file is None:
+            return
         self._file.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
             self.writer.add_scalar(f"{split}/{name}", value, step)
 
     def flush(self) -> None:
-        self._file.flush()
-        self.writer.flush()
+        if self._file is not None:
+            self._file.flush()
+            self.writer.flush()
 
     def close(self) -> None:
-        self._file.close()
-        self.writer.close()
+        if self._file is not None:
+            self._file.close()
+            self.writer.close()
 
 
 class Progress:
@@ -192,6 +200,9 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
     if report.get("baselines"):
         parts += ["", "Baselines (same test split):", ""]
         parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
+    if report.get("data"):
+        parts += ["", "Data:", ""]
+        parts += [f"- {name}: {_fmt(value)}" for name, value in report["data"].items()]
     parts += ["", f"Parameters: {report['parameters']}", ""]
     parts += _stage_lines(report)
     parts += _closed_loop_lines(report.get("closed_loop"))

@@ -61,7 +61,7 @@ def _time_major(tree: Any) -> Any:
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def scan(  # noqa: PLR0913 (the five options are keyword-only)
+def scan(  # noqa: PLR0913 (the options are keyword-only)
     step: Step,
     params: Any,
     carry0: Any,
@@ -72,6 +72,8 @@ def scan(  # noqa: PLR0913 (the five options are keyword-only)
     unroll: int | bool = 1,
     remat: bool = False,
     project: Callable[[Any, Array], Any] | None = None,
+    resets: Array | None = None,
+    reset_carry: Any = None,
 ) -> tuple[Any, Array]:
     """Runs ``step(params, carry, x_t) -> (carry, y_t)`` over the time axis.
 
@@ -88,6 +90,9 @@ def scan(  # noqa: PLR0913 (the five options are keyword-only)
       project: optional ``project(params, xs) -> xps``. When given, it is applied once to the
         whole sequence (one large matmul) and ``step`` receives the projected inputs; this is
         how the cells hoist ``x_t W_ih`` out of the loop.
+      resets: optional [batch, time] bool: where True, the carry is replaced by
+        ``reset_carry`` (leaves [batch, ...]; default zeros) before step t reads x_t, so a
+        row can hold several documents. Not with ``reverse``.
 
     Returns:
       (final carry, ys [batch, time, output]).
@@ -100,6 +105,21 @@ def scan(  # noqa: PLR0913 (the five options are keyword-only)
         # hoisting pays at all depends on the platform (see layers.hoists_inputs).
         inputs = project(params, inputs)
     body = jax.checkpoint(step) if remat else step
+    if resets is not None:
+        if reverse:
+            raise ValueError(
+                "resets mark where a sequence starts reading forward: not with reverse"
+            )
+        if tuple(jnp.shape(resets)) != tuple(xs.shape[:2]) or resets.dtype != jnp.bool_:
+            raise ValueError(
+                f"resets must be bool [batch, time] = {list(xs.shape[:2])}; got "
+                f"{resets.dtype} {list(jnp.shape(resets))}"
+            )
+        if reset_carry is None:
+            reset_carry = jax.tree.map(jnp.zeros_like, carry0)
+        check_carry(reset_carry, xs.shape[0], "reset_carry")
+        body = _with_resets(body, reset_carry)
+        inputs = (inputs, jnp.swapaxes(resets, 0, 1))
 
     if lengths is None:
 
@@ -126,3 +146,22 @@ def scan(  # noqa: PLR0913 (the five options are keyword-only)
 
     carry, ys = jax.lax.scan(masked_loop, carry0, (inputs, valid), reverse=reverse, unroll=unroll)
     return carry, jnp.swapaxes(ys, 0, 1)
+
+
+def _where_rows(flag: Array, new: Any, old: Any) -> Any:
+    """Per row: ``new`` where ``flag`` [batch] is True, else ``old`` (leaves [batch, ...])."""
+
+    def pick(a, b):
+        return jnp.where(flag.reshape(flag.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, new, old)
+
+
+def _with_resets(body: Step, reset_carry: Any) -> Step:
+    """``body`` reading (x_t, reset_t [batch]): rows flagged start from ``reset_carry``."""
+
+    def with_resets(params, carry, inputs_t):
+        x_t, reset_t = inputs_t
+        return body(params, _where_rows(reset_t, reset_carry, carry), x_t)
+
+    return with_resets

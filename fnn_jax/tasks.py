@@ -128,8 +128,16 @@ class Classification(Task):
         return {"shape": (None,), "dtype": np.dtype(np.int32), "range": (0, self.num_classes)}
 
     def build_model(self, cfg, dataset):
+        tokens = {}
+        if dataset.train.inputs.ndim == 2:  # [n, time] token ids: embedded by the model
+            vocab = dataset.info.get("input_vocab_size")
+            if not vocab:
+                raise ValueError(
+                    f"dataset {dataset.name!r} has token inputs but no info['input_vocab_size']"
+                )
+            tokens = {"vocab_size": int(vocab), "embed_dim": cfg.embed_dim}
         return models.SequenceClassifier(
-            **encoder_options(cfg), num_classes=self.num_classes, pooling=cfg.pooling
+            **encoder_options(cfg), num_classes=self.num_classes, pooling=cfg.pooling, **tokens
         )
 
     def loss_and_sums(self, outputs, batch):

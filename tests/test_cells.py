@@ -6,12 +6,12 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import numpy_reference as ref
 import pytest
 from jax.test_util import check_grads
 
 import fnn_jax
 from fnn_jax import cells
+from tests import numpy_reference as ref
 
 INPUT, HIDDEN, BATCH = 5, 7, 3
 

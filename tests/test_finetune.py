@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import numpy_reference as ref
 import pytest
 from flax import traverse_util
 
@@ -18,6 +17,7 @@ from fnn_jax.finetune import classic_stages, gradual_unfreezing, merge_pretraine
 from fnn_jax.optim import make_optimizer
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import train_and_evaluate
+from tests import numpy_reference as ref
 
 HEAD_STEPS, ALL_STEPS = 6, 6
 

@@ -395,15 +395,16 @@ def test_unknown_backend_lists_the_choices(tmp_path):
         sweep.run(_config(), [{LR: 1e-3}], tmp_path, backend="dask")
 
 
-def _parallel_sweep_command() -> list[str]:
-    """Two 40-step trials of the test config in two worker processes (no --workdir)."""
+def _parallel_sweep_command(steps: int = 40) -> list[str]:
+    """Two trials of ``steps`` steps of the test config in two worker processes (no
+    --workdir)."""
     root = Path(__file__).resolve().parents[1]
     return [
         sys.executable,
         str(root / "experiments/sweep.py"),
         "--config",
         str(root / "configs/test.py"),
-        "--config.train.num_steps=40",
+        f"--config.train.num_steps={steps}",
         "--config.train.eval_every_steps=4",
         "--sweep",
         "optimizer.learning_rate=0.001,0.003",
@@ -418,7 +419,9 @@ def test_sigterm_stops_a_parallel_sweep_with_code_75_and_it_resumes(how, tmp_pat
     """SIGTERM to the parent (forwarded to its workers), or Ctrl-C (SIGINT to the whole
     process group): each running trial saves; a re-run ends with the same table as a sweep
     that was never stopped."""
-    command = _parallel_sweep_command()
+    # Long enough that the first trial cannot end before the second one has started (with
+    # warm compilation caches and a loaded machine, 40 steps, about a second, sometimes did).
+    command = _parallel_sweep_command(steps=200)
     stopped = tmp_path / "stopped"
     process = subprocess.Popen(
         [*command, "--workdir", str(stopped)], stderr=subprocess.PIPE, start_new_session=True

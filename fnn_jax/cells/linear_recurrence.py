@@ -26,6 +26,7 @@ def solve(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    resets: Array | None = None,
 ) -> tuple[Array, Array]:
     """All states of h_t = a_t * h_{t-1} + b_t at once.
 
@@ -34,6 +35,8 @@ def solve(
       h0: [batch, hidden] state before the first step (after the last one if reverse).
       lengths: optional [batch] valid lengths; steps past them leave h unchanged.
       reverse: run from the last step to the first.
+      resets: optional [batch, time] bool: h restarts from zero before these steps
+        (a_t = 0 there, so nothing before them flows on). Not with reverse.
 
     Returns:
       (h_last [batch, hidden], hs [batch, time, hidden]); hs past a sequence's length are zero.
@@ -44,6 +47,13 @@ def solve(
         mask = (jnp.arange(a.shape[1])[None, :] < lengths[:, None])[..., None]
         a = jnp.where(mask, a, jnp.ones_like(a))
         b = jnp.where(mask, b, jnp.zeros_like(b))
+    if resets is not None:
+        if reverse:
+            raise ValueError(
+                "resets mark where a sequence starts reading forward: not with reverse"
+            )
+        restart = resets[..., None] if mask is None else resets[..., None] & mask
+        a = jnp.where(restart, jnp.zeros_like(a), a)
     first = -1 if reverse else 0
     b = b.at[:, first].add(a[:, first] * h0)
     _, hs = jax.lax.associative_scan(_compose, (a, b), reverse=reverse, axis=1)

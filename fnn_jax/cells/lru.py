@@ -107,11 +107,14 @@ def parallel(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    resets: Array | None = None,
 ) -> tuple[LRUCarry, Array]:
     """All steps by associative scan: xs [batch, time, input] -> ys [batch, time, output]."""
     xp = project_inputs(params, xs)
     a = jnp.broadcast_to(eigenvalues(params), xp.bu.shape)
-    h_last, hs = linear_recurrence.solve(a, xp.bu, carry.h, lengths=lengths, reverse=reverse)
+    h_last, hs = linear_recurrence.solve(
+        a, xp.bu, carry.h, lengths=lengths, reverse=reverse, resets=resets
+    )
     ys = _readout(params, hs, xp.du)
     if lengths is not None:
         valid = jnp.arange(xs.shape[1])[None, :, None] < lengths[:, None, None]

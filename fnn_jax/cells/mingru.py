@@ -66,10 +66,13 @@ def parallel(
     *,
     lengths: Array | None = None,
     reverse: bool = False,
+    resets: Array | None = None,
 ) -> tuple[MinGRUCarry, Array]:
     """All steps by associative scan: xs [batch, time, input] -> ys [batch, time, hidden]."""
     a, b = _coefficients(project_inputs(params, xs))
-    h_last, hs = linear_recurrence.solve(a, b, carry.h, lengths=lengths, reverse=reverse)
+    h_last, hs = linear_recurrence.solve(
+        a, b, carry.h, lengths=lengths, reverse=reverse, resets=resets
+    )
     return MinGRUCarry(h_last), hs
 
 

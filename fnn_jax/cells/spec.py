@@ -24,8 +24,9 @@ class CellSpec:
     input_weight: the parameter whose first axis is the input size ([input, ...]).
     output_size: whether ``init_params`` takes ``output_size`` (the output may differ from
         the hidden size); jordan's carry is its output, so then the carry has that size too.
-    parallel: ``parallel(params, carry, xs, *, lengths, reverse)`` by associative scan, or
-        None when the recurrence is not linear in its state.
+    parallel: ``parallel(params, carry, xs, *, lengths, reverse, resets)`` by associative
+        scan (``resets`` [batch, time] bool restart the state from zeros), or None when
+        the recurrence is not linear in its state.
     prepare: ``prepare(params, **options) -> params``, applied once before the time loop
         (equilibrium: bounds the feedback's spectral norm), or None.
     summarize: ``summarize(final_carry, **options) -> {name: scalar}``, what the cell reports

@@ -35,6 +35,26 @@ def _readonly(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _checked_lengths(lengths: Any, n: int, time: int) -> np.ndarray:
+    lengths = np.asarray(lengths)
+    if lengths.shape != (n,) or lengths.dtype != np.int32:
+        raise ValueError(f"lengths must be int32 [n]=({n},); got {lengths.dtype} {lengths.shape}")
+    if n and (lengths.min() < 1 or lengths.max() > time):
+        raise ValueError(
+            f"lengths must lie in [1, time={time}]; got [{lengths.min()}, {lengths.max()}]"
+        )
+    return lengths
+
+
+def _checked_resets(resets: Any, n: int, time: int) -> np.ndarray:
+    resets = np.asarray(resets)
+    if resets.shape != (n, time) or resets.dtype != np.bool_:
+        raise ValueError(
+            f"resets must be bool [n, time]=({n}, {time}); got {resets.dtype} {resets.shape}"
+        )
+    return resets
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Split:
     """One split of a dataset.
@@ -42,11 +62,15 @@ class Split:
     inputs: [n, time, features] float32, or [n, time] int32 tokens.
     targets: task dependent (see module docstring); leading axis n.
     lengths: [n] int32 valid steps per row (1..time), or None when all rows are full length.
+    resets: [n, time] bool, True at a step where a new document or series starts: the
+        recurrent state restarts from zeros before reading it (several documents packed in
+        a row, or cut into windows by truncated BPTT). None: only at each row's start.
     """
 
     inputs: np.ndarray
     targets: np.ndarray
     lengths: np.ndarray | None = None
+    resets: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         inputs, targets = np.asarray(self.inputs), np.asarray(self.targets)
@@ -66,16 +90,9 @@ class Split:
         object.__setattr__(self, "inputs", _readonly(inputs))
         object.__setattr__(self, "targets", _readonly(targets))
         if self.lengths is not None:
-            lengths = np.asarray(self.lengths)
-            if lengths.shape != (n,) or lengths.dtype != np.int32:
-                raise ValueError(
-                    f"lengths must be int32 [n]=({n},); got {lengths.dtype} {lengths.shape}"
-                )
-            if n and (lengths.min() < 1 or lengths.max() > time):
-                raise ValueError(
-                    f"lengths must lie in [1, time={time}]; got [{lengths.min()}, {lengths.max()}]"
-                )
-            object.__setattr__(self, "lengths", _readonly(lengths))
+            object.__setattr__(self, "lengths", _readonly(_checked_lengths(self.lengths, n, time)))
+        if self.resets is not None:
+            object.__setattr__(self, "resets", _readonly(_checked_resets(self.resets, n, time)))
 
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
@@ -172,10 +189,12 @@ def batches(
     shuffle: bool = True,
     drop_remainder: bool = True,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Yields batches {"inputs", "targets", "lengths", "index"} of one epoch.
+    """Yields batches {"inputs", "targets", "lengths", "index"} (and "resets" when the split
+    has them) of one epoch.
 
     inputs [b, time, features] (or [b, time] tokens), targets [b, ...], lengths [b] int32
-    (full length when the split has none), index [b] int32 row indices into the split.
+    (full length when the split has none), index [b] int32 row indices into the split,
+    resets [b, time] bool.
     The order is ``epoch_order(n, seed=seed, epoch=epoch)`` (or 0..n-1 without shuffle), so
     resuming at any (seed, epoch) reproduces the same batches.
     """
@@ -185,12 +204,15 @@ def batches(
     lengths = split.full_lengths
     for b in range(count):
         idx = order[b * batch_size : (b + 1) * batch_size]
-        yield {
+        batch = {
             "inputs": split.inputs[idx],
             "targets": split.targets[idx],
             "lengths": lengths[idx],
             "index": idx,
         }
+        if split.resets is not None:
+            batch["resets"] = split.resets[idx]
+        yield batch
 
 
 def _fmt_shape(shape: tuple[int | None, ...]) -> str:

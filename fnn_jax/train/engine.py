@@ -34,7 +34,7 @@ from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
-from fnn_jax.train import diagnostics, finish, steppers
+from fnn_jax.train import diagnostics, distributed, finish, mesh, steppers
 from fnn_jax.train.preemption import (
     Preempted,
     PreemptionFlag,
@@ -48,6 +48,7 @@ from fnn_jax.train.steps import (
     device_eval_batches,
     evaluate,
     init_params,
+    initial_carry,
     make_eval_step,
     zero_sums,
 )
@@ -73,14 +74,17 @@ class Engine:
         self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
         self.log_every = configs[0].train.log_every_steps
         self._schedules: dict[int, Any] = {}  # id(stage) -> its jitted schedule
-        # The train rows and the validation batches, sent to the device once.
-        self.train_table = steppers.train_table(plan.dataset.train)
-        self.validation_batches = device_eval_batches(
-            plan.dataset.validation, configs[0].data.eval_batch_size
-        )
         # Zero train sums, shaped by the task (from abstract parameters: nothing is computed).
         abstract_params = jax.eval_shape(
             lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
+        )
+        # The devices (config.mesh), then the train rows and the validation batches, sent
+        # to them once.
+        self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)
+        table = steppers.train_table(plan.dataset.train, plan.window * plan.windows)
+        self.train_table = self.layout.put(table, self.layout.replicated)
+        self.validation_batches = device_eval_batches(
+            plan.dataset.validation, configs[0].data.eval_batch_size, self.layout
         )
         self.sums0 = zero_sums(plan.model, plan.task, abstract_params, plan.sample)
         # An L1/L2 term that is 0 in every trial stays out of the loss.
@@ -96,7 +100,8 @@ class Engine:
 
     # ------------------------------------------------------------------------ set-up
 
-    def _fresh_state(self, params: Any, stage: Stage, step: int) -> TrainState:
+    def _fresh_state(self, params: Any, stage: Stage, step: int, carry: Any = None) -> TrainState:
+        """A stage's first state; truncated BPTT's ``carry`` (default zeros) passes on."""
         tx = make_optimizer(
             stage.optimizer,
             stage.num_steps,
@@ -105,7 +110,10 @@ class Engine:
             lr_mults=stage.lr_mults,
         )
         sums = jax.tree.map(jnp.zeros_like, self.sums0)
-        return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), sums)
+        if carry is None and self.plan.window:
+            model_params = self.to_model(params)
+            carry = initial_carry(self.plan.model, model_params, self.plan.sample, self.plan.window)
+        return TrainState(jnp.asarray(step, jnp.int32), params, tx.init(params), sums, carry)
 
     def _open(self, config: ml_collections.ConfigDict, workdir: Path, grouped: bool) -> Trial:
         """A trial restored from its workdir's newest intact checkpoint, else fresh."""
@@ -137,7 +145,9 @@ class Engine:
             config=config,
             workdir=workdir,
             checkpoints=checkpoints,
-            metrics_log=reporting.MetricsLog(workdir, resume_step=step),
+            metrics_log=reporting.MetricsLog(
+                workdir, resume_step=step, writes=distributed.is_primary()
+            ),
             stages=stages,
             progress=progress,
             state=steppers.host_copy(state),
@@ -165,6 +175,7 @@ class Engine:
             step=np.asarray(saved["step"], np.int32),
             params=jax.tree.map(as_like, fresh.params, saved["params"]),
             sums=jax.tree.map(as_like, fresh.sums, saved["sums"]),
+            carry=jax.tree.map(as_like, fresh.carry, saved.get("carry")),
         )
         log.warning(
             "config.train.reset_optimizer: step %d resumes with its parameters and a fresh "
@@ -317,6 +328,8 @@ class Engine:
             to_model=self.to_model,
             cached_features=cached,
             augment=augment.Augment.from_config(self.config.data.augment),
+            window=plan.window,
+            windows=plan.windows,
         )
         batch_size = self.config.data.eval_batch_size
         train = plan.dataset.train
@@ -343,6 +356,7 @@ class Engine:
             table=self.train_table,
             eval_step=self.eval_step,
             steps_per_dispatch=self.config.train.steps_per_dispatch,
+            layout=self.layout,
         )
 
     def _read_health(
@@ -456,7 +470,8 @@ class Engine:
         progress.stage_ends.append(trial.step)
         progress.stage, progress.stage_start, progress.bad_evals = progress.stage + 1, trial.step, 0
         if progress.stage < len(trial.stages):
-            fresh = self._fresh_state(trial.state.params, trial.stage, trial.step)
+            state = trial.state  # a stage may end mid-row: the carry passes on
+            fresh = self._fresh_state(state.params, trial.stage, trial.step, state.carry)
             trial.state = steppers.host_copy(fresh)
         else:
             progress.stopped = trial.step < sum(s.num_steps for s in trial.stages)
@@ -481,7 +496,6 @@ class Engine:
             for split in ("validation", "test")
         }
         exported = self.to_model(params)
-        export_params(workdir / "export", exported)
         report = {
             "name": f"{dataset.name} / {config.model.cell}",
             "workdir": str(workdir),
@@ -493,6 +507,7 @@ class Engine:
             "nonfinite_steps": progress.nonfinite_steps,
             "results": results,
             "baselines": dataset.baselines,
+            "data": dataset.info.get("report", {}),  # facts a loader wants reported
             "parameters": count_params(exported),
             "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
             "init_from": {"workdir": config.init_from, "step": config.init_step}
@@ -508,16 +523,19 @@ class Engine:
                 "tensorboard": str(workdir / "tensorboard"),
             },
         }
+        if problem is not None:
+            report["best_checkpoint_problem"] = problem
+        if self.group_size > 1:
+            report["vectorized_with"] = self.group_size
+        export_params(workdir / "export", exported)  # Orbax: every process takes part
+        if not distributed.is_primary():  # process 0 writes the other files
+            return report
         closed_loop = forecast.report(
             self.plan.task, self.plan.model, exported, dataset.split("test"), config, workdir
         )
         if closed_loop is not None:
             report["closed_loop"] = closed_loop
             report["paths"]["forecast"] = str(workdir / "forecast.png")
-        if problem is not None:
-            report["best_checkpoint_problem"] = problem
-        if self.group_size > 1:
-            report["vectorized_with"] = self.group_size
         reporting.plot_curves(
             trial.metrics_log.records,
             self.plan.metric,

@@ -8,6 +8,7 @@ The loop itself is fnn_jax.train.engine, shared with vectorised groups.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMisma
 from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
+from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
 from fnn_jax.train.trial import Setup, setup
 
@@ -77,7 +79,8 @@ def open_engine(
         hint = "\n  ".join(settings) or "(none recorded in config.json)"
         raise StateMismatch(f"{error}\nsettings changed since it was saved:\n  {hint}") from None
     for config, workdir in zip(configs, workdirs, strict=True):
-        write_json(workdir / "config.json", config_lib.to_dict(config))
+        if distributed.is_primary():
+            write_json(workdir / "config.json", config_lib.to_dict(config))
     return engine
 
 
@@ -95,9 +98,11 @@ def train_and_evaluate(
     (ConfigError) is refused before the workdir is touched.
     """
     config_lib.validate(config)
+    distributed.initialize(config)  # before JAX computes anything
     plan = setup(config)  # loads the data: a batch size larger than the split fails here
     workdir = Path(workdir).absolute()
-    with workdir_lock(workdir):
+    # One process owns the workdir; the others of a distributed run only join its saves.
+    with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
         (outcome,) = open_engine([config], [workdir], plan).run(stop_after_steps)
     if isinstance(outcome, Exception):
         raise outcome

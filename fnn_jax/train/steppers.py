@@ -39,6 +39,8 @@ from fnn_jax import data as data_lib
 from fnn_jax.config import OPTIMIZERS
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import TRIAL_SETTINGS, make_optimizer
+from fnn_jax.tasks import IGNORE_LABEL
+from fnn_jax.train import mesh
 from fnn_jax.train.steps import StepSpec, TrainState, split_sums, train_step_body
 
 log = logging.getLogger("fnn_jax")
@@ -89,22 +91,38 @@ def trial_settings(
 
 
 def host_copy(tree: Any) -> Any:
-    """NumPy copies of every leaf: safe from the next step, which donates device buffers."""
-    return jax.tree.map(np.array, jax.device_get(tree))
+    """NumPy copies of every leaf (gathered from every device and process): safe from the
+    next step, which donates device buffers."""
+    return mesh.host(tree)
 
 
 def host_slices(tree: Any, size: int) -> list[Any]:
     """The ``size`` trees along the leading axis of every leaf, as NumPy copies (one
     transfer for all trials)."""
-    host = jax.device_get(tree)
+    host = mesh.host(tree)
     return [jax.tree.map(lambda x, k=k: np.array(x[k]), host) for k in range(size)]
 
 
-def train_table(split: data_lib.Split) -> dict[str, jax.Array]:
-    """The split's rows on the device: {"inputs", "targets", "lengths"} [rows, ...]."""
-    return jax.device_put(
-        {"inputs": split.inputs, "targets": split.targets, "lengths": split.full_lengths}
-    )
+def train_table(split: data_lib.Split, time: int | None = None) -> dict[str, jax.Array]:
+    """The split's rows on the device: {"inputs", "targets", "lengths"} [rows, ...] (and
+    "resets" when it has them). ``time`` pads the time axis (truncated BPTT's whole
+    windows): inputs with 0, per-step targets with the ignored label, resets with False."""
+    table = {"inputs": split.inputs, "targets": split.targets, "lengths": split.full_lengths}
+    if split.resets is not None:
+        table["resets"] = split.resets
+    extra = 0 if time is None else time - split.inputs.shape[1]
+    if extra > 0:
+        fill = {"inputs": 0, "targets": IGNORE_LABEL, "resets": False}
+        table |= {
+            name: np.pad(
+                table[name],
+                [(0, 0), (0, extra)] + [(0, 0)] * (table[name].ndim - 2),
+                constant_values=value,
+            )
+            for name, value in fill.items()
+            if name in table
+        }
+    return jax.device_put(table)
 
 
 def _gather(table: dict, rows: jax.Array) -> dict:
@@ -118,11 +136,20 @@ def _gather(table: dict, rows: jax.Array) -> dict:
     return batch
 
 
-def _dispatch_fn(spec: StepSpec, stage: Stage, capacity: int):
+def _dispatch_fn(
+    spec: StepSpec, stage: Stage, capacity: int, layout: mesh.Layout, *, split_batches: bool
+):
     """``dispatch((state, health), table, indices, count, trial)``: ``count`` steps of one
-    trial, step i on the rows ``indices[i]`` ([capacity, batch]). ``trial`` holds its
-    dropout_key, settings, limit (max_nonfinite_steps) and active (False: no change)."""
+    trial, step i on the rows ``indices[i]`` ([capacity, batch]), split over the layout's
+    data axis when ``split_batches``. ``trial`` holds its dropout_key, settings, limit
+    (max_nonfinite_steps) and active (False: no change)."""
     body = train_step_body(spec)
+
+    def split_rows(batch: dict) -> dict:
+        if not split_batches:
+            return batch
+        constrain = lambda x: jax.lax.with_sharding_constraint(x, layout.rows(x.ndim))
+        return jax.tree.map(constrain, batch)
 
     def step(carry, batch, trial):
         state, health = carry
@@ -153,7 +180,7 @@ def _dispatch_fn(spec: StepSpec, stage: Stage, capacity: int):
 
     def dispatch(carry, table, indices, count, trial):
         def one(i, carry):
-            return step(carry, _gather(table, indices[i]), trial)
+            return step(carry, split_rows(_gather(table, indices[i])), trial)
 
         if capacity == 1:  # the plain step, no loop around it
             return one(0, carry)
@@ -234,7 +261,7 @@ class Stepper:
 
     def health(self) -> list[Health]:
         """Each trial's non-finite steps so far (waits for the dispatches sent)."""
-        host = jax.device_get(self._health)
+        host = mesh.host(self._health)
         return [
             Health(**{name: int(np.reshape(v, -1)[k]) for name, v in host.items()})
             for k in range(self.size)
@@ -270,22 +297,29 @@ class SingleStepper(Stepper):
         table: dict[str, jax.Array],
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
+        layout: mesh.Layout | None = None,
     ):
         super().__init__(steps_per_dispatch)
+        layout = layout or mesh.single_device()
         (member,) = members
         self.size = 1
-        self.state = jax.device_put(member.state)
-        self._health = jax.device_put({k: v[0] for k, v in _health0(members).items()})
+        self._layout = layout
+        shardings = layout.state_shardings(member.state)
+        self.state = layout.put(member.state, shardings)
+        health = {k: v[0] for k, v in _health0(members).items()}
+        self._health = layout.put(health, layout.replicated)
         own = {} if member.features is None else {"features": member.features}
-        self._table = {"shared": table, "own": own}
-        self.trial = {
+        self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
+        trial = {
             "dropout_key": member.dropout_key,
             "settings": member.settings,
             "limit": _limits(members)[0],
             "active": np.bool_(True),
         }
-        dispatch = _dispatch_fn(spec, stage, self.capacity)
-        self._run = jax.jit(dispatch, donate_argnums=0)
+        self.trial = layout.put(trial, layout.replicated)
+        dispatch = _dispatch_fn(spec, stage, self.capacity, layout, split_batches=True)
+        out = (shardings, jax.tree.map(lambda _: layout.replicated, health))
+        self._run = jax.jit(dispatch, donate_argnums=0, out_shardings=out)
         self._eval = eval_step
 
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
@@ -298,14 +332,15 @@ class SingleStepper(Stepper):
         return [host_copy(self.state)]
 
     def sums(self) -> list[Any]:
-        return [jax.device_get(self.state.sums)]
+        return [mesh.host(self.state.sums)]
 
     def reset_sums(self, rows: Sequence[bool]) -> None:
         if rows[0]:
-            self.state = self.state.replace(sums=jax.tree.map(jnp.zeros_like, self.state.sums))
+            zeros = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), self.state.sums)
+            self.state = self.state.replace(sums=self._layout.put(zeros, self._layout.replicated))
 
     def evaluate_sums(self, batches: Sequence[dict]) -> list[Any]:
-        return [jax.device_get(split_sums(self._eval, self.state.params, batches))]
+        return [mesh.host(split_sums(self._eval, self.state.params, batches))]
 
 
 @jax.jit
@@ -328,30 +363,42 @@ class VectorizedStepper(Stepper):
         table: dict[str, jax.Array],
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
+        layout: mesh.Layout | None = None,
     ):
         super().__init__(steps_per_dispatch)
+        layout = layout or mesh.single_device()
         self.size = len(members)
-        self.state = jax.device_put(_stack([m.state for m in members]))
-        self._health = jax.device_put(_health0(members))
+        stacked = _stack([m.state for m in members])
+        # Trials that divide over the data axis go one group per device (each trains whole
+        # batches: no per-step exchange but the gradients' own); otherwise every device
+        # holds every trial and each batch splits by rows.
+        self.spread = layout.data_size > 1 and self.size % layout.data_size == 0
+        shardings = layout.state_shardings(stacked, trials="data" if self.spread else "replicated")
+        self.state = layout.put(stacked, shardings)
+        health = _health0(members)
+        self._health = layout.put(health, layout.replicated)
         cached = members[0].features is not None
         own = {"features": jnp.stack([m.features for m in members])} if cached else {}
-        self._table = {"shared": table, "own": own}
+        self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
         settings = [m.settings for m in members]
-        self.trials = {
+        trials = {
             "dropout_key": jnp.stack([m.dropout_key for m in members]),
             "settings": {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]},
             "limit": _limits(members),
         }
-        dispatch = _dispatch_fn(spec, stage, self.capacity)
+        self.trials = layout.put(trials, layout.replicated)
+        self._layout = layout
+        dispatch = _dispatch_fn(spec, stage, self.capacity, layout, split_batches=not self.spread)
         axes = (0, {"shared": None, "own": 0}, 0, None, 0)
-        self._run = jax.jit(jax.vmap(dispatch, in_axes=axes), donate_argnums=0)
+        out = (shardings, jax.tree.map(lambda _: layout.replicated, health))
+        self._run = jax.jit(jax.vmap(dispatch, in_axes=axes), donate_argnums=0, out_shardings=out)
         self._eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
 
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         active = np.array([rows is not None for rows in indices])
         filler = next(rows for rows in indices if rows is not None)  # masked out anyway
         rows = np.stack([filler if r is None else r for r in indices])
-        trials = {**self.trials, "active": active}
+        trials = {**self.trials, "active": self._layout.put(active, self._layout.replicated)}
         self.state, self._health = self._run(
             (self.state, self._health), self._table, rows, np.int32(count), trials
         )
@@ -377,10 +424,12 @@ def make_stepper(
     table: dict[str, jax.Array],
     eval_step: Callable[[Any, dict], Any],
     steps_per_dispatch: int | str = 1,
+    layout: mesh.Layout | None = None,
 ) -> Stepper:
     """The stepper for ``len(members)`` trials: ``jit(dispatch)`` for one,
     ``jit(vmap(dispatch))`` for more. ``table`` holds the train rows every member shares
-    (``train_table``); ``eval_step(params, batch) -> sums`` is one trial's evaluation."""
+    (``train_table``); ``eval_step(params, batch) -> sums`` is one trial's evaluation.
+    ``layout`` (default: the first device) places the state and splits each batch."""
     cls = SingleStepper if len(members) == 1 else VectorizedStepper
     return cls(
         spec,
@@ -389,4 +438,5 @@ def make_stepper(
         table=table,
         eval_step=eval_step,
         steps_per_dispatch=steps_per_dispatch,
+        layout=layout,
     )

@@ -36,6 +36,9 @@ class TrainState:
     params: Any
     opt_state: Any
     sums: Any  # task sums of the train batches since the last log line
+    # Truncated BPTT: the encoder's carries [batch, ...] per layer after the last window
+    # (saved with the state, so a resumed run carries on mid-row); None without it.
+    carry: Any = None
 
 
 def build_model(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> nn.Module:
@@ -46,18 +49,22 @@ def build_model(cfg: ml_collections.ConfigDict, dataset: data_lib.Dataset) -> nn
 def to_device_batch(batch: dict[str, np.ndarray], weights: np.ndarray | None = None) -> dict:
     """The fields a step reads; ``weights`` [b] default to 1 (0 marks padding rows)."""
     n = batch["inputs"].shape[0]
-    return {
+    fields = {
         "inputs": batch["inputs"],
         "targets": batch["targets"],
         "lengths": batch["lengths"],
         "weights": np.ones((n,), np.float32) if weights is None else weights,
     }
+    if "resets" in batch:  # documents packed in a row (fnn_jax.data.Split.resets)
+        fields["resets"] = batch["resets"]
+    return fields
 
 
-def eval_batches(split: data_lib.Split, batch_size: int) -> Iterator[dict]:
+def eval_batches(split: data_lib.Split, batch_size: int, multiple: int = 1) -> Iterator[dict]:
     """The whole split in order; the last batch is padded to full size with weight-0 rows,
-    so every batch has one shape and the eval step compiles once."""
-    batch_size = min(batch_size, len(split))
+    so every batch has one shape and the eval step compiles once. The size is rounded up to
+    a ``multiple`` (the devices a batch is split over)."""
+    batch_size = -(-min(batch_size, len(split)) // multiple) * multiple
     for batch in data_lib.batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     ):
@@ -94,6 +101,8 @@ class StepSpec:
         once) and only the head runs.
     augment: transforms of the training inputs (fnn_jax.data.augment), keyed by the step.
     exclude: regex of parameter paths the L1/L2 penalty skips.
+    window: truncated BPTT's window length k (0: off). Step s trains window s % windows
+        of its rows (steps [s*k, (s+1)*k), rows padded to windows*k), from state.carry.
     """
 
     model: nn.Module
@@ -103,6 +112,8 @@ class StepSpec:
     to_model: Callable[[Any], Any] = identity
     cached_features: bool = False
     augment: augment_lib.Augment = augment_lib.Augment()
+    window: int = 0
+    windows: int = 1
 
 
 def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
@@ -116,38 +127,42 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
     """
     model, task, frozen, to_model = spec.model, spec.task, spec.frozen, spec.to_model
 
-    def forward(params, batch, key):
-        """(outputs, what the model sowed into diagnostics.COLLECTION or None)."""
+    def forward(params, batch, key, carry):
+        """(outputs, what the model sowed into diagnostics.COLLECTION or None, the final
+        carries of a truncated-BPTT window or None)."""
         variables, rngs = {"params": to_model(params)}, {"dropout": key}
         if spec.cached_features:
             outputs = model.apply(
                 variables, batch["features"], train=True, rngs=rngs, method="predict"
             )
-            return outputs, None
-        outputs, sown = model.apply(
-            variables,
-            batch["inputs"],
-            batch["lengths"],
-            train=True,
-            rngs=rngs,
-            mutable=[diagnostics.COLLECTION],
-        )
-        return outputs, diagnostics.collect(sown)
+            return outputs, None, None
+        args = (batch["inputs"], batch["lengths"])
+        options = dict(train=True, rngs=rngs, mutable=[diagnostics.COLLECTION])
+        if spec.window:
+            (carry, outputs), sown = model.apply(
+                variables, *args, carry, batch.get("resets"), method="window", **options
+            )
+        else:
+            outputs, sown = model.apply(variables, *args, batch.get("resets"), **options)
+        return outputs, diagnostics.collect(sown), carry
 
     def body(state: TrainState, batch: dict, dropout_key: Array, tx, *, l1, l2):
         key = jax.random.fold_in(dropout_key, state.step)
         if spec.augment.active and not spec.cached_features:
             inputs = augment_lib.apply(spec.augment, batch["inputs"], batch["lengths"], key)
             batch = {**batch, "inputs": inputs}
+        carry = None
+        if spec.window:
+            batch, carry = _window(batch, state, spec.window, spec.windows)
 
         def loss_fn(params):
             params = stop_frozen_gradients(params, frozen)
-            outputs, sown = forward(params, batch, key)
+            outputs, sown, carry_out = forward(params, batch, key, carry)
             loss, sums = task.loss_and_sums(outputs, batch)
             sums = diagnostics.with_diagnostics(sums, sown)
-            return loss + penalty(params, l1, l2, spec.exclude), sums
+            return loss + penalty(params, l1, l2, spec.exclude), (sums, carry_out)
 
-        (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (sums, carry)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & all_finite(grads)
@@ -159,11 +174,42 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
                 params=keep(params, state.params),
                 opt_state=keep(opt_state, state.opt_state),
                 sums=keep(new_sums, state.sums),
+                # A skipped step leaves the carry as it was, as everything else.
+                carry=state.carry if carry is None else keep(carry, state.carry),
             ),
             finite,
         )
 
     return body
+
+
+def _window(batch: dict, state: TrainState, length: int, windows: int) -> tuple[dict, Any]:
+    """Window ``state.step % windows`` of the rows in ``batch`` ([batch, windows*length]
+    fields, padded), and the carries it starts from: zeros at a row's first window, else
+    the previous window's, gradient stopped (what makes the BPTT truncated)."""
+    index = state.step % windows
+    start = index * length
+    cut = lambda a: jax.lax.dynamic_slice_in_dim(a, start, length, axis=1)
+    window = {**batch, "inputs": cut(batch["inputs"]), "targets": cut(batch["targets"])}
+    window["lengths"] = jnp.clip(batch["lengths"] - start, 0, length).astype(jnp.int32)
+    if "resets" in batch:
+        window["resets"] = cut(batch["resets"])
+    first = index == 0
+    carry = jax.tree.map(
+        lambda c: jnp.where(first, jnp.zeros_like(c), jax.lax.stop_gradient(c)), state.carry
+    )
+    return window, carry
+
+
+def initial_carry(model: nn.Module, params: Any, batch: dict, length: int) -> Any:
+    """Zero carries for truncated-BPTT windows of ``length`` steps of ``batch``'s rows
+    (their shapes from the model, abstractly: nothing is computed)."""
+    inputs = jnp.asarray(batch["inputs"])[:, :length]
+    lengths = jnp.minimum(jnp.asarray(batch["lengths"]), length)
+    shapes = jax.eval_shape(
+        lambda p: model.apply({"params": p}, inputs, lengths, None, method="window")[0], params
+    )
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 def make_train_step(
@@ -195,6 +241,7 @@ def eval_step_body(
             {"params": to_model(params)},
             batch["inputs"],
             batch["lengths"],
+            batch.get("resets"),
             mutable=[diagnostics.COLLECTION],
         )
         sums = task.loss_and_sums(outputs, batch)[1]
@@ -210,9 +257,13 @@ def make_eval_step(
     return jax.jit(eval_step_body(model, task, to_model))
 
 
-def device_eval_batches(split: data_lib.Split, batch_size: int) -> list[dict]:
-    """``eval_batches`` of the whole split, on the device (sent once, evaluated often)."""
-    return [jax.device_put(batch) for batch in eval_batches(split, batch_size)]
+def device_eval_batches(split: data_lib.Split, batch_size: int, layout=None) -> list[dict]:
+    """``eval_batches`` of the whole split, on the device (sent once, evaluated often);
+    with a ``layout`` (fnn_jax.train.mesh), split by rows over its data axis."""
+    if layout is None:
+        return [jax.device_put(batch) for batch in eval_batches(split, batch_size)]
+    batches = eval_batches(split, batch_size, layout.data_size)
+    return [layout.put_rows(batch) for batch in batches]
 
 
 def split_sums(eval_step, params: Any, batches: Iterable[dict]) -> Any:
@@ -232,7 +283,13 @@ def evaluate(eval_step, params: Any, split: data_lib.Split, batch_size: int, tas
 
 @functools.partial(jax.jit, static_argnums=0)
 def _features(model: nn.Module, params: Any, batch: dict) -> Array:
-    return model.apply({"params": params}, batch["inputs"], batch["lengths"], method="features")
+    return model.apply(
+        {"params": params},
+        batch["inputs"],
+        batch["lengths"],
+        batch.get("resets"),
+        method="features",
+    )
 
 
 def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch_size: int):

@@ -36,15 +36,19 @@ class Setup:
     eval_every: int
     model: Any
     sample: dict  # a train batch, for model.init
+    window: int = 0  # truncated BPTT's window length (config.train.tbptt_length); 0: off
+    windows: int = 1  # steps per batch of rows: one per window
 
     def train_indices(self, seed: int, start: int, count: int) -> np.ndarray:
         """[count, batch] int32: the train rows of global steps start..start+count-1, across
         epochs. The order is a function of (seed, epoch) (``data.batches``' order), so a
-        resumed run sees what an uninterrupted one saw. The rows were checked when the
-        dataset was built (data.Dataset), so no batch is checked again here."""
+        resumed run sees what an uninterrupted one saw. With truncated BPTT, ``windows``
+        consecutive steps share their rows (one window each). The rows were checked when
+        the dataset was built (data.Dataset), so no batch is checked again here."""
         rows = []
+        batches_per_epoch = self.steps_per_epoch // self.windows
         for step in range(start, start + count):
-            epoch, position = divmod(step, self.steps_per_epoch)
+            epoch, position = divmod(step // self.windows, batches_per_epoch)
             order = _epoch_rows(len(self.dataset.train), seed, epoch, self.batch_size)
             rows.append(order[position])
         return np.stack(rows)
@@ -74,6 +78,9 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         augment.check(augment.Augment.from_config(config.data.augment), *_inputs_of(dataset))
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    window = config.train.tbptt_length
+    windows = _check_tbptt(config, dataset, task) if window else 1
+    steps_per_epoch *= windows
     first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
     return Setup(
         dataset=dataset,
@@ -85,7 +92,31 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         eval_every=config.train.eval_every_steps or steps_per_epoch,
         model=build_model(config.model, dataset),
         sample=to_device_batch(first),
+        window=window,
+        windows=windows,
     )
+
+
+def _check_tbptt(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, task: Task) -> int:
+    """The number of windows per row for config.train.tbptt_length; a ConfigError naming
+    the key and the numbers when truncated BPTT cannot apply."""
+    window, time = config.train.tbptt_length, int(dataset.train.inputs.shape[1])
+    where = f"config.train.tbptt_length={window}"
+    if window > time:
+        raise ConfigError(
+            f"{where} is longer than the sequences of {dataset.name!r} ({time} steps); "
+            f"use at most {time}, or 0 for full backpropagation through time"
+        )
+    if not task.per_step_outputs:
+        raise ConfigError(
+            f"{where}: truncated BPTT needs a loss at every window, a label per step (task "
+            f"'tagging'); dataset {dataset.name!r} is {task.kind!r}"
+        )
+    if config.model.bidirectional:
+        raise ConfigError(f"{where}: a bidirectional encoder reads the future; not with it")
+    if augment.Augment.from_config(config.data.augment).active:
+        raise ConfigError(f"{where}: config.data.augment would transform each window apart")
+    return -(-time // window)
 
 
 def _inputs_of(dataset: data_lib.Dataset) -> tuple[Any, int]:

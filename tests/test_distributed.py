@@ -1,0 +1,125 @@
+"""Two ``jax.distributed`` processes on 127.0.0.1, one CPU device each, train one model
+together over a data axis of 2: they report the same results, only process 0 writes the
+run's files, and the parameters equal those of one process with the same global batch
+(tolerance 1e-6: the batch's sums split over two devices)."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.config import ConfigError, default_config
+from fnn_jax.train import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # subprocesses: two jax.distributed processes
+
+WORKER = """
+import json, sys
+from fnn_jax.config import default_config
+from fnn_jax.train import train_and_evaluate
+
+address, processes, rank, workdir = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+c = default_config()
+c.data.options = dict(classes=(0, 1, 2), train_per_class=16)
+c.data.batch_size = 8
+c.data.eval_batch_size = 16
+c.model.hidden_size = 16
+c.train.num_steps = 10
+c.train.log_every_steps = 5
+c.train.eval_every_steps = 5
+c.train.compilation_cache = ""
+if processes > 1:
+    c.distributed.coordinator_address = address
+    c.distributed.num_processes = processes
+    c.distributed.process_id = rank
+report = train_and_evaluate(c, workdir)
+import jax
+print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
+                  "results": report["results"]}, default=float))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _final_params(workdir: Path):
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    try:
+        return checkpoints.restore_saved(checkpoints.latest_step())[0]["params"]
+    finally:
+        checkpoints.close()
+
+
+def test_two_processes_train_one_model_equal_to_one_process(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device each
+    address = f"127.0.0.1:{_free_port()}"
+    logs = [tmp_path / f"process{rank}.{kind}" for rank in (0, 1) for kind in ("out", "err")]
+    workers = [
+        subprocess.Popen(  # files, not pipes: a full pipe would stall a process at a barrier
+            [sys.executable, "-c", WORKER, address, "2", str(rank), str(tmp_path / "together")],
+            cwd=ROOT,
+            env=env,
+            stdout=logs[2 * rank].open("w"),
+            stderr=logs[2 * rank + 1].open("w"),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = []
+    for rank, worker in enumerate(workers):
+        worker.wait(timeout=300)
+        assert worker.returncode == 0, logs[2 * rank + 1].read_text()[-3000:]
+        outputs.append(json.loads(logs[2 * rank].read_text().strip().splitlines()[-1]))
+    # One process, one device: the global batch of 8 on a single device.
+    alone_env = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER, "", "1", "0", str(tmp_path / "alone")],
+        cwd=ROOT,
+        env=alone_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    alone = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert [o["devices"] for o in outputs] == [2, 2] and [o["processes"] for o in outputs] == [2, 2]
+    assert outputs[0]["results"] == outputs[1]["results"]  # both processes agree
+    for split in ("validation", "test"):
+        np.testing.assert_allclose(
+            outputs[0]["results"][split]["loss"], alone["results"][split]["loss"], rtol=1e-5
+        )
+    together, single = _final_params(tmp_path / "together"), _final_params(tmp_path / "alone")
+    for a, b in zip(jax.tree.leaves(together), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    # Only process 0 wrote the run's files: one metrics log, with each record once.
+    records = [json.loads(line) for line in (tmp_path / "together/metrics.jsonl").open()]
+    steps = [(r["step"], r["split"]) for r in records]
+    assert len(steps) == len(set(steps)) and (10, "validation") in steps
+    assert (tmp_path / "together/report.json").exists()
+
+
+def test_a_process_id_outside_the_process_count_is_refused():
+    config = default_config()
+    config.distributed.coordinator_address = "127.0.0.1:1"
+    config.distributed.num_processes = 2
+    config.distributed.process_id = 2
+    with pytest.raises(ConfigError, match=r"process_id=2 must lie in \[0, .*num_processes=2\)"):
+        distributed.initialize(config)
+
+
+def test_a_single_process_run_does_not_start_jax_distributed():
+    config = default_config()
+    assert config.distributed.coordinator_address == ""
+    distributed.initialize(config)
+    assert not jax.distributed.is_initialized() and distributed.is_primary()
