@@ -26,6 +26,7 @@ from absl import app, flags, logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import fnn_jax
 
 from configs import reviews_sentiment  # noqa: E402
+from fnn_jax.sweep.spec import apply_overrides  # noqa: E402
 from fnn_jax.train import train_and_evaluate  # noqa: E402
 
 flags.DEFINE_string("workdir", None, "Folder of the study's runs and tables.")
@@ -55,13 +56,8 @@ def run_one(recipe: str, labels: str, seed: int, workdir: Path) -> dict[str, Any
         config.data.options.seed = seed
         if config.init_from:
             config.init_from = FLAGS.pretrained
-        for item in FLAGS.set:
-            key, value = item.split("=", 1)
-            *parents, leaf = key.split(".")
-            node = config
-            for part in parents:
-                node = node[part]
-            node[leaf] = ast.literal_eval(value)
+    overrides = dict(item.split("=", 1) for item in FLAGS.set)
+    config = apply_overrides(config, {k: ast.literal_eval(v) for k, v in overrides.items()})
     return train_and_evaluate(config, workdir)["results"]["test"]
 
 

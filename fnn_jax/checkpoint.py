@@ -136,10 +136,7 @@ class Checkpoints:
             # best_fn only makes Orbax write each step's metrics to disk, so the best step
             # is still known (and kept) after a restart; the policy above decides.
             best_fn=_best_rank,
-            # Across processes, a save in Orbax's background thread would run its
-            # collectives interleaved with the training step's, in another order on each
-            # process (seen here: gloo aborting on mismatched sizes): save in line there.
-            enable_async_checkpointing=not jax.distributed.is_initialized(),
+            enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only,  # half-written steps of a killed process
             read_only=read_only,
         )

@@ -4,7 +4,7 @@ A resumed run, another seed or the next sweep trial compiles the same programs a
 before it; with the cache they are read from disk instead (config.train.compilation_cache,
 "" to turn it off). A cache set up for JAX itself (``JAX_COMPILATION_CACHE_DIR``, or
 ``jax.config``) is kept while the key is at its default. The setting is process-wide, as
-JAX's cache is. A multi-process run (``jax.distributed``) compiles without it.
+JAX's cache is.
 """
 
 from __future__ import annotations
@@ -53,11 +53,6 @@ def use_compilation_cache(directory: str) -> None:
     """Caches compiled programs in ``directory`` (``~`` expanded), or none for ""; a
     folder that cannot be written is a warning, and no cache."""
     path = _chosen(directory)
-    if path and jax.distributed.is_initialized():
-        # Seen here: with two CPU processes, a program one of them read from the cache and
-        # the other compiled ran mismatched gloo collectives and aborted. Compile afresh.
-        log.info("config.train.compilation_cache: off in a multi-process run")
-        path = ""
     if _current[0] == path and jax.config.jax_enable_compilation_cache == bool(path):
         return
     compilation_cache.reset_cache()  # the cache opens its directory once; start again

@@ -84,6 +84,7 @@ def four_device_runs(tmp_path_factory):
     import json, shutil, sys
     from pathlib import Path
     import jax
+    from fnn_jax.sweep.spec import apply_overrides
     from fnn_jax.train import train_and_evaluate
     from fnn_jax.train.engine import Engine
 
@@ -136,9 +137,7 @@ def four_device_runs(tmp_path_factory):
         },
     }.items():
         c = config({"batch": 4, "rule": 2}.get(name, 1), 2 if name == "rule" else 1)
-        for dotted, value in changes.items():
-            section, key = dotted.split(".")
-            c[section][key] = value
+        c = apply_overrides(c, changes)
         try:
             Engine([c], [root / f"error_{name}"])
         except Exception as error:

@@ -15,6 +15,7 @@ from fnn_jax import data, models
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.config import ConfigError, default_config
 from fnn_jax.layers import Recurrent
+from fnn_jax.sweep.spec import apply_overrides
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.trial import setup
 
@@ -130,13 +131,7 @@ def _config(tbptt_length, steps=10, **changes):
     config.train.log_every_steps = 5
     config.train.eval_every_steps = 5
     config.train.compilation_cache = ""
-    for dotted, value in changes.items():
-        node = config
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return apply_overrides(config, changes)
 
 
 def _final(workdir):

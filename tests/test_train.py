@@ -13,19 +13,12 @@ from configs import test as test_config
 from fnn_jax import sweep
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.reporting import MetricsLog
+from fnn_jax.sweep.spec import apply_overrides
 from fnn_jax.train import steppers, train_and_evaluate
 
 
 def _config(**overrides):
-    config = test_config.get_config()
-    with config.unlocked():
-        for dotted, value in overrides.items():
-            node = config
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return apply_overrides(test_config.get_config(), overrides)
 
 
 def _latest_state(workdir):

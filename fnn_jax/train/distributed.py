@@ -44,9 +44,6 @@ def initialize(config: ml_collections.ConfigDict) -> None:
         jax.distributed.initialize(
             options.coordinator_address, options.num_processes, options.process_id
         )
-    # Off until the run's own set-up (fnn_jax.compilation keeps it off): a cache set up for
-    # JAX itself would still serve programs with cross-process collectives.
-    jax.config.update("jax_enable_compilation_cache", False)
     log.info(
         "process %d of %d; %d local of %d devices",
         jax.process_index(),
@@ -57,9 +54,9 @@ def initialize(config: ml_collections.ConfigDict) -> None:
 
 
 def _orbax_barriers_through_the_coordinator() -> None:
-    """Orbax's default barriers are device collectives, run from its async-save thread: they
-    interleave with the training step's own collectives in a different order on each
-    process and deadlock (or mismatch). The distributed client's barriers do not."""
+    """Orbax's default barriers are device collectives, run from its async-save thread:
+    they could interleave with the training step's own collectives in another order on
+    each process. The distributed client's barriers cannot."""
     from absl import flags
 
     if not flags.FLAGS.is_parsed():  # a library call, not an absl app: defaults, parsed

@@ -81,7 +81,7 @@ class Engine:
         # The devices (config.mesh), then the train rows and the validation batches, sent
         # to them once.
         self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)
-        table = steppers.train_table(plan.dataset.train, plan.window * plan.windows)
+        table = steppers.host_train_table(plan.dataset.train, plan.window * plan.windows)
         self.train_table = self.layout.put(table, self.layout.replicated)
         self.validation_batches = device_eval_batches(
             plan.dataset.validation, configs[0].data.eval_batch_size, self.layout

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fnn_jax import data as data_lib
 from fnn_jax.config import OPTIMIZERS
@@ -104,9 +105,14 @@ def host_slices(tree: Any, size: int) -> list[Any]:
 
 
 def train_table(split: data_lib.Split, time: int | None = None) -> dict[str, jax.Array]:
-    """The split's rows on the device: {"inputs", "targets", "lengths"} [rows, ...] (and
-    "resets" when it has them). ``time`` pads the time axis (truncated BPTT's whole
-    windows): inputs with 0, per-step targets with the ignored label, resets with False."""
+    """``host_train_table`` on the default device."""
+    return jax.device_put(host_train_table(split, time))
+
+
+def host_train_table(split: data_lib.Split, time: int | None = None) -> dict[str, np.ndarray]:
+    """The split's rows: {"inputs", "targets", "lengths"} [rows, ...] (and "resets" when
+    it has them). ``time`` pads the time axis (truncated BPTT's whole windows): inputs with
+    0, per-step targets with the ignored label, resets with False."""
     table = {"inputs": split.inputs, "targets": split.targets, "lengths": split.full_lengths}
     if split.resets is not None:
         table["resets"] = split.resets
@@ -122,7 +128,7 @@ def train_table(split: data_lib.Split, time: int | None = None) -> dict[str, jax
             for name, value in fill.items()
             if name in table
         }
-    return jax.device_put(table)
+    return table
 
 
 def _gather(table: dict, rows: jax.Array) -> dict:
@@ -241,7 +247,10 @@ class Stepper:
             overhead, step = self._clock[0], min(self._clock[1:])  # first is slower)
             step = max(step - overhead, 1e-6)
             wanted = math.ceil(overhead / (AUTO_OVERHEAD * step))
-            self.dispatch_size = int(np.clip(wanted, 1, self.capacity))
+            size = np.int32(np.clip(wanted, 1, self.capacity))
+            if jax.process_count() > 1:  # clocks differ: every process must run the
+                size = multihost_utils.broadcast_one_to_all(size)  # same dispatches
+            self.dispatch_size = int(size)
             self._tuning = False
             log.info(
                 'steps_per_dispatch "auto": %d (a call costs %.2f ms, a step %.2f ms)',
