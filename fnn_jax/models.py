@@ -160,7 +160,48 @@ class Forecaster(Encoder):
         return out.reshape(features.shape[0], self.horizon, self.targets)
 
 
-class CharLM(Encoder):
+class PerStep(Encoder):
+    """An output at every step: ``features`` are the encoder's [batch, time, hidden], and
+    ``window`` runs one stretch of the rows from given carries (truncated BPTT, sampling).
+    Subclasses say how inputs enter the encoder (``encoder_inputs``) and define the head."""
+
+    def encoder_inputs(self, xs: Array) -> Array:
+        return xs
+
+    def features(
+        self,
+        xs: Array,
+        lengths: Array | None = None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ) -> Array:
+        """[batch, time, encoder output]."""
+        _, ys = self.encoder(
+            self.encoder_inputs(xs), lengths, None, resets, deterministic=not train
+        )
+        return ys
+
+    def window(
+        self,
+        xs: Array,
+        lengths: Array | None,
+        carries: list[Any] | None,
+        resets: Array | None = None,
+        *,
+        train: bool = False,
+    ) -> tuple[list[Any], Array]:
+        """(final carries, outputs [batch, time, ...]) of one stretch of the rows, the
+        encoder starting from ``carries`` (one per layer; None: zeros). Windows run in turn,
+        each from the carries of the one before, equal one pass over the rows (truncated
+        BPTT runs them so, with the carries' gradients stopped)."""
+        carries, ys = self.encoder(
+            self.encoder_inputs(xs), lengths, carries, resets, deterministic=not train
+        )
+        return carries, self.predict(ys, train=train)
+
+
+class CharLM(PerStep):
     """tokens [batch, time] (int) -> next-token logits [batch, time, vocab_size]."""
 
     vocab_size: int = 128
@@ -174,38 +215,24 @@ class CharLM(Encoder):
         self.head_dropout = nn.Dropout(self.dropout)
         self.head = self.dense(self.vocab_size)
 
-    def features(
-        self,
-        tokens: Array,
-        lengths: Array | None = None,
-        resets: Array | None = None,
-        *,
-        train: bool = False,
-    ) -> Array:
-        """[batch, time, encoder output]."""
+    def encoder_inputs(self, tokens: Array) -> Array:
         check_tokens(tokens)
-        _, ys = self.encoder(self.embed(tokens), lengths, None, resets, deterministic=not train)
-        return ys
-
-    def window(
-        self,
-        tokens: Array,
-        lengths: Array | None,
-        carries: list[Any] | None,
-        resets: Array | None = None,
-        *,
-        train: bool = False,
-    ) -> tuple[list[Any], Array]:
-        """(final carries, logits [batch, time, vocab_size]) of one stretch of the rows, the
-        encoder starting from ``carries`` (one per layer; None: zeros). Windows run in turn,
-        each from the carries of the one before, equal one pass over the rows (truncated
-        BPTT runs them so, with the carries' gradients stopped)."""
-        check_tokens(tokens)
-        carries, ys = self.encoder(
-            self.embed(tokens), lengths, carries, resets, deterministic=not train
-        )
-        return carries, self.predict(ys, train=train)
+        return self.embed(tokens)
 
     def predict(self, features: Array, *, train: bool = False) -> Array:
         features = self.head_dropout(features, deterministic=not train or not self.dropout)
+        return _for_the_loss(self.head(features))
+
+
+class StepForecaster(PerStep):
+    """xs [batch, time, features] -> the next value at every step [batch, time, targets]."""
+
+    targets: int = 1
+
+    def setup(self):
+        self.encoder = self.make_encoder()
+        self.head = self.dense(self.targets)
+
+    def predict(self, features: Array, *, train: bool = False) -> Array:
+        del train
         return _for_the_loss(self.head(features))

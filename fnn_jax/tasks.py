@@ -217,6 +217,43 @@ class Regression(Forecast):
 
 @register
 @dataclasses.dataclass(frozen=True)
+class StepForecast(Forecast):
+    """The next value at every step of a row: float32 targets [n, time, targets]; steps
+    past a row's length are not scored."""
+
+    kind: ClassVar[str] = "step_forecast"
+    rolls_forward: ClassVar[bool] = False
+    per_step_outputs: ClassVar[bool] = True
+
+    def target_spec(self, dataset):
+        inputs, targets = dataset.train.inputs, dataset.train.targets
+        if targets.ndim != 3 or targets.shape[1] != inputs.shape[1]:
+            raise ValueError(
+                f"dataset {dataset.name!r}: step_forecast targets must be [n, time, targets] "
+                f"with the inputs' time ({inputs.shape[1]}); got shape {targets.shape}"
+            )
+        return {"shape": (None, *map(int, targets.shape[1:])), "dtype": np.dtype(np.float32)}
+
+    def build_model(self, cfg, dataset):
+        return models.StepForecaster(
+            **encoder_options(cfg), targets=int(dataset.train.targets.shape[-1])
+        )
+
+    def loss_and_sums(self, outputs, batch):
+        targets, time = batch["targets"], batch["targets"].shape[1]
+        valid = jnp.arange(time)[None, :] < batch["lengths"][:, None]
+        valid = (valid * batch["weights"][:, None].astype(jnp.float32))[..., None]
+        error = outputs - targets
+        sums = {
+            "loss": jnp.sum(error**2 * valid),
+            "abs": jnp.sum(jnp.abs(error) * valid),
+            "count": jnp.maximum(jnp.sum(valid) * targets.shape[-1], 1.0),
+        }
+        return sums["loss"] / sums["count"], sums
+
+
+@register
+@dataclasses.dataclass(frozen=True)
 class Tagging(Task):
     """A label per time step (e.g. the next character): int32 targets [n, time], -1 ignored."""
 

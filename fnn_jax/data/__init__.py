@@ -6,7 +6,7 @@ for batch in batches(ds.train, 32, seed=0, epoch=epoch):
 """
 
 # Importing the loader modules registers their datasets.
-from fnn_jax.data import classification, forecasting, reviews, synthetic, text  # noqa: F401
+from fnn_jax.data import classification, forecasting, reviews, series, synthetic, text  # noqa: F401
 from fnn_jax.data.base import (
     SPLITS,
     TASKS,

@@ -6,6 +6,7 @@ tokens), ``lengths`` is [n] int32. Targets depend on the task:
 - classification: int32 [n] class ids in [0, num_classes)
 - regression:     float32 [n, 1]
 - forecast:       float32 [n, horizon, targets]
+- step_forecast:  float32 [n, time, targets], the next value at every step
 - tagging:        int32 [n, time] per-step labels in [0, num_classes), -1 = ignore (padding)
 """
 

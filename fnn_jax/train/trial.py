@@ -109,8 +109,8 @@ def _check_tbptt(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, t
         )
     if not task.per_step_outputs:
         raise ConfigError(
-            f"{where}: truncated BPTT needs a loss at every window, a label per step (task "
-            f"'tagging'); dataset {dataset.name!r} is {task.kind!r}"
+            f"{where}: truncated BPTT needs a loss at every window, a target per step (task "
+            f"'tagging' or 'step_forecast'); dataset {dataset.name!r} is {task.kind!r}"
         )
     if config.model.bidirectional:
         raise ConfigError(f"{where}: a bidirectional encoder reads the future; not with it")
