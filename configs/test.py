@@ -17,4 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.eval_every_steps = 8
         config.train.log_every_steps = 4
         config.optimizer.warmup_steps = 5
+        # A save at every evaluation (not every 30 s): kills and resumes in the tests land
+        # between saves.
+        config.train.checkpoint_every_s = 0.0
     return config

@@ -77,7 +77,7 @@ from bench_devices import print_devices, section_devices
 from bench_equilibrium import print_equilibrium, section_equilibrium
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
 from bench_memory import section_memory
-from bench_runner import section_demo, section_runner
+from bench_runner import section_checkpoint, section_demo, section_runner
 from bench_scan import print_scan, section_scan
 from bench_vectorize import section_vectorize
 
@@ -424,6 +424,7 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
     "vectorize": section_vectorize,
     "runner": section_runner,
     "demo": section_demo,
+    "checkpoint": section_checkpoint,
     "memory": section_memory,
     "scan": lambda cfg: section_scan(cfg, time_modules),
     "equilibrium": lambda cfg: section_equilibrium(

@@ -6,8 +6,9 @@ stage loop, with its validation every epoch and its checkpoints) against a bare 
 of the same jitted train step over batches already on the device, at the demo's shape
 (digits LSTM 128, batch 32, length 8) and at a mid-size one (adding problem, LSTM 256,
 batch 64, length 256), for ``steps_per_dispatch`` 1 and "auto", and "auto" evaluating
-only at the end. Runs and bare loops alternate, the compilation cache is warm for both, and
-each keeps its best of three.
+only at the end. Runs and bare loops alternate, the compilation cache is warm for both; steps
+per second are the best of five, ratios the median of five (a run over the bare loop timed
+right after it).
 
 ``demo`` (whole processes, alternating): ``experiments/main.py`` on configs/digits_lstm.py
 with a cold and with a warm compilation cache, against the yardstick, a tuned bare JAX
@@ -36,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/
 from configs import digits_lstm  # noqa: E402
+from fnn_jax.checkpoint import Checkpoints  # noqa: E402
 from fnn_jax.config import default_config  # noqa: E402
 from fnn_jax.optim import make_optimizer  # noqa: E402
 from fnn_jax.train import engine as engine_lib  # noqa: E402
@@ -50,7 +52,7 @@ from fnn_jax.train.steps import (  # noqa: E402
 )
 from fnn_jax.train.trial import setup  # noqa: E402
 
-REPEATS = 3
+REPEATS = 5
 
 
 def _demo_config() -> ml_collections.ConfigDict:
@@ -153,9 +155,10 @@ def section_runner(cfg: Any) -> dict[str, Any]:
                     bares.append(bare())
                 row[f"runner_steps_per_s[{name}]"] = max(runs)
                 row["bare_steps_per_s"] = max(row["bare_steps_per_s"], *bares)
-            for name in VARIANTS:
-                ratio = row[f"runner_steps_per_s[{name}]"] / row["bare_steps_per_s"]
-                row[f"ratio[{name}]"] = ratio
+                # Each run against the bare loop timed right after it: the machine's speed
+                # drifts between rounds, and a pair shares it.
+                pairs = [r / b for r, b in zip(runs, bares, strict=True)]
+                row[f"ratio[{name}]"] = statistics.median(pairs)
             result[label] = row
             print(f"\nrunner, {label}: bare loop {row['bare_steps_per_s']:.2f} steps/s", flush=True)
             for name in VARIANTS:
@@ -164,6 +167,45 @@ def section_runner(cfg: Any) -> dict[str, Any]:
                 print(f"  runner, steps_per_dispatch {name}: {steps_per_s:.2f} ({ratio:.2f}x)")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    return result
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def section_checkpoint(cfg: Any) -> dict[str, Any]:
+    """Wall and CPU milliseconds of one Orbax save (``Checkpoints.save`` then ``wait``) of
+    the demo's train state, host copies, median of 20 after 3 warm-ups: what a save costs
+    the 2 cores whether or not the loop waits for it."""
+    del cfg
+    plan = setup(_demo_config())
+    params = init_params(plan.model, jax.random.key(0), plan.sample)
+    tx = make_optimizer(_demo_config().optimizer, 1000)
+    sums = zero_sums(plan.model, plan.task, params, plan.sample)
+    state = jax.device_get(TrainState(np.int32(0), params, tx.init(params), sums))
+    folder = Path(tempfile.mkdtemp(prefix="bench_checkpoint_"))
+    checkpoints = Checkpoints(folder)
+    walls, cpus = [], []
+    try:
+        for step in range(23):
+            wall, cpu = time.perf_counter(), time.process_time()
+            checkpoints.save(step, state, {"step": step})
+            checkpoints.wait()
+            walls.append(1e3 * (time.perf_counter() - wall))
+            cpus.append(1e3 * (time.process_time() - cpu))
+    finally:
+        checkpoints.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
+    result = {
+        "state_mb": size / 2**20,
+        "save_wall_ms": statistics.median(walls[3:]),
+        "save_cpu_ms": statistics.median(cpus[3:]),
+    }
+    print(
+        f"\ncheckpoint: one save of the demo's state ({result['state_mb']:.2f} MB): "
+        f"{result['save_wall_ms']:.1f} ms wall, {result['save_cpu_ms']:.1f} ms CPU"
+    )
     return result
 
 

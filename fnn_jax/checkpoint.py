@@ -10,6 +10,7 @@ missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +102,12 @@ def _quiet_failed_read_noise() -> None:
     sys.unraisablehook = hook
 
 
+@functools.cache
+def _writer() -> futures.ThreadPoolExecutor:
+    """The thread that starts every writable Checkpoints' saves, in the order asked."""
+    return futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-save")
+
+
 @dataclasses.dataclass
 class StageEnds:
     """Orbax preservation policy: every step saved as the last of a fine-tuning stage (its
@@ -140,13 +148,20 @@ class Checkpoints:
             cleanup_tmp_directories=not read_only,  # half-written steps of a killed process
             read_only=read_only,
         )
-        self.manager = None
+        self._manager = None
         self._pending: int | None = None  # the step an unfinished async save writes
+        # One process: saves start on a thread of their own, so the training loop does not
+        # wait for Orbax's bookkeeping (~15 ms a save); the states it gets are host copies.
+        # One such thread for all managers: Orbax's save contract breaks when two threads
+        # start saves at once (a vectorised group's trials). Several processes keep saves on
+        # the main thread, in step with the collectives.
+        self._writer = _writer() if not read_only and jax.process_count() == 1 else None
+        self._started: futures.Future | None = None
         _quiet_failed_read_noise()  # before any read: the noise comes from other threads
         if not read_only:
             self._check_writable()
             self._set_aside_unreadable_steps()
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _check_writable(self) -> None:
         """CheckpointError now, not at the first save: a save Orbax cannot start leaves
@@ -181,6 +196,14 @@ class Checkpoints:
                     self._move_aside(int(folder.name))
                     break
 
+    @property
+    def manager(self) -> ocp.CheckpointManager:
+        """Orbax's manager, once a save started on the writer thread is in its hands (two
+        threads never use it at once; that save's error, if any, comes from ``wait``)."""
+        if self._started is not None:
+            futures.wait([self._started])
+        return self._manager
+
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
@@ -205,15 +228,21 @@ class Checkpoints:
         # The previous save first: its failure is reported under its own step, and no new
         # save starts (Orbax would leave a thread waiting minutes for a folder it never makes).
         self.wait()
+        metrics = {"best_rank": float(step) if is_best else -1.0}
+        metrics["stage_end"] = float(stage_end)
+        self._pending = step
+        if self._writer is None:
+            self._start_save(step, state, progress, metrics)
+        else:
+            self._started = self._writer.submit(self._start_save, step, state, progress, metrics)
+
+    def _start_save(self, step: int, state: Any, progress: dict, metrics: dict) -> None:
         progress = {**progress, "hashes": leaf_hashes(state)}
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
         )
-        metrics = {"best_rank": float(step) if is_best else -1.0}
-        metrics["stage_end"] = float(stage_end)
         try:
-            self.manager.save(step, args=args, metrics=metrics, force=True)
-            self._pending = step
+            self._manager.save(step, args=args, metrics=metrics, force=True)  # not .manager
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
             raise CheckpointError(
                 f"could not write checkpoint step {step} to {self.directory}: {error}"
@@ -327,7 +356,7 @@ class Checkpoints:
         if target.exists():  # the same step number damaged before: keep both
             target = aside / f"{step}.{len(list(aside.glob(f'{step}.*'))) + 1}"
         shutil.move(str(self.directory / str(step)), str(target))
-        if self.manager is not None:
+        if self._manager is not None:
             self.manager.reload()
 
     def restore_saved(self, step: int) -> tuple[Any, dict]:
@@ -361,8 +390,11 @@ class Checkpoints:
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk; a failed write raises CheckpointError."""
+        started, self._started = self._started, None
+        if started is not None:
+            started.result()  # a save that failed to start raises its CheckpointError here
         try:
-            self.manager.wait_until_finished()
+            self._manager.wait_until_finished()
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
             raise CheckpointError(
                 f"could not write checkpoint step {self._pending} to {self.directory}: {error}"
@@ -370,8 +402,10 @@ class Checkpoints:
 
     def close(self) -> None:
         """Finishes pending saves; always call before the process exits."""
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
 
 
 def export_params(directory: Path, params: Any) -> None:

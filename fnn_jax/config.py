@@ -73,6 +73,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.log_every_steps": (1, None),
     "train.eval_every_steps": (0, None),
     "train.keep_checkpoints": (1, None),
+    "train.checkpoint_every_s": (0.0, None),
     "train.closed_loop_steps": (0, None),
     "train.patience": (0, None),
     "train.min_delta": (0.0, None),
@@ -209,6 +210,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.train.log_every_steps = 50
     c.train.eval_every_steps = 0  # 0 = once per epoch
     c.train.keep_checkpoints = 3  # latest N, plus the best
+    # Seconds of training between saves (at evaluations; a new best waits in memory and is
+    # written before the next save). Stage ends and interruptions always save; a killed
+    # process loses at most this much. 0: save at every evaluation.
+    c.train.checkpoint_every_s = 30.0
     c.train.closed_loop_steps = 12  # forecasting: test error k steps ahead on own predictions
     c.train.early_stopping_metric = ""  # "" = the task's main metric
     c.train.patience = 0  # evaluations without improvement before stopping; 0 = off

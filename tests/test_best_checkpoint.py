@@ -132,3 +132,50 @@ def test_a_torn_metadata_file_of_the_latest_step_is_moved_aside_and_the_run_resu
     assert f"checkpoint step {last} is unusable: {path} is unreadable" in caplog.text
     assert (workdir / "checkpoints-corrupt" / str(last)).is_dir()
     _assert_same_run(workdir, reference)
+
+
+# ------------------------------------------------------- saves every checkpoint_every_s
+
+RARELY = {"train.checkpoint_every_s": 1e9}  # only stage ends and interruptions save
+
+
+def test_rare_saves_write_the_best_in_memory_before_the_last_and_change_nothing_else(
+    finished, tmp_path
+):
+    """Saving only at the end, the best state waited in memory since its evaluation: it is
+    written before the final step, equal bit for bit to the one saved at its evaluation,
+    and the run (parameters, logs, report) is the same as saving at every evaluation."""
+    every_workdir, every_report = finished
+    report = train_and_evaluate(_config(**KEEP_ALL, **RARELY), tmp_path)
+    best = every_report["best_step"]
+    assert report["best_step"] == best and "best_checkpoint_problem" not in report
+    assert report["results"] == every_report["results"]
+    rare, every = Checkpoints(tmp_path / "checkpoints"), Checkpoints(every_workdir / "checkpoints")
+    try:
+        assert rare.steps() == [best, STEPS]
+        for step in (best, STEPS):
+            (a, a_progress), (b, b_progress) = rare.restore_saved(step), every.restore_saved(step)
+            jax.tree.map(np.testing.assert_array_equal, a, b)
+            assert a_progress == b_progress
+    finally:
+        rare.close()
+        every.close()
+    assert MetricsLog.read(tmp_path, times=False) == MetricsLog.read(every_workdir, times=False)
+
+
+def test_an_interrupted_run_saving_rarely_writes_its_unsaved_best_and_resumes_exactly(
+    finished, tmp_path
+):
+    every_workdir, every_report = finished
+    best, stop = every_report["best_step"], STEPS - 2
+    assert best < stop
+    config = _config(**KEEP_ALL, **RARELY)
+    assert train_and_evaluate(config, tmp_path, stop_after_steps=stop) == {"interrupted_at": stop}
+    checkpoints = Checkpoints(tmp_path / "checkpoints", read_only=True)
+    try:
+        assert checkpoints.steps() == [best, stop]
+    finally:
+        checkpoints.close()
+    report = train_and_evaluate(config, tmp_path)
+    assert report["best_step"] == best and report["results"] == every_report["results"]
+    _assert_same_run(tmp_path, every_workdir)

@@ -1,7 +1,8 @@
 """Two ``jax.distributed`` processes on 127.0.0.1, one CPU device each, train one model
-together over a data axis of 2: they report the same results, only process 0 writes the
-run's files, and the parameters equal those of one process with the same global batch
-(tolerance 1e-6: the batch's sums split over two devices)."""
+together over a data axis of 2: each sends only its half of every batch, they report the
+same results, only process 0 writes the run's files, and the parameters equal those of one
+process with the same global batch (tolerance 1e-6: the batch's sums split over two
+devices)."""
 
 import json
 import os
@@ -40,10 +41,18 @@ if processes > 1:
     c.distributed.coordinator_address = address
     c.distributed.num_processes = processes
     c.distributed.process_id = rank
+from fnn_jax.train import mesh
+sent = set()  # the rows of each global batch this process gathered and sent
+gather_rows = mesh.Layout.gather_rows
+def recording(self, table, rows):
+    out = gather_rows(self, table, rows)
+    sent.update((s.index[1].start or 0, s.index[1].stop) for s in out["inputs"].addressable_shards)
+    return out
+mesh.Layout.gather_rows = recording
 report = train_and_evaluate(c, workdir)
 import jax
 print(json.dumps({"devices": jax.device_count(), "processes": jax.process_count(),
-                  "results": report["results"]}, default=float))
+                  "sent": sorted(sent), "results": report["results"]}, default=float))
 """
 
 
@@ -95,6 +104,8 @@ def test_two_processes_train_one_model_equal_to_one_process(tmp_path):
 
     assert [o["devices"] for o in outputs] == [2, 2] and [o["processes"] for o in outputs] == [2, 2]
     assert outputs[0]["results"] == outputs[1]["results"]  # both processes agree
+    # Each process gathered and sent only its half of every global batch of 8 rows.
+    assert [o["sent"] for o in outputs] == [[[0, 4]], [[4, 8]]] and alone["sent"] == []
     for split in ("validation", "test"):
         np.testing.assert_allclose(
             outputs[0]["results"][split]["loss"], alone["results"][split]["loss"], rtol=1e-5

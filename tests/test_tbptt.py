@@ -197,6 +197,13 @@ def test_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path):
 
 def test_a_tbptt_run_resumed_mid_row_equals_an_uninterrupted_one(tmp_path):
     config = _config(7, 12, **{"optimizer.name": "adam", "optimizer.learning_rate": 1e-2})
+    assert_resumed_mid_row_equals_uninterrupted(config, tmp_path)
+
+
+def assert_resumed_mid_row_equals_uninterrupted(config, tmp_path):
+    """``config`` (rows in four windows, 12 steps) stopped after 6 steps, mid-row, and
+    resumed, ends bit for bit where an uninterrupted run ends: parameters, optimizer state
+    and carried state."""
     train_and_evaluate(config, tmp_path / "whole")
     assert train_and_evaluate(config, tmp_path / "split", stop_after_steps=6) == {
         "interrupted_at": 6  # the third of a row's four windows: its carry is saved

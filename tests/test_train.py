@@ -331,3 +331,22 @@ def test_a_huge_max_nonfinite_steps_means_never_stop(tmp_path):
         _config(**{"train.num_steps": 4, "train.max_nonfinite_steps": 2**40}), tmp_path
     )
     assert report["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    ("rows", "batch_size", "multiple", "count", "size"),
+    [(270, 256, 1, 2, 135), (72, 20, 4, 4, 20), (10, 256, 1, 1, 10), (7, 3, 2, 2, 4)],
+)
+def test_eval_batches_hold_the_split_in_order_in_the_fewest_and_smallest_equal_batches(
+    rows, batch_size, multiple, count, size
+):
+    from fnn_jax.data import Split
+    from fnn_jax.train.steps import eval_batches
+
+    inputs = np.arange(rows * 2, dtype=np.float32).reshape(rows, 1, 2)
+    split = Split(inputs, np.arange(rows, dtype=np.int32))
+    batches = list(eval_batches(split, batch_size, multiple))
+    assert [b["inputs"].shape[0] for b in batches] == [size] * count
+    real = [np.asarray(b["inputs"])[np.asarray(b["weights"]) > 0] for b in batches]
+    np.testing.assert_array_equal(np.concatenate(real), inputs)
+    assert sum(int(np.sum(np.asarray(b["weights"]) == 0)) for b in batches) == count * size - rows

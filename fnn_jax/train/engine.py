@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fnn_jax import finetune, forecast, reporting
 from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
@@ -58,6 +59,12 @@ from fnn_jax.tree import count_params, paths, require_matches
 log = logging.getLogger("fnn_jax")
 
 
+def rows_on_host() -> bool:
+    """Whether the train rows stay on the host (several processes: each sends its devices
+    only their slice of every batch) rather than on every device."""
+    return jax.process_count() > 1
+
+
 class Engine:
     """Trains K trials (K = 1 for a single run) in their workdirs; see the module docstring."""
 
@@ -82,7 +89,10 @@ class Engine:
         # to them once.
         self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)
         table = steppers.host_train_table(plan.dataset.train, plan.window * plan.windows)
-        self.train_table = self.layout.put(table, self.layout.replicated)
+        if rows_on_host():  # each process sends only its slice of every batch
+            self.train_table = steppers.RowsOnHost(table)
+        else:
+            self.train_table = self.layout.put(table, self.layout.replicated)
         self.validation_batches = device_eval_batches(
             plan.dataset.validation, configs[0].data.eval_batch_size, self.layout
         )
@@ -266,7 +276,7 @@ class Engine:
                 states = stepper.host_states()
                 for i, trial in enumerate(members):
                     if active[i] and i not in saved:
-                        self._save(trial, states[i])
+                        self._checkpoint(trial, states[i], now=True)
                 return True
         return False
 
@@ -390,49 +400,27 @@ class Engine:
         self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
     ) -> set[int]:
         """Train metrics, validation, early stopping, checkpoints and stage ends of the
-        active members whose step calls for them; returns the indices saved."""
-        train = self.config.train
-        due_log = self._due(members, active, self.log_every)
-        if any(due_log):
-            for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
-                if due:
-                    values = diagnostics.metrics(self.plan.task, sums)
-                    values["learning_rate"] = self._learning_rate(trial)
-                    trial.metrics_log.write(trial.step, "train", values)
-                    trial.summary = f"loss {values['loss']:.4f}"
-            stepper.reset_sums(due_log)
+        active members whose step calls for them; returns the indices saved now."""
+        self._log_train(members, active, stepper)
         due_eval = self._due(members, active, self.plan.eval_every)
         if not any(due_eval):
             return set()
         sums = stepper.evaluate_sums(self.validation_batches)
-        states = stepper.host_states()
+        states, saved = stepper.host_states(), set()
         for i, trial in enumerate(members):
             if not due_eval[i]:
                 continue
             values = diagnostics.metrics(self.plan.task, sums[i])
             trial.metrics_log.write(trial.step, "validation", values)
-            value, progress = values[self.plan.metric], trial.progress
-            trial.summary += f"  val {self.plan.metric} {value:.4f}"
-            if improves(value, progress.best_value, self.plan.mode, train.min_delta):
-                progress.best_value, progress.best_step, progress.bad_evals = value, trial.step, 0
-            else:
-                progress.bad_evals += 1
-            stop_early = trial.patience_spent()
-            if stop_early:
-                log.info(
-                    "%searly stopping at step %d (stage %s)",
-                    trial.label,
-                    trial.step,
-                    trial.stage.name,
-                )
-            ends_stage = stop_early or trial.step == trial.stage_end
-            self._save(trial, states[i], stage_end=ends_stage)
+            ends_stage = self._track_best(trial, values[self.plan.metric])
+            if self._checkpoint(trial, states[i], stage_end=ends_stage):
+                saved.add(i)
             trial.metrics_log.flush()
             if ends_stage:
                 trial.state = states[i]
                 self._end_stage(trial)
                 active[i] = False
-        return {i for i, due in enumerate(due_eval) if due}
+        return saved
 
     def _learning_rate(self, trial: Trial) -> float:
         """The base learning rate of the step just taken (its stage's schedule, counted
@@ -454,14 +442,76 @@ class Engine:
         for trial in members:
             trial.summary = ""
 
-    def _save(self, trial: Trial, state: TrainState, *, stage_end: bool = False) -> None:
-        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
-            raise FloatingPointError(
-                f"refusing to save step {trial.step} of {trial.workdir}: parameters are not finite"
+    def _log_train(
+        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
+    ) -> None:
+        """The train metrics since the last log of the members due to log; resets them."""
+        due_log = self._due(members, active, self.log_every)
+        if not any(due_log):
+            return
+        for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
+            if due:
+                values = diagnostics.metrics(self.plan.task, sums)
+                values["learning_rate"] = self._learning_rate(trial)
+                trial.metrics_log.write(trial.step, "train", values)
+                trial.summary = f"loss {values['loss']:.4f}"
+        stepper.reset_sums(due_log)
+
+    def _track_best(self, trial: Trial, value: float) -> bool:
+        """Best step and early stopping after a validation ``value``; True when the trial's
+        stage ends here."""
+        progress = trial.progress
+        trial.summary += f"  val {self.plan.metric} {value:.4f}"
+        if improves(value, progress.best_value, self.plan.mode, trial.config.train.min_delta):
+            progress.best_value, progress.best_step, progress.bad_evals = value, trial.step, 0
+        else:
+            progress.bad_evals += 1
+        stop_early = trial.patience_spent()
+        if stop_early:
+            log.info(
+                "%searly stopping at step %d (stage %s)", trial.label, trial.step, trial.stage.name
             )
+        return stop_early or trial.step == trial.stage_end
+
+    def _checkpoint(
+        self, trial: Trial, state: TrainState, *, stage_end: bool = False, now: bool = False
+    ) -> bool:
+        """Saves ``state`` (host copies) at a stage end, when asked (``now``: an
+        interruption) or when config.train.checkpoint_every_s have passed since the trial's
+        last save, the best state kept in memory since then first; else keeps it in memory
+        if it is a new best. True when it saved."""
+        due = now or stage_end
+        due = due or time.monotonic() - trial.saved_at >= trial.config.train.checkpoint_every_s
+        if jax.process_count() > 1:  # clocks differ: every process saves when process 0 does
+            due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
         record = trial.progress.record(trial.step, self.plan.steps_per_epoch)
         is_best = trial.progress.best_step == trial.step
-        trial.checkpoints.save(trial.step, state, record, is_best=is_best, stage_end=stage_end)
+        if not due:
+            if is_best:
+                trial.unsaved_best = (trial.step, state, record)
+            return False
+        if trial.unsaved_best is not None and not is_best:
+            self._save(trial, *trial.unsaved_best, is_best=True)
+        trial.unsaved_best = None
+        self._save(trial, trial.step, state, record, is_best=is_best, stage_end=stage_end)
+        trial.saved_at = time.monotonic()
+        return True
+
+    @staticmethod
+    def _save(
+        trial: Trial,
+        step: int,
+        state: TrainState,
+        record: dict[str, Any],
+        *,
+        is_best: bool,
+        stage_end: bool = False,
+    ) -> None:
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
+            raise FloatingPointError(
+                f"refusing to save step {step} of {trial.workdir}: parameters are not finite"
+            )
+        trial.checkpoints.save(step, state, record, is_best=is_best, stage_end=stage_end)
 
     def _end_stage(self, trial: Trial) -> None:
         """Moves a trial to its next stage (fresh optimizer state, fresh patience), or ends

@@ -99,6 +99,18 @@ class Layout:
 
         return jax.tree.map(place, tree, shardings)
 
+    def gather_rows(self, table: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, jax.Array]:
+        """Batches of ``table``'s rows: ``rows`` [steps, batch] (indices) -> arrays
+        [steps, batch, ...], each batch split over ``data``. A process gathers and sends
+        only the rows its own devices hold: its slice of every global batch."""
+        sharding = NamedSharding(self.mesh, PartitionSpec(None, "data"))
+
+        def place(values: np.ndarray) -> jax.Array:
+            shape = rows.shape + values.shape[1:]
+            return jax.make_array_from_callback(shape, sharding, lambda i: values[rows[i[:2]]])
+
+        return {name: place(values) for name, values in table.items()}
+
     def put_rows(self, tree: Any) -> Any:
         """Every leaf split by rows over ``data`` (batches)."""
         return jax.tree.map(lambda x: self.put(x, self.rows(np.ndim(x))), tree)

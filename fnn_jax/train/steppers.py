@@ -131,13 +131,25 @@ def host_train_table(split: data_lib.Split, time: int | None = None) -> dict[str
     return table
 
 
-def _gather(table: dict, rows: jax.Array) -> dict:
-    """The batch of ``rows`` [batch] from the shared table and the trial's own fields (its
-    cached features replace the inputs)."""
+@dataclasses.dataclass(frozen=True)
+class RowsOnHost:
+    """A train table ({"inputs", ...} [rows, ...] NumPy) kept on the host: each dispatch
+    sends its batches, every process only its slice of them (``Layout.gather_rows``),
+    instead of holding the whole table on every device. What a multi-process run uses."""
+
+    table: dict[str, np.ndarray]
+
+
+def _gather(table: dict, rows: jax.Array, sent: dict | None = None) -> dict:
+    """The batch of ``rows`` [batch] from the shared table, the batch ``sent`` with the
+    dispatch (RowsOnHost) and the trial's own fields (its cached features replace the
+    inputs)."""
     fields = {**table["shared"], **table["own"]}
     if "features" in fields:
         fields.pop("inputs", None)
-    batch = {name: values[rows] for name, values in fields.items()}
+    batch = {**(sent or {}), **{name: values[rows] for name, values in fields.items()}}
+    if "features" in batch:
+        batch.pop("inputs", None)
     batch["weights"] = jnp.ones(rows.shape, jnp.float32)
     return batch
 
@@ -146,8 +158,9 @@ def _dispatch_fn(
     spec: StepSpec, stage: Stage, capacity: int, layout: mesh.Layout, *, split_batches: bool
 ):
     """``dispatch((state, health), table, indices, count, trial)``: ``count`` steps of one
-    trial, step i on the rows ``indices[i]`` ([capacity, batch]), split over the layout's
-    data axis when ``split_batches``. ``trial`` holds its dropout_key, settings, limit
+    trial, step i on the rows ``indices[i]`` ([capacity, batch]) of the table, or on
+    ``table["sent"][i]`` (RowsOnHost: the batches sent with the call), split over the
+    layout's data axis when ``split_batches``. ``trial`` holds its dropout_key, settings, limit
     (max_nonfinite_steps) and active (False: no change)."""
     body = train_step_body(spec)
 
@@ -186,7 +199,9 @@ def _dispatch_fn(
 
     def dispatch(carry, table, indices, count, trial):
         def one(i, carry):
-            return step(carry, split_rows(_gather(table, indices[i])), trial)
+            sent = table.get("sent")  # RowsOnHost: [capacity, batch, ...] sent with the call
+            sent = None if sent is None else jax.tree.map(lambda x: x[i], sent)
+            return step(carry, split_rows(_gather(table, indices[i], sent)), trial)
 
         if capacity == 1:  # the plain step, no loop around it
             return one(0, carry)
@@ -303,7 +318,7 @@ class SingleStepper(Stepper):
         stage: Stage,
         members: Sequence[Member],
         *,
-        table: dict[str, jax.Array],
+        table: dict[str, jax.Array] | RowsOnHost,
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
         layout: mesh.Layout | None = None,
@@ -318,7 +333,9 @@ class SingleStepper(Stepper):
         health = {k: v[0] for k, v in _health0(members).items()}
         self._health = layout.put(health, layout.replicated)
         own = {} if member.features is None else {"features": member.features}
-        self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
+        self._host_rows = table.table if isinstance(table, RowsOnHost) else None
+        shared = {} if self._host_rows is not None else table
+        self._table = {"shared": shared, "own": layout.put(own, layout.replicated)}
         trial = {
             "dropout_key": member.dropout_key,
             "settings": member.settings,
@@ -333,8 +350,11 @@ class SingleStepper(Stepper):
 
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         (rows,) = indices
+        table = self._table
+        if self._host_rows is not None:
+            table = {**table, "sent": self._layout.gather_rows(self._host_rows, rows)}
         self.state, self._health = self._run(
-            (self.state, self._health), self._table, rows, np.int32(count), self.trial
+            (self.state, self._health), table, rows, np.int32(count), self.trial
         )
 
     def host_states(self) -> list[TrainState]:
@@ -369,7 +389,7 @@ class VectorizedStepper(Stepper):
         stage: Stage,
         members: Sequence[Member],
         *,
-        table: dict[str, jax.Array],
+        table: dict[str, jax.Array] | RowsOnHost,
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
         layout: mesh.Layout | None = None,
@@ -386,6 +406,8 @@ class VectorizedStepper(Stepper):
         self.state = layout.put(stacked, shardings)
         health = _health0(members)
         self._health = layout.put(health, layout.replicated)
+        if isinstance(table, RowsOnHost):  # a group's trials read different rows: every
+            table = layout.put(table.table, layout.replicated)  # device holds them all
         cached = members[0].features is not None
         own = {"features": jnp.stack([m.features for m in members])} if cached else {}
         self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
@@ -430,14 +452,15 @@ def make_stepper(
     stage: Stage,
     members: Sequence[Member],
     *,
-    table: dict[str, jax.Array],
+    table: dict[str, jax.Array] | RowsOnHost,
     eval_step: Callable[[Any, dict], Any],
     steps_per_dispatch: int | str = 1,
     layout: mesh.Layout | None = None,
 ) -> Stepper:
     """The stepper for ``len(members)`` trials: ``jit(dispatch)`` for one,
     ``jit(vmap(dispatch))`` for more. ``table`` holds the train rows every member shares
-    (``train_table``); ``eval_step(params, batch) -> sums`` is one trial's evaluation.
+    (``train_table``, or RowsOnHost); ``eval_step(params, batch) -> sums`` is one
+    trial's evaluation.
     ``layout`` (default: the first device) places the state and splits each batch."""
     cls = SingleStepper if len(members) == 1 else VectorizedStepper
     return cls(

@@ -61,10 +61,13 @@ def to_device_batch(batch: dict[str, np.ndarray], weights: np.ndarray | None = N
 
 
 def eval_batches(split: data_lib.Split, batch_size: int, multiple: int = 1) -> Iterator[dict]:
-    """The whole split in order; the last batch is padded to full size with weight-0 rows,
-    so every batch has one shape and the eval step compiles once. The size is rounded up to
-    a ``multiple`` (the devices a batch is split over)."""
-    batch_size = -(-min(batch_size, len(split)) // multiple) * multiple
+    """The whole split in order, in as few batches of at most ``batch_size`` rows as it
+    takes, all the same size (the eval step compiles once) and as small as that allows:
+    the last is padded with weight-0 rows (270 rows at 256 make two batches of 135, not of
+    256). The size is rounded up to a ``multiple`` (the devices a batch is split over)."""
+    count = -(-len(split) // min(batch_size, len(split)))
+    batch_size = -(-len(split) // count)
+    batch_size = -(-batch_size // multiple) * multiple
     for batch in data_lib.batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     ):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,10 @@ class Trial:
     label: str  # prefix for log lines: "" alone, the workdir's name in a group
     summary: str = ""  # this step's train loss / validation metric, for the progress bar
     outcome: dict[str, Any] | Exception | None = None  # report, interruption or error
+    saved_at: float = dataclasses.field(default_factory=time.monotonic)  # its last save
+    # A new best (step, host state, progress record) not yet written: it goes to disk
+    # before the next save, so every saved record's best step is on disk too.
+    unsaved_best: tuple[int, Any, dict[str, Any]] | None = None
 
     @property
     def stage(self) -> Stage:
