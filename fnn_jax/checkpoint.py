@@ -151,7 +151,8 @@ class Checkpoints:
         self._manager = None
         self._pending: int | None = None  # the step an unfinished async save writes
         # One process: saves start on a thread of their own, so the training loop does not
-        # wait for Orbax's bookkeeping (~15 ms a save); the states it gets are host copies.
+        # wait for Orbax's bookkeeping (tens of ms a save, bench --section checkpoint); the
+        # states it gets are host copies.
         # One such thread for all managers: Orbax's save contract breaks when two threads
         # start saves at once (a vectorised group's trials). Several processes keep saves on
         # the main thread, in step with the collectives.
