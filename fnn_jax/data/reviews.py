@@ -18,6 +18,7 @@ import numpy as np
 
 from fnn_jax.data.base import Dataset, Split
 from fnn_jax.data.registry import (
+    check_positive,
     per_class_subset,
     register,
     require,
@@ -84,15 +85,6 @@ def _unigram_cross_entropy(train: np.ndarray, test: np.ndarray) -> float:
     return float(-np.log(counts / counts.sum())[test].mean())
 
 
-def _check_positive(name: str, value: int | None, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(
-            f"{name} must be an int >= 1{' or None' if allow_none else ''}; got {value!r}"
-        )
-
-
 @register("reviews_text")
 def reviews_text(*, seq_len: int = 128, max_reviews: int | None = None, seed: int = 0) -> Dataset:
     """Next-character prediction (tagging) on the review texts.
@@ -105,8 +97,8 @@ def reviews_text(*, seq_len: int = 128, max_reviews: int | None = None, seed: in
     that many reviews of each split (small tests). ``seed`` is accepted for a uniform
     loader interface; nothing here is random.
     """
-    _check_positive("seq_len", seq_len)
-    _check_positive("max_reviews", max_reviews, allow_none=True)
+    check_positive("seq_len", seq_len)
+    check_positive("max_reviews", max_reviews, allow_none=True)
     texts, _ = source()
     rows, dropped = lm_rows(texts)
     width, splits, unknown, chars = seq_len + 1, {}, {}, {}
@@ -182,7 +174,7 @@ def _budget_rows(
     validate on); None keeps both splits whole."""
     if num_labels is None:
         return rows
-    _check_positive("num_labels", num_labels)
+    check_positive("num_labels", num_labels)
     classes = len(CLASSES)
     available = min(len(rows["train"]), len(rows["validation"]))
     if not classes <= num_labels <= available:
@@ -225,7 +217,7 @@ def reviews(*, max_len: int = 512, num_labels: int | None = None, seed: int = 0)
     validation reviews (``seed`` draws them); the test split is always all 800 test reviews.
     info["source_index"][split] holds the reviews' row numbers in the source.
     """
-    _check_positive("max_len", max_len)
+    check_positive("max_len", max_len)
     texts, labels = source()
     rows = _budget_rows(labels, split_rows(), num_labels, seed)
     splits, unknown, truncated = {}, {}, {}

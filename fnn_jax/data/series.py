@@ -14,16 +14,7 @@ import numpy as np
 
 from fnn_jax.data.base import SPLITS, Dataset, Split
 from fnn_jax.data.forecasting import split_bounds
-from fnn_jax.data.registry import register, require
-
-
-def _check_length(name: str, value: int | None, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(
-            f"{name} must be an int >= 1{' or None' if allow_none else ''}; got {value!r}"
-        )
+from fnn_jax.data.registry import check_positive, register, require
 
 
 def _rows(z: np.ndarray, lo: int, hi: int, length: int, stride: int) -> Split:
@@ -58,8 +49,8 @@ def series_rows(
     [n, row_length, 1] float32, targets one step after inputs; no row reads or predicts a
     point of another split.
     """
-    _check_length("row_length", row_length)
-    _check_length("stride", stride, allow_none=True)
+    check_positive("row_length", row_length)
+    check_positive("stride", stride, allow_none=True)
     series = np.asarray(series, np.float64)
     bounds = split_bounds(len(series))
     lo, hi = bounds["train"]
