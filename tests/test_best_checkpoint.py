@@ -12,7 +12,7 @@ import pytest
 
 from fnn_jax.checkpoint import Checkpoints, load_exported
 from fnn_jax.reporting import MetricsLog
-from fnn_jax.train import train_and_evaluate
+from fnn_jax.train import steppers, train_and_evaluate
 from tests.test_reliability import STEPS, _assert_same_run, _config, _largest_file
 
 # A failed checkpoint read leaves no traceback behind (see test_reliability.py).
@@ -179,3 +179,52 @@ def test_an_interrupted_run_saving_rarely_writes_its_unsaved_best_and_resumes_ex
     report = train_and_evaluate(config, tmp_path)
     assert report["best_step"] == best and report["results"] == every_report["results"]
     _assert_same_run(tmp_path, every_workdir)
+
+
+def test_a_run_halted_on_non_finite_steps_after_its_best_writes_that_best(
+    finished, monkeypatch, tmp_path
+):
+    """Saving rarely, the best state waits in memory; every step after the step past it
+    reports non-finite (limit 0), so the run halts there: the best is written on the way
+    out, equal bit for bit to the one a run saving at every evaluation wrote."""
+    every_workdir, every_report = finished
+    best = every_report["best_step"]
+    real_body = steppers.train_step_body
+
+    def poisoned(spec):
+        body = real_body(spec)
+
+        def wrapped(state, batch, dropout_key, tx, *, l1, l2):
+            new, finite = body(state, batch, dropout_key, tx, l1=l1, l2=l2)
+            return new, finite & (state.step <= best)
+
+        return wrapped
+
+    monkeypatch.setattr(steppers, "train_step_body", poisoned)
+    config = _config(**KEEP_ALL, **RARELY, **{"train.max_nonfinite_steps": 0})
+    with pytest.raises(FloatingPointError, match=rf"at step {best + 2} \(1 such steps"):
+        train_and_evaluate(config, tmp_path)
+    halted = Checkpoints(tmp_path / "checkpoints")
+    every = Checkpoints(every_workdir / "checkpoints")
+    try:
+        assert halted.steps() == [best]
+        (a, a_progress), (b, b_progress) = halted.restore_saved(best), every.restore_saved(best)
+        jax.tree.map(np.testing.assert_array_equal, a, b)
+        assert a_progress == b_progress
+    finally:
+        halted.close()
+        every.close()
+
+
+def test_a_save_at_a_new_best_drops_the_older_best_waiting_in_memory(tmp_path):
+    """Saving rarely, a best waits in memory until a later evaluation is due to save; when
+    that one is a better best, the older one is superseded and never written."""
+    config = _config(**RARELY, **{"train.num_steps": 8, "train.early_stopping_metric": "loss"})
+    train_and_evaluate(config, tmp_path)
+    losses = [r["loss"] for r in MetricsLog.read(tmp_path) if r["split"] == "validation"]
+    assert len(losses) == 2 and losses[1] < losses[0]  # both evaluations were new bests
+    checkpoints = Checkpoints(tmp_path / "checkpoints", read_only=True)
+    try:
+        assert checkpoints.steps() == [8]
+    finally:
+        checkpoints.close()

@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from fnn_jax import data, tasks
+from fnn_jax import cells, data, tasks
 from fnn_jax.config import default_config
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, penalty, schedule
@@ -295,6 +295,20 @@ def test_init_params_from_one_step_of_one_row_equals_init_from_the_whole_batch(d
     batch = to_device_batch(next(data.batches(ds.train, 4, seed=0, epoch=0)))
     full = jax.jit(model.init)(jax.random.key(3), batch["inputs"], batch["lengths"])["params"]
     _assert_trees_equal(init_params(model, jax.random.key(3), batch), full)
+
+
+@pytest.mark.parametrize("cell", sorted(cells.REGISTRY))
+def test_initial_parameters_compiled_at_llvm_o1_equal_the_default_compilation_bit_for_bit(
+    digits, cell
+):
+    """init_params compiles at LLVM O1 (half the compile time): the same bits as XLA's
+    default options, for every cell (threefry, erf_inv and QR in each)."""
+    dataset, _, _, sample, _ = digits
+    model_config = ml_collections.ConfigDict(default_config().model)
+    model_config.update(cell=cell, hidden_size=40)
+    model = build_model(model_config, dataset)
+    default = jax.jit(model.init)(jax.random.key(5), sample["inputs"], sample["lengths"])
+    _assert_trees_equal(init_params(model, jax.random.key(5), sample), default["params"])
 
 
 class _ClockedStepper(steppers.Stepper):

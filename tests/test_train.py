@@ -350,3 +350,46 @@ def test_eval_batches_hold_the_split_in_order_in_the_fewest_and_smallest_equal_b
     real = [np.asarray(b["inputs"])[np.asarray(b["weights"]) > 0] for b in batches]
     np.testing.assert_array_equal(np.concatenate(real), inputs)
     assert sum(int(np.sum(np.asarray(b["weights"]) == 0)) for b in batches) == count * size - rows
+
+
+def test_the_final_evaluation_reuses_the_validation_program_and_equals_a_plain_one(
+    monkeypatch, tmp_path
+):
+    from fnn_jax.train import engine, steps
+    from fnn_jax.train.trial import setup
+
+    made = []
+
+    def recorded(*args, **kwargs):
+        made.append(steps.make_eval_step(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(engine, "make_eval_step", recorded)
+    config = _config()
+    report = train_and_evaluate(config, tmp_path)
+    (eval_step,) = made
+    plan = setup(config)
+    test, validation = plan.dataset.split("test"), plan.dataset.split("validation")
+    assert len(test) != len(validation)  # the test split is padded to validation's batches
+    assert eval_step._cache_size() == 1  # validation in training, validation and test at the end
+    # The best step's validation: the same program on the same parameters as when logged.
+    (logged,) = [
+        r
+        for r in _metric_records(tmp_path)
+        if r["split"] == "validation" and r["step"] == report["best_step"]
+    ]
+    for name, value in report["results"]["validation"].items():
+        assert value == logged[name], name
+    # The test metrics: as a plain evaluation (host parameters, the split's own batches).
+    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    saved, _ = checkpoints.restore_saved(report["best_step"])
+    checkpoints.close()
+    plain = steps.evaluate(
+        steps.make_eval_step(plan.model, plan.task),
+        jax.tree.map(np.asarray, saved["params"]),
+        test,
+        config.data.eval_batch_size,
+        plan.task,
+    )
+    for name, value in report["results"]["test"].items():
+        np.testing.assert_allclose(value, plain[name], rtol=1e-6, err_msg=name)

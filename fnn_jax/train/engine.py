@@ -47,10 +47,10 @@ from fnn_jax.train.steps import (
     TrainState,
     compute_features,
     device_eval_batches,
-    evaluate,
     init_params,
     initial_carry,
     make_eval_step,
+    split_sums,
     zero_sums,
 )
 from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
@@ -395,6 +395,7 @@ class Engine:
                     f"config.train.max_nonfinite_steps={limit})"
                 )
                 active[i] = False
+                self._write_unsaved_best(trial)  # the halted state itself is never saved
 
     def _log_evaluate_save(
         self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
@@ -490,12 +491,18 @@ class Engine:
             if is_best:
                 trial.unsaved_best = (trial.step, state, record)
             return False
-        if trial.unsaved_best is not None and not is_best:
-            self._save(trial, *trial.unsaved_best, is_best=True)
-        trial.unsaved_best = None
+        if is_best:  # this save supersedes the best in memory
+            trial.unsaved_best = None
+        self._write_unsaved_best(trial)
         self._save(trial, trial.step, state, record, is_best=is_best, stage_end=stage_end)
         trial.saved_at = time.monotonic()
         return True
+
+    def _write_unsaved_best(self, trial: Trial) -> None:
+        """Saves the best state kept in memory since the trial's last save, if any."""
+        if trial.unsaved_best is not None:
+            self._save(trial, *trial.unsaved_best, is_best=True)
+            trial.unsaved_best = None
 
     @staticmethod
     def _save(
@@ -528,6 +535,19 @@ class Engine:
 
     # ------------------------------------------------------------------------ the end
 
+    def _evaluate(self, params: Any, split: str) -> dict[str, float]:
+        """The task's metrics of ``params`` over a whole split, run by the program that
+        evaluated validation during training: the same devices, shardings and batch rows
+        (the test split's last batch padded), so the final evaluation compiles nothing."""
+        layout = self.layout
+        batches = self.validation_batches
+        if split != "validation":
+            rows = batches[0]["weights"].shape[0]
+            batches = device_eval_batches(self.plan.dataset.split(split), rows, layout, rows=rows)
+        placed = layout.put(params, layout.state_shardings(params))
+        sums = split_sums(self.eval_step, placed, batches)
+        return diagnostics.metrics(self.plan.task, mesh.host(sums))
+
     def _finish(self, trial: Trial) -> dict[str, Any]:
         """Restores the best checkpoint, evaluates it on validation and test, exports its
         merged parameters and writes the report."""
@@ -538,13 +558,7 @@ class Engine:
         )
         best_step = progress.best_step if progress.best_step is not None else step
         stages = finish.stage_summaries(trial, params, self.plan.metric, self.plan.mode)
-        batch_size = config.data.eval_batch_size
-        results = {
-            split: evaluate(
-                self.eval_step, params, dataset.split(split), batch_size, self.plan.task
-            )
-            for split in ("validation", "test")
-        }
+        results = {split: self._evaluate(params, split) for split in ("validation", "test")}
         exported = self.to_model(params)
         report = {
             "name": f"{dataset.name} / {config.model.cell}",

@@ -60,14 +60,22 @@ def to_device_batch(batch: dict[str, np.ndarray], weights: np.ndarray | None = N
     return fields
 
 
-def eval_batches(split: data_lib.Split, batch_size: int, multiple: int = 1) -> Iterator[dict]:
-    """The whole split in order, in as few batches of at most ``batch_size`` rows as it
-    takes, all the same size (the eval step compiles once) and as small as that allows:
-    the last is padded with weight-0 rows (270 rows at 256 make two batches of 135, not of
-    256). The size is rounded up to a ``multiple`` (the devices a batch is split over)."""
-    count = -(-len(split) // min(batch_size, len(split)))
-    batch_size = -(-len(split) // count)
-    batch_size = -(-batch_size // multiple) * multiple
+def eval_batch_rows(num_rows: int, batch_size: int, multiple: int = 1) -> int:
+    """The rows of each evaluation batch of a split of ``num_rows``: as few batches of at
+    most ``batch_size`` as it takes, all the same size (the eval step compiles once) and as
+    small as that allows (270 rows at 256 make two batches of 135, not of 256), rounded up
+    to a ``multiple`` (the devices a batch is split over)."""
+    count = -(-num_rows // min(batch_size, num_rows))
+    rows = -(-num_rows // count)
+    return -(-rows // multiple) * multiple
+
+
+def eval_batches(
+    split: data_lib.Split, batch_size: int, multiple: int = 1, *, rows: int | None = None
+) -> Iterator[dict]:
+    """The whole split in order, in batches of ``eval_batch_rows`` (or of ``rows``: another
+    split's compiled size), the last padded with weight-0 rows."""
+    batch_size = rows or eval_batch_rows(len(split), batch_size, multiple)
     for batch in data_lib.batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     ):
@@ -260,12 +268,14 @@ def make_eval_step(
     return jax.jit(eval_step_body(model, task, to_model))
 
 
-def device_eval_batches(split: data_lib.Split, batch_size: int, layout=None) -> list[dict]:
+def device_eval_batches(
+    split: data_lib.Split, batch_size: int, layout=None, *, rows: int | None = None
+) -> list[dict]:
     """``eval_batches`` of the whole split, on the device (sent once, evaluated often);
     with a ``layout`` (fnn_jax.train.mesh), split by rows over its data axis."""
     if layout is None:
-        return [jax.device_put(batch) for batch in eval_batches(split, batch_size)]
-    batches = eval_batches(split, batch_size, layout.data_size)
+        return [jax.device_put(batch) for batch in eval_batches(split, batch_size, rows=rows)]
+    batches = eval_batches(split, batch_size, layout.data_size, rows=rows)
     return [layout.put_rows(batch) for batch in batches]
 
 
@@ -301,9 +311,17 @@ def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch
     return jnp.concatenate(parts)[: len(split)]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _init(model: nn.Module, key: Array, inputs: Array, lengths: Array) -> Any:
+# Initialisers are slow to compile on CPU (threefry and erf_inv per parameter: a second of
+# the demo's cold start) and run once: LLVM at O1 compiles them in half the time, to the
+# same bits as the default O2 (tested for every cell).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
+def _init_body(model: nn.Module, key: Array, inputs: Array, lengths: Array) -> Any:
     return model.init(key, inputs, lengths)["params"]
+
+
+_init = jax.jit(_init_body, static_argnums=0, compiler_options=INIT_COMPILER_OPTIONS)
 
 
 def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
@@ -314,4 +332,6 @@ def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
     a smaller program to compile. Compiled once: a second run, or a vectorised group's
     trials, reuse the program (and the compilation cache keeps it across runs)."""
     inputs = jnp.asarray(batch["inputs"])[:1, :1]
-    return _init(model, key, inputs, jnp.ones((1,), jnp.int32))
+    # Inside another transformation (eval_shape, vmap) the outer program compiles it.
+    init = _init_body if isinstance(key, jax.core.Tracer) else _init
+    return init(model, key, inputs, jnp.ones((1,), jnp.int32))
