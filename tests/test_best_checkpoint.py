@@ -12,8 +12,9 @@ import pytest
 
 from fnn_jax.checkpoint import Checkpoints, load_exported
 from fnn_jax.reporting import MetricsLog
-from fnn_jax.train import steppers, train_and_evaluate
+from fnn_jax.train import train_and_evaluate
 from tests.test_reliability import STEPS, _assert_same_run, _config, _largest_file
+from tests.test_train import nonfinite_after
 
 # A failed checkpoint read leaves no traceback behind (see test_reliability.py).
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
@@ -136,6 +137,25 @@ def test_a_torn_metadata_file_of_the_latest_step_is_moved_aside_and_the_run_resu
 
 # ------------------------------------------------------- saves every checkpoint_every_s
 
+
+def _assert_saved_as_in(workdir, reference, steps):
+    """``workdir`` holds checkpoints of exactly ``steps``, each bit for bit the one of
+    that step in ``reference`` (state and progress record)."""
+    saved, expected = Checkpoints(workdir / "checkpoints"), Checkpoints(reference / "checkpoints")
+    try:
+        assert saved.steps() == steps
+        for step in steps:
+            (state, progress), (want, want_progress) = (
+                saved.restore_saved(step),
+                expected.restore_saved(step),
+            )
+            jax.tree.map(np.testing.assert_array_equal, state, want)
+            assert progress == want_progress
+    finally:
+        saved.close()
+        expected.close()
+
+
 RARELY = {"train.checkpoint_every_s": 1e9}  # only stage ends and interruptions save
 
 
@@ -150,16 +170,7 @@ def test_rare_saves_write_the_best_in_memory_before_the_last_and_change_nothing_
     best = every_report["best_step"]
     assert report["best_step"] == best and "best_checkpoint_problem" not in report
     assert report["results"] == every_report["results"]
-    rare, every = Checkpoints(tmp_path / "checkpoints"), Checkpoints(every_workdir / "checkpoints")
-    try:
-        assert rare.steps() == [best, STEPS]
-        for step in (best, STEPS):
-            (a, a_progress), (b, b_progress) = rare.restore_saved(step), every.restore_saved(step)
-            jax.tree.map(np.testing.assert_array_equal, a, b)
-            assert a_progress == b_progress
-    finally:
-        rare.close()
-        every.close()
+    _assert_saved_as_in(tmp_path, every_workdir, [best, STEPS])
     assert MetricsLog.read(tmp_path, times=False) == MetricsLog.read(every_workdir, times=False)
 
 
@@ -189,31 +200,11 @@ def test_a_run_halted_on_non_finite_steps_after_its_best_writes_that_best(
     out, equal bit for bit to the one a run saving at every evaluation wrote."""
     every_workdir, every_report = finished
     best = every_report["best_step"]
-    real_body = steppers.train_step_body
-
-    def poisoned(spec):
-        body = real_body(spec)
-
-        def wrapped(state, batch, dropout_key, tx, *, l1, l2):
-            new, finite = body(state, batch, dropout_key, tx, l1=l1, l2=l2)
-            return new, finite & (state.step <= best)
-
-        return wrapped
-
-    monkeypatch.setattr(steppers, "train_step_body", poisoned)
+    nonfinite_after(monkeypatch, best + 1)
     config = _config(**KEEP_ALL, **RARELY, **{"train.max_nonfinite_steps": 0})
     with pytest.raises(FloatingPointError, match=rf"at step {best + 2} \(1 such steps"):
         train_and_evaluate(config, tmp_path)
-    halted = Checkpoints(tmp_path / "checkpoints")
-    every = Checkpoints(every_workdir / "checkpoints")
-    try:
-        assert halted.steps() == [best]
-        (a, a_progress), (b, b_progress) = halted.restore_saved(best), every.restore_saved(best)
-        jax.tree.map(np.testing.assert_array_equal, a, b)
-        assert a_progress == b_progress
-    finally:
-        halted.close()
-        every.close()
+    _assert_saved_as_in(tmp_path, every_workdir, [best])
 
 
 def test_a_save_at_a_new_best_drops_the_older_best_waiting_in_memory(tmp_path):

@@ -274,10 +274,9 @@ def test_a_bad_stage_fails_before_anything_is_written_in_runs_and_sweeps(stage, 
         sweep.validate_sweep(_config(), [{"finetune.stages": [stage]}])
 
 
-def test_a_trial_halted_between_a_log_and_an_evaluation_point_is_never_saved(monkeypatch, tmp_path):
-    """Steps from 12 on report non-finite (limit 0): the run halts at step 12, inside the
-    dispatch that ends at the evaluation point 15 (logs at 10, 20). The health read at that
-    evaluation stops it before anything is saved."""
+def nonfinite_after(monkeypatch, steps: int) -> None:
+    """Every train step after the first ``steps`` reports a non-finite loss or gradient,
+    as the device's own check would."""
     real_body = steppers.train_step_body
 
     def poisoned(spec):
@@ -285,11 +284,18 @@ def test_a_trial_halted_between_a_log_and_an_evaluation_point_is_never_saved(mon
 
         def wrapped(state, batch, dropout_key, tx, *, l1, l2):
             new, finite = body(state, batch, dropout_key, tx, l1=l1, l2=l2)
-            return new, finite & (state.step < 11)
+            return new, finite & (state.step < steps)
 
         return wrapped
 
     monkeypatch.setattr(steppers, "train_step_body", poisoned)
+
+
+def test_a_trial_halted_between_a_log_and_an_evaluation_point_is_never_saved(monkeypatch, tmp_path):
+    """Steps from 12 on report non-finite (limit 0): the run halts at step 12, inside the
+    dispatch that ends at the evaluation point 15 (logs at 10, 20). The health read at that
+    evaluation stops it before anything is saved."""
+    nonfinite_after(monkeypatch, 11)
     config = _config(**FUSED, **{"train.steps_per_dispatch": 8})
     with pytest.raises(FloatingPointError, match=r"at step 12 \(1 such steps"):
         train_and_evaluate(config, tmp_path)
