@@ -12,8 +12,8 @@ that stage, then all start the next one with fresh optimizer states. Waiting cha
 nothing, since a trial's batches and dropout keys are functions of its own step, so each
 trial ends as it would alone.
 
-What the trials share and what each holds: fnn_jax.train.trial. Which parameters a finished
-trial reports and exports: fnn_jax.train.finish.
+What the trials share and what each holds: fnn_jax.train.trial. A finished trial's report,
+export and plots (from which parameters): fnn_jax.train.finish.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from fnn_jax import finetune, forecast, reporting
-from fnn_jax.checkpoint import Checkpoints, StateMismatch, export_params
+from fnn_jax import finetune, reporting
+from fnn_jax.checkpoint import Checkpoints, StateMismatch
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
@@ -54,7 +54,7 @@ from fnn_jax.train.steps import (
     zero_sums,
 )
 from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
-from fnn_jax.tree import count_params, paths, require_matches
+from fnn_jax.tree import paths, require_matches
 
 log = logging.getLogger("fnn_jax")
 
@@ -232,7 +232,14 @@ class Engine:
             if interrupted and trial.outcome is None:
                 trial.outcome = {"interrupted_at": trial.step}
             elif trial.outcome is None:
-                trial.outcome = self._finish(trial)
+                trial.outcome = finish.finish_trial(
+                    trial,
+                    self.plan,
+                    self._evaluate,
+                    self.to_model,
+                    started=self.started,
+                    group_size=self.group_size,
+                )
         self._close(self.trials)
         return [t.outcome for t in self.trials]
 
@@ -547,68 +554,6 @@ class Engine:
         placed = layout.put(params, layout.state_shardings(params))
         sums = split_sums(self.eval_step, placed, batches)
         return diagnostics.metrics(self.plan.task, mesh.host(sums))
-
-    def _finish(self, trial: Trial) -> dict[str, Any]:
-        """Restores the best checkpoint, evaluates it on validation and test, exports its
-        merged parameters and writes the report."""
-        config, workdir, dataset = trial.config, trial.workdir, self.plan.dataset
-        progress, step = trial.progress, trial.step
-        evaluated_step, params, problem = finish.best_params(
-            trial, self.plan.metric, self.plan.mode
-        )
-        best_step = progress.best_step if progress.best_step is not None else step
-        stages = finish.stage_summaries(trial, params, self.plan.metric, self.plan.mode)
-        results = {split: self._evaluate(params, split) for split in ("validation", "test")}
-        exported = self.to_model(params)
-        report = {
-            "name": f"{dataset.name} / {config.model.cell}",
-            "workdir": str(workdir),
-            "steps": step,
-            "best_step": best_step,
-            "evaluated_step": evaluated_step,  # best_step, unless that checkpoint was lost
-            "metric": self.plan.metric,
-            "stopped_early": bool(progress.stopped),
-            "nonfinite_steps": progress.nonfinite_steps,
-            "results": results,
-            "baselines": dataset.baselines,
-            "data": dataset.info.get("report", {}),  # facts a loader wants reported
-            "parameters": count_params(exported),
-            "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
-            "init_from": {"workdir": config.init_from, "step": config.init_step}
-            if config.init_from
-            else None,
-            "stages": stages,
-            "wall_time_s": round(time.time() - self.started, 1),
-            "paths": {
-                "curves": str(workdir / "curves.png"),
-                "report": str(workdir / "report.md"),
-                "checkpoints": str(workdir / "checkpoints"),
-                "export": str(workdir / "export"),
-                "tensorboard": str(workdir / "tensorboard"),
-            },
-        }
-        if problem is not None:
-            report["best_checkpoint_problem"] = problem
-        if self.group_size > 1:
-            report["vectorized_with"] = self.group_size
-        export_params(workdir / "export", exported)  # Orbax: every process takes part
-        if not distributed.is_primary():  # process 0 writes the other files
-            return report
-        closed_loop = forecast.report(
-            self.plan.task, self.plan.model, exported, dataset.split("test"), config, workdir
-        )
-        if closed_loop is not None:
-            report["closed_loop"] = closed_loop
-            report["paths"]["forecast"] = str(workdir / "forecast.png")
-        reporting.plot_curves(
-            trial.metrics_log.records,
-            self.plan.metric,
-            workdir / "curves.png",
-            stage_ends=progress.stage_ends,
-            best_step=progress.best_step,
-        )
-        reporting.write_report(workdir, report)
-        return report
 
     @staticmethod
     def _close(trials: list[Trial]) -> None:

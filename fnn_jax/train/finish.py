@@ -1,18 +1,22 @@
 """The end of a trial: which parameters its report and export use (the best checkpoint,
-verified, or the best intact one when it was lost) and how many of them each stage trained."""
+verified, or the best intact one when it was lost), how many of them each stage trained,
+and the report, export and plots themselves (finish_trial)."""
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-from fnn_jax import finetune
-from fnn_jax.checkpoint import CorruptCheckpoint
+from fnn_jax import finetune, forecast, reporting
+from fnn_jax.checkpoint import CorruptCheckpoint, export_params
 from fnn_jax.finetune import Stage
-from fnn_jax.train.trial import Trial
+from fnn_jax.train import distributed
+from fnn_jax.train.trial import Setup, Trial
 from fnn_jax.tree import count_params
 
 log = logging.getLogger("fnn_jax")
@@ -108,3 +112,74 @@ def stage_summaries(trial: Trial, params: Any, metric: str, mode: str) -> list[d
             }
         )
     return summaries
+
+
+def finish_trial(  # noqa: PLR0913 (one call site: the engine)
+    trial: Trial,
+    plan: Setup,
+    evaluate: Callable[[Any, str], dict[str, float]],
+    to_model: Callable[[Any], Any],
+    *,
+    started: float,
+    group_size: int,
+) -> dict[str, Any]:
+    """Restores the best checkpoint, evaluates it on validation and test (``evaluate(params,
+    split) -> metrics``), exports its merged parameters (``to_model``) and writes the
+    report (``started``: the engine's start, time.time(); ``group_size``: the trials that
+    trained together)."""
+    config, workdir, dataset = trial.config, trial.workdir, plan.dataset
+    progress, step = trial.progress, trial.step
+    evaluated_step, params, problem = best_params(trial, plan.metric, plan.mode)
+    best_step = progress.best_step if progress.best_step is not None else step
+    stages = stage_summaries(trial, params, plan.metric, plan.mode)
+    results = {split: evaluate(params, split) for split in ("validation", "test")}
+    exported = to_model(params)
+    report = {
+        "name": f"{dataset.name} / {config.model.cell}",
+        "workdir": str(workdir),
+        "steps": step,
+        "best_step": best_step,
+        "evaluated_step": evaluated_step,  # best_step, unless that checkpoint was lost
+        "metric": plan.metric,
+        "stopped_early": bool(progress.stopped),
+        "nonfinite_steps": progress.nonfinite_steps,
+        "results": results,
+        "baselines": dataset.baselines,
+        "data": dataset.info.get("report", {}),  # facts a loader wants reported
+        "parameters": count_params(exported),
+        "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
+        "init_from": {"workdir": config.init_from, "step": config.init_step}
+        if config.init_from
+        else None,
+        "stages": stages,
+        "wall_time_s": round(time.time() - started, 1),
+        "paths": {
+            "curves": str(workdir / "curves.png"),
+            "report": str(workdir / "report.md"),
+            "checkpoints": str(workdir / "checkpoints"),
+            "export": str(workdir / "export"),
+            "tensorboard": str(workdir / "tensorboard"),
+        },
+    }
+    if problem is not None:
+        report["best_checkpoint_problem"] = problem
+    if group_size > 1:
+        report["vectorized_with"] = group_size
+    export_params(workdir / "export", exported)  # Orbax: every process takes part
+    if not distributed.is_primary():  # process 0 writes the other files
+        return report
+    closed_loop = forecast.report(
+        plan.task, plan.model, exported, dataset.split("test"), config, workdir
+    )
+    if closed_loop is not None:
+        report["closed_loop"] = closed_loop
+        report["paths"]["forecast"] = str(workdir / "forecast.png")
+    reporting.plot_curves(
+        trial.metrics_log.records,
+        plan.metric,
+        workdir / "curves.png",
+        stage_ends=progress.stage_ends,
+        best_step=progress.best_step,
+    )
+    reporting.write_report(workdir, report)
+    return report
