@@ -14,7 +14,7 @@ from fnn_jax import cells, data, tasks
 from fnn_jax.config import default_config
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, penalty, schedule
-from fnn_jax.train import steppers
+from fnn_jax.train import steppers, steps
 from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
@@ -308,7 +308,22 @@ def test_initial_parameters_compiled_at_llvm_o1_equal_the_default_compilation_bi
     model_config.update(cell=cell, hidden_size=40)
     model = build_model(model_config, dataset)
     default = jax.jit(model.init)(jax.random.key(5), sample["inputs"], sample["lengths"])
+    compiled = steps._init._cache_size()
     _assert_trees_equal(init_params(model, jax.random.key(5), sample), default["params"])
+    assert steps._init._cache_size() == compiled + 1  # the program with the O1 options
+
+
+def test_init_params_gives_the_same_values_inside_jit_eval_shape_and_vmap(digits):
+    """The O1 options apply to a top-level program only: inside another jit (a key closed
+    over), under eval_shape and under vmap over keys the values and shapes are the same."""
+    _, model, _, sample, params = digits
+    key = jax.random.key(0)
+    _assert_trees_equal(jax.jit(lambda: init_params(model, key, sample))(), params)
+    shapes = jax.eval_shape(lambda k: init_params(model, k, sample), key)
+    assert jax.tree.map(lambda x: x.shape, shapes) == jax.tree.map(jnp.shape, params)
+    keys = jax.random.split(key, 3)
+    stacked = jax.vmap(lambda k: init_params(model, k, sample))(keys)
+    _assert_trees_equal(jax.tree.map(lambda x: x[2], stacked), init_params(model, keys[2], sample))
 
 
 class _ClockedStepper(steppers.Stepper):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from fnn_jax.train.steps import (
     TrainState,
     compute_features,
     device_eval_batches,
+    eval_batches,
     init_params,
     initial_carry,
     make_eval_step,
@@ -544,13 +545,15 @@ class Engine:
 
     def _evaluate(self, params: Any, split: str) -> dict[str, float]:
         """The task's metrics of ``params`` over a whole split, run by the program that
-        evaluated validation during training: the same devices, shardings and batch rows
-        (the test split's last batch padded), so the final evaluation compiles nothing."""
+        evaluated validation during a single run's training: the same devices, shardings
+        and batch rows (the test split's last batch padded), so a run's final evaluation
+        compiles nothing (a vectorised group's, one program for all its trials)."""
         layout = self.layout
-        batches = self.validation_batches
-        if split != "validation":
-            rows = batches[0]["weights"].shape[0]
-            batches = device_eval_batches(self.plan.dataset.split(split), rows, layout, rows=rows)
+        batches: Iterable[dict] = self.validation_batches
+        if split != "validation":  # sent a batch at a time: evaluated once
+            rows = self.validation_batches[0]["weights"].shape[0]
+            whole = self.plan.dataset.split(split)
+            batches = map(layout.put_rows, eval_batches(whole, rows, layout.data_size, rows=rows))
         placed = layout.put(params, layout.state_shardings(params))
         sums = split_sums(self.eval_step, placed, batches)
         return diagnostics.metrics(self.plan.task, mesh.host(sums))

@@ -75,7 +75,7 @@ def eval_batches(
 ) -> Iterator[dict]:
     """The whole split in order, in batches of ``eval_batch_rows`` (or of ``rows``: another
     split's compiled size), the last padded with weight-0 rows."""
-    batch_size = rows or eval_batch_rows(len(split), batch_size, multiple)
+    batch_size = eval_batch_rows(len(split), batch_size, multiple) if rows is None else rows
     for batch in data_lib.batches(
         split, batch_size, seed=0, epoch=0, shuffle=False, drop_remainder=False
     ):
@@ -268,14 +268,12 @@ def make_eval_step(
     return jax.jit(eval_step_body(model, task, to_model))
 
 
-def device_eval_batches(
-    split: data_lib.Split, batch_size: int, layout=None, *, rows: int | None = None
-) -> list[dict]:
+def device_eval_batches(split: data_lib.Split, batch_size: int, layout=None) -> list[dict]:
     """``eval_batches`` of the whole split, on the device (sent once, evaluated often);
     with a ``layout`` (fnn_jax.train.mesh), split by rows over its data axis."""
     if layout is None:
-        return [jax.device_put(batch) for batch in eval_batches(split, batch_size, rows=rows)]
-    batches = eval_batches(split, batch_size, layout.data_size, rows=rows)
+        return [jax.device_put(batch) for batch in eval_batches(split, batch_size)]
+    batches = eval_batches(split, batch_size, layout.data_size)
     return [layout.put_rows(batch) for batch in batches]
 
 
@@ -313,7 +311,7 @@ def compute_features(model: nn.Module, params: Any, split: data_lib.Split, batch
 
 # Initialisers are slow to compile on CPU (threefry and erf_inv per parameter: a second of
 # the demo's cold start) and run once: LLVM at O1 compiles them in half the time, to the
-# same bits as the default O2 (tested for every cell).
+# same bits as the default O2 (tested for every cell, on CPU: other backends keep O2).
 INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
@@ -322,6 +320,7 @@ def _init_body(model: nn.Module, key: Array, inputs: Array, lengths: Array) -> A
 
 
 _init = jax.jit(_init_body, static_argnums=0, compiler_options=INIT_COMPILER_OPTIONS)
+_init_nested = jax.jit(_init_body, static_argnums=0)  # JAX takes options at the top only
 
 
 def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
@@ -332,6 +331,8 @@ def init_params(model: nn.Module, key: Array, batch: dict) -> Any:
     a smaller program to compile. Compiled once: a second run, or a vectorised group's
     trials, reuse the program (and the compilation cache keeps it across runs)."""
     inputs = jnp.asarray(batch["inputs"])[:1, :1]
-    # Inside another transformation (eval_shape, vmap) the outer program compiles it.
-    init = _init_body if isinstance(key, jax.core.Tracer) else _init
+    # Sliced inside an outer jit or eval_shape, the inputs are a tracer: the init is then
+    # part of that program (a vmap at the top still compiles it on its own).
+    top_level = not isinstance(inputs, jax.core.Tracer)
+    init = _init if top_level and jax.default_backend() == "cpu" else _init_nested
     return init(model, key, inputs, jnp.ones((1,), jnp.int32))
