@@ -9,6 +9,7 @@ missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -402,11 +403,15 @@ class Checkpoints:
             ) from error
 
     def close(self) -> None:
-        """Finishes pending saves; always call before the process exits."""
+        """Finishes pending saves; always call before the process exits. A failed save's
+        CheckpointError is what it raises, even when Orbax then fails to close too."""
         try:
             self.wait()
-        finally:
-            self._manager.close()
+        except BaseException:
+            with contextlib.suppress(Exception):  # the first error is the one that matters
+                self._manager.close()
+            raise
+        self._manager.close()
 
 
 def export_params(directory: Path, params: Any) -> None:

@@ -212,6 +212,25 @@ def test_full_disk_is_a_clear_error_and_the_previous_step_survives(tmp_path):
     np.testing.assert_array_equal(state["w"], np.ones(4))
 
 
+def test_close_raises_the_failed_save_even_when_orbax_then_fails_to_close(tmp_path, monkeypatch):
+    checkpoints = Checkpoints(tmp_path / "ckpt")
+    manager = checkpoints.manager
+    real_close = manager.close
+
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    def close_fails():
+        real_close()
+        raise RuntimeError("orbax could not close either")
+
+    monkeypatch.setattr(manager, "save", no_space)
+    monkeypatch.setattr(manager, "close", close_fails)
+    checkpoints.save(2, {"w": jnp.ones(4)}, {})
+    with pytest.raises(CheckpointError, match="could not write checkpoint step 2 to .*ckpt"):
+        checkpoints.close()
+
+
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_saves_nothing_bad(tmp_path):
     config = _config(**{"regularization.l2": 1e38})  # the penalty overflows to inf
     with pytest.raises(FloatingPointError, match=r"non-finite loss or gradient at step \d+"):
