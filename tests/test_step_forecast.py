@@ -130,6 +130,10 @@ def test_step_forecast_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path
         squared = jnp.where(valid, (predictions - targets) ** 2, 0.0)
         return jnp.sum(squared) / jnp.maximum(jnp.sum(valid), 1)
 
+    @jax.jit
+    def carries_after(params, inputs, lengths, carries):
+        return model.apply({"params": params}, inputs, lengths, carries, method="window")[0]
+
     def window(a, j):
         part = a[:, j * k : (j + 1) * k]
         return np.pad(part, ((0, 0), (0, k - part.shape[1]), (0, 0)))
@@ -141,10 +145,10 @@ def test_step_forecast_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path
         inputs, targets = window(train.inputs[rows], j), window(train.targets[rows], j)
         lengths = np.clip(train.full_lengths[rows] - j * k, 0, k).astype(np.int32)
         if j == 0:  # a new batch of rows starts from zeros
-            carries = model.apply({"params": params}, inputs, lengths, None, method="window")[0]
-            carries = jax.tree.map(jnp.zeros_like, carries)
+            carries = jax.eval_shape(carries_after, params, inputs, lengths, None)
+            carries = jax.tree.map(lambda c: jnp.zeros(c.shape, c.dtype), carries)
         grads = grads_of(params, inputs, targets, lengths, carries)
-        carries = model.apply({"params": params}, inputs, lengths, carries, method="window")[0]
+        carries = carries_after(params, inputs, lengths, carries)
         params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
     saved = _final(tmp_path)
     assert int(saved["step"]) == steps
