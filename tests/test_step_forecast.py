@@ -17,8 +17,8 @@ from fnn_jax.train.steps import init_params
 from fnn_jax.train.trial import setup
 from tests.test_tbptt import _config as tbptt_config
 from tests.test_tbptt import (
-    _final,
     assert_resumed_mid_row_equals_uninterrupted,
+    assert_run_ended_at,
     assert_whole_row_windows_equal_full_bptt,
 )
 
@@ -150,12 +150,7 @@ def test_step_forecast_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path
         grads = grads_of(params, inputs, targets, lengths, carries)
         carries = carries_after(params, inputs, lengths, carries)
         params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
-    saved = _final(tmp_path)
-    assert int(saved["step"]) == steps
-    for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(saved["carry"]), jax.tree.leaves(carries), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert_run_ended_at(tmp_path, steps, params, carries, rtol=1e-5)
 
 
 def test_a_step_forecast_tbptt_run_resumed_mid_row_equals_an_uninterrupted_one(tmp_path):

@@ -192,12 +192,17 @@ def test_tbptt_steps_equal_a_hand_written_loop_of_windows(tmp_path):
             carries = None  # a new batch of rows starts from zeros
         grads, carries = window_grads(params, tokens, targets, lengths, carries)
         params = jax.tree.map(lambda p, g: p - 0.5 * g, params, grads)
-    saved = _final(tmp_path)
+    assert_run_ended_at(tmp_path, steps, params, carries, rtol=2e-5)
+
+
+def assert_run_ended_at(workdir, steps, params, carries, *, rtol):
+    """The run's last checkpoint is at ``steps`` with these parameters and carry (to
+    float tolerance: the hand-written loop and the engine's fused steps round apart)."""
+    saved = _final(workdir)
     assert int(saved["step"]) == steps
-    for a, b in zip(jax.tree.leaves(saved["params"]), jax.tree.leaves(params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(saved["carry"]), jax.tree.leaves(carries), strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+    for name, want in (("params", params), ("carry", carries)):
+        for a, b in zip(jax.tree.leaves(saved[name]), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-6)
 
 
 def test_a_tbptt_run_resumed_mid_row_equals_an_uninterrupted_one(tmp_path):
