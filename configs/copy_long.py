@@ -16,15 +16,13 @@ config.train.num_steps here; --config.train.num_steps does not change it).
 
 import ml_collections
 
-from fnn_jax.config import default_config
+from fnn_jax.config import config_argument, default_config
 
 CELLS = ("lru", "mingru", "lstm")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    cell = arg or "lru"
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; valid choices: {list(CELLS)}")
+    cell = config_argument(arg, CELLS, "cell")
     config = default_config()
     config.data.name = "copy_memory"
     config.data.options = ml_collections.ConfigDict({"delay": 1000, "num_train": 10000})

@@ -11,14 +11,13 @@ of Anderson), ``phantom`` (5-step phantom gradients instead of implicit ones).
 import ml_collections
 
 from configs import digits_lstm
+from fnn_jax.config import config_argument
 
 VARIANTS = ("anderson", "iterate", "phantom")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "anderson"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {arg!r}; valid choices: {list(VARIANTS)}")
+    variant = config_argument(arg, VARIANTS, "variant")
     config = digits_lstm.get_config()
     with config.unlocked():
         config.model.cell = "equilibrium"

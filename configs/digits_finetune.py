@@ -14,15 +14,14 @@ The optional argument picks a recipe, e.g. --config configs/digits_finetune.py:l
 import ml_collections
 
 from configs import digits_lstm
+from fnn_jax.config import config_argument
 from fnn_jax.finetune import classic_stages
 
 RECIPES = ("head_then_all", "head", "lora", "scratch")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    recipe = arg or "head_then_all"
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; valid choices: {list(RECIPES)}")
+    recipe = config_argument(arg, RECIPES, "recipe")
     config = digits_lstm.get_config()
     with config.unlocked():
         config.data.options = ml_collections.ConfigDict(

@@ -13,15 +13,13 @@ each about 18k parameters and each variant about 10 minutes on a 2-core CPU:
 
 import ml_collections
 
-from fnn_jax.config import default_config
+from fnn_jax.config import config_argument, default_config
 
 CELLS = ("lru", "mingru", "lstm")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    cell = arg or "lru"
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; valid choices: {list(CELLS)}")
+    cell = config_argument(arg, CELLS, "cell")
     config = default_config()
     config.data.name = "mnist_sequential"
     config.data.options = ml_collections.ConfigDict({"pixels_per_step": 1})

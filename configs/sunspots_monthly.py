@@ -13,15 +13,13 @@ steps, but each window starts from the state the previous one ended in.
 
 import ml_collections
 
-from fnn_jax.config import default_config
+from fnn_jax.config import config_argument, default_config
 
 VARIANTS = ("windows", "tbptt")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    variant = arg or "windows"
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; valid choices: {list(VARIANTS)}")
+    variant = config_argument(arg, VARIANTS, "variant")
     config = default_config()
     config.data.name = "sunspots_monthly"
     config.data.options = ml_collections.ConfigDict({"row_length": 64, "stride": 8})

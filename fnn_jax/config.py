@@ -13,7 +13,7 @@ import difflib
 import functools
 import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -269,6 +269,16 @@ def check_choice(key: str, value: str, choices) -> None:
             f"config.{key}={value!r} is not valid{_suggest(value, choices)}; "
             f"valid choices: {sorted(choices)}"
         )
+
+
+def config_argument(arg: str | None, choices: Sequence[str], what: str) -> str:
+    """A config file's argument (``--config configs/x.py:ARG``): ``arg``, or the first of
+    ``choices`` when none was given; a ValueError naming ``what`` and listing the choices
+    when it is not one of them."""
+    value = arg or choices[0]
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; valid choices: {list(choices)}")
+    return value
 
 
 def check_key(key: str) -> type | None:

@@ -94,6 +94,20 @@ def test_long_sequence_configs_refuse_an_unknown_cell():
             _load(name, "gru")
 
 
+@pytest.mark.parametrize(
+    ("name", "what", "first"),
+    [
+        ("digits_deq", "variant", "anderson"),
+        ("charlm_gru", "variant", "windows"),
+        ("sunspots_monthly", "variant", "windows"),
+        ("digits_finetune", "recipe", "head_then_all"),
+    ],
+)
+def test_a_config_argument_outside_its_choices_is_refused_listing_them(name, what, first):
+    with pytest.raises(ValueError, match=rf"unknown {what} 'nope'; valid choices: \['{first}'"):
+        _load(name, "nope")
+
+
 def _run_tiny(config, tmp_path):
     report = train_and_evaluate(config, tmp_path)
     assert report["steps"] == 6
