@@ -56,6 +56,19 @@ class StateMismatch(ValueError):
 _STEP_JSON_FILES = ("_CHECKPOINT_METADATA", "metrics/metrics")
 
 
+@contextlib.contextmanager
+def _absl_quiet():
+    """Orbax's "Given directory is read only" warning, which every read of another run's
+    checkpoints (fnn_jax.load, init_from) would print, is not news to the caller."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
 
@@ -148,6 +161,8 @@ class Checkpoints:
             enable_async_checkpointing=True,
             cleanup_tmp_directories=not read_only,  # half-written steps of a killed process
             read_only=read_only,
+            # What read_only implies anyway (Orbax logs a warning for each it has to change).
+            **({"save_interval_steps": 0, "create": False} if read_only else {}),
         )
         self._manager = None
         self._pending: int | None = None  # the step an unfinished async save writes
@@ -163,7 +178,8 @@ class Checkpoints:
         if not read_only:
             self._check_writable()
             self._set_aside_unreadable_steps()
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        with _absl_quiet() if read_only else contextlib.nullcontext():
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
 
     def _check_writable(self) -> None:
         """CheckpointError now, not at the first save: a save Orbax cannot start leaves

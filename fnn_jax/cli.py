@@ -6,7 +6,9 @@ dataset options the config file did not set can still be given as ``--config.dat
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -25,9 +27,22 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def importable_beside(path: str) -> None:
+    """Lets a config file import modules that sit beside it (a dataset loader named
+    "module:function"): its folder goes on sys.path, and on PYTHONPATH for the processes
+    this one starts (sweep workers, Ray workers)."""
+    folder = str(Path(path).expanduser().resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(1, folder)  # after the script's own folder
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, folder])
+
+
 def _load_config_file(spec: str) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of ``path[:arg]``; SystemExit naming the file on any error."""
     path, _, arg = spec.partition(":")
+    importable_beside(path)
     try:
         module_spec = importlib.util.spec_from_file_location("_checked_config", path)
         module = importlib.util.module_from_spec(module_spec)

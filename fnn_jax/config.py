@@ -101,6 +101,7 @@ EQUILIBRIUM_SOLVER_KEYS = (
     "on_nonconvergence",
 )
 EXECUTION_KEYS = (
+    "data.allow_changed",
     "model.unroll",
     "model.remat",
     "model.scan_impl",
@@ -119,6 +120,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 256
     # Keyword arguments of the dataset's loader (see fnn_jax.data); validated against it.
     c.data.options = ml_collections.ConfigDict()
+    # Resume even though the data differs from what the run's checkpoints were trained on
+    # (data.json's fingerprint): rows, shapes or file hashes. Otherwise such a resume is refused.
+    c.data.allow_changed = False
     # Training batches only (fnn_jax.data.augment); 0 = off.
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.jitter = 0.0  # std of Gaussian noise on every step
@@ -364,7 +368,10 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as error:
         raise ValueError(f"config.model.scan_impl: {error}") from None
     check_regularization(config.model, cells.get(config.model.cell))
-    check_choice("data.name", config.data.name, data.available())
+    try:
+        data.registry.resolve(config.data.name)
+    except ValueError as error:
+        raise ValueError(f"config.data.name={config.data.name!r}: {error}") from None
     data.check_options(config.data.name, config.data.options, where="config.data.options")
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from flax import linen as nn
 from fnn_jax import config as config_lib
 from fnn_jax import data as data_lib
 from fnn_jax import finetune
+from fnn_jax.data import fingerprint
 from fnn_jax.train.steps import build_model
 
 
@@ -51,6 +53,16 @@ def load(workdir: str | Path, step: str | int = "best") -> LoadedRun:
         raise FileNotFoundError(f"{workdir} holds no run: {path} is missing")
     # A run saved by an earlier version: its config in today's schema (new keys defaulted).
     config = ml_collections.ConfigDict(config_lib.in_current_schema(json.loads(path.read_text())))
+    saved = fingerprint.read(workdir)
+    fingerprint.make_importable(saved)  # a "module:function" loader beside its config
     dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
+    if saved is not None:
+        changed = fingerprint.changes(saved["fingerprint"], fingerprint.fingerprint(dataset))
+        if changed:
+            warnings.warn(
+                f"{workdir}: the data rebuilt from its config differs from what the run was "
+                "trained on:\n  " + "\n  ".join(changed),
+                stacklevel=2,
+            )
     params, used, _ = finetune.pretrained_params(str(workdir), str(step))
     return LoadedRun(config, build_model(config.model, dataset), params, used, dataset)

@@ -200,13 +200,39 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
     if report.get("baselines"):
         parts += ["", "Baselines (same test split):", ""]
         parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
-    if report.get("data"):
-        parts += ["", "Data:", ""]
-        parts += [f"- {name}: {_fmt(value)}" for name, value in report["data"].items()]
+    parts += _data_lines(report.get("data") or {})
     parts += ["", f"Parameters: {report['parameters']}", ""]
     parts += _stage_lines(report)
     parts += _closed_loop_lines(report.get("closed_loop"))
     write_atomic(workdir / "report.md", "\n".join(parts))
+
+
+def _data_lines(data: dict[str, Any]) -> list[str]:
+    """report.md's data section: the source, rows per split, classes, files read (from
+    data.json's description), then any facts the loader reports."""
+    if not data:
+        return []
+    lines = ["", "Data:", ""]
+    if "name" in data:
+        lines.append(f"- source: {data['name']} {json.dumps(data.get('options', {}))}")
+    found = data.get("fingerprint", {})
+    if found.get("rows"):
+        lines.append("- rows: " + ", ".join(f"{s} {n}" for s, n in found["rows"].items()))
+    if data.get("class_names"):
+        lines.append(f"- classes: {', '.join(map(str, data['class_names']))}")
+    lines += [f"- file {path} (sha256 {h[:12]})" for path, h in found.get("files", {}).items()]
+    described = {
+        "name",
+        "options",
+        "import_root",
+        "task",
+        "num_classes",
+        "class_names",
+        "normalization",
+        "fingerprint",
+    }
+    lines += [f"- {k}: {_fmt(v)}" for k, v in data.items() if k not in described]
+    return lines
 
 
 def _closed_loop_lines(result: dict[str, Any] | None) -> list[str]:

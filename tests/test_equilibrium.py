@@ -205,13 +205,17 @@ def test_anderson_reaches_the_tolerance_in_fewer_iterations_than_plain_iteration
 
 
 def test_anderson_converges_where_plain_iteration_fails_on_a_non_contractive_map():
-    """||W||_2 = 3: plain iteration misses in 50 steps (residual ~2), Anderson solves."""
+    """||W||_2 = 3: plain iteration misses in 200 steps (residual ~2), Anderson solves. The
+    map is chaotic enough that Anderson's step count depends on the CPU's rounding (25 and
+    50 iterations on one machine, 25 and 83 on another), hence the generous budget."""
     key = jax.random.key(0)
     drive = 0.1 * jax.random.normal(jax.random.fold_in(key, 1), (2, 8))
     theta = (orthogonal(key, (8, 8), 3.0), drive)
     z0 = jnp.zeros((2, 8))
     results = {
-        name: fp.solve(_tanh_map, theta, z0, fp.Solver(name=name, on_nonconvergence="ignore"))
+        name: fp.solve(
+            _tanh_map, theta, z0, fp.Solver(name=name, max_iter=200, on_nonconvergence="ignore")
+        )
         for name in ("iterate", "anderson")
     }
     assert not np.any(results["iterate"][1].converged)

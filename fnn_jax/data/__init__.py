@@ -6,7 +6,17 @@ for batch in batches(ds.train, 32, seed=0, epoch=epoch):
 """
 
 # Importing the loader modules registers their datasets.
-from fnn_jax.data import classification, forecasting, reviews, series, synthetic, text  # noqa: F401
+from fnn_jax.data import (  # noqa: F401
+    classification,
+    forecasting,
+    reviews,
+    series,
+    sources,
+    synthetic,
+    text,
+    text_sources,
+)
+from fnn_jax.data.arrays import DataError, from_arrays
 from fnn_jax.data.base import (
     SPLITS,
     TASKS,
@@ -18,10 +28,12 @@ from fnn_jax.data.base import (
     epoch_order,
     num_batches,
 )
-from fnn_jax.data.registry import REGISTRY, available, check_options, load, register
+from fnn_jax.data.registry import REGISTRY, available, check_options, load, register, resolve
+from fnn_jax.data.sources import save_npz
 from fnn_jax.tasks import IGNORE_LABEL
 
 __all__ = [
+    "DataError",
     "IGNORE_LABEL",
     "REGISTRY",
     "SPLITS",
@@ -34,7 +46,10 @@ __all__ = [
     "check_options",
     "check_batch",
     "epoch_order",
+    "from_arrays",
     "load",
     "num_batches",
     "register",
+    "resolve",
+    "save_npz",
 ]

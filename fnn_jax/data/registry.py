@@ -6,6 +6,7 @@ import difflib
 import importlib
 import inspect
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -34,30 +35,82 @@ def available() -> tuple[str, ...]:
     return tuple(sorted(REGISTRY))
 
 
-def load(name: str, **options: Any) -> Dataset:
-    """Loads a registered dataset; options are the loader's keyword arguments.
+def resolve(name: str) -> Loader:
+    """The loader called ``name``: a registered dataset, or ``"package.module:function"``
+    imported by name (every process that rebuilds the data imports it the same way).
+    ValueError naming what did not resolve."""
+    if ":" not in name:
+        if name not in REGISTRY:
+            raise ValueError(
+                f"unknown dataset {name!r}{_suggest(name, REGISTRY)}; valid names: "
+                f"{list(available())}, or a loader 'package.module:function'"
+            )
+        return REGISTRY[name]
+    module_name, _, function = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # an ImportError, or the module's own error while importing
+        raise ValueError(
+            f"dataset loader {name!r}: module {module_name!r} does not import "
+            f"({type(error).__name__}: {error}); is its folder on sys.path or PYTHONPATH?"
+        ) from None
+    loader = getattr(module, function, None)
+    if not callable(loader):
+        raise ValueError(
+            f"dataset loader {name!r}: module {module_name!r} has no function {function!r}"
+        )
+    return loader
 
-    Raises ValueError for an unknown name (listing the valid names) or an unknown option
-    (listing the loader's options).
+
+def import_root(name: str) -> str | None:
+    """The folder from which a ``"module:function"`` loader's module was imported (what a
+    new process puts on sys.path to import it again); None for a registered dataset."""
+    if ":" not in name:
+        return None
+    module = importlib.import_module(name.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    if file is None:
+        return None
+    path = Path(file).resolve()
+    depth = name.partition(":")[0].count(".") + (path.name == "__init__.py")
+    return str(path.parents[depth])
+
+
+def load(name: str, **options: Any) -> Dataset:
+    """Loads a dataset (registered, or ``"module:function"``); options are the loader's
+    keyword arguments.
+
+    Raises ValueError for an unknown name (listing the valid names), an unknown option
+    (listing the loader's options), or a loader that returns something else than a Dataset.
     """
-    if name not in REGISTRY:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(available())}")
+    loader = resolve(name)
     check_options(name, options)
-    return REGISTRY[name](**options)
+    dataset = loader(**options)
+    if not isinstance(dataset, Dataset):
+        raise ValueError(
+            f"dataset loader {name!r} returned {type(dataset).__name__}, expected "
+            "fnn_jax.data.Dataset (fnn_jax.data.from_arrays builds one from NumPy arrays)"
+        )
+    return dataset
 
 
 def check_options(name: str, options: Any, where: str = "option") -> None:
     """Raises ValueError naming ``where.<option>`` (with the closest valid name) for an option
     that the loader of dataset ``name`` does not take."""
-    accepted = inspect.signature(REGISTRY[name]).parameters
+    parameters = inspect.signature(resolve(name)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
     for option in options:
-        if option not in accepted:
-            close = difflib.get_close_matches(option, list(accepted), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if option not in parameters:
             raise ValueError(
-                f"{where}.{option} is not an option of dataset {name!r}{hint}; "
-                f"valid: {sorted(accepted)}"
+                f"{where}.{option} is not an option of dataset {name!r}"
+                f"{_suggest(option, parameters)}; valid: {sorted(parameters)}"
             )
+
+
+def _suggest(name: str, names: Any) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def require(module: str, package: str, dataset: str) -> ModuleType:

@@ -38,10 +38,12 @@ def series_rows(
     row_length: int,
     stride: int | None,
     info: dict,
+    bounds: dict[str, tuple[int, int]] | None = None,
 ) -> Dataset:
     """A 1-D series as rows for per-step forecasting (task "step_forecast").
 
-    Chronological splits (fnn_jax.data.forecasting.FRACTIONS), standardised with the mean
+    Chronological splits (``bounds``, [start, end) per split; default
+    fnn_jax.data.forecasting.FRACTIONS), standardised with the mean
     and std (ddof=0) of the train segment. Train rows: ``row_length`` steps every
     ``stride`` points (default ``row_length``: no overlap), inside the train segment.
     Validation and test rows: consecutive rows of ``row_length`` steps (the last one cut
@@ -52,7 +54,7 @@ def series_rows(
     check_positive("row_length", row_length)
     check_positive("stride", stride, allow_none=True)
     series = np.asarray(series, np.float64)
-    bounds = split_bounds(len(series))
+    bounds = bounds or split_bounds(len(series))
     lo, hi = bounds["train"]
     if row_length > hi - lo - 1:
         raise ValueError(

@@ -2,6 +2,7 @@
 ``train_and_evaluate`` (one run) and ``train_together`` (K vectorised trials)."""
 
 from fnn_jax.finetune import Stage
+from fnn_jax.train.fit import fit
 from fnn_jax.train.loop import REFUSALS, train_and_evaluate
 from fnn_jax.train.preemption import EXIT_PREEMPTED, Preempted
 from fnn_jax.train.steps import StepSpec, TrainState, build_model, make_eval_step, make_train_step
@@ -15,6 +16,7 @@ __all__ = [
     "StepSpec",
     "TrainState",
     "build_model",
+    "fit",
     "make_eval_step",
     "make_train_step",
     "train_and_evaluate",

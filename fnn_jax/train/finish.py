@@ -145,7 +145,8 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
         "nonfinite_steps": progress.nonfinite_steps,
         "results": results,
         "baselines": dataset.baselines,
-        "data": dataset.info.get("report", {}),  # facts a loader wants reported
+        # What rebuilds the data and its fingerprint (data.json), and a loader's own facts.
+        "data": {**plan.data_description, **dataset.info.get("report", {})},
         "parameters": count_params(exported),
         "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
         "init_from": {"workdir": config.init_from, "step": config.init_step}

@@ -21,6 +21,7 @@ from fnn_jax import config as config_lib
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
 from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
+from fnn_jax.data import fingerprint
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
 from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
@@ -64,6 +65,37 @@ def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[
     return other
 
 
+def check_data_file(workdir: Path, config: ml_collections.ConfigDict, plan: Setup) -> None:
+    """Refuses to resume checkpoints trained on other data: the rebuilt data's fingerprint
+    against the workdir's data.json (rows, shapes, array and file hashes), unless
+    config.data.allow_changed."""
+    changed = data_changes(workdir, plan.data_description["fingerprint"])
+    if not changed:
+        return
+    if config.data.allow_changed:
+        log.warning(
+            "resuming %s on changed data (config.data.allow_changed):\n  %s",
+            workdir,
+            "\n  ".join(changed),
+        )
+        return
+    raise config_lib.ConfigError(
+        f"workdir {workdir} was trained on other data than config.data now gives; refusing "
+        f"to resume (set config.data.allow_changed=True to resume anyway). What changed:\n  "
+        + "\n  ".join(changed)
+    )
+
+
+def data_changes(workdir: Path, new: dict[str, Any]) -> list[str]:
+    """How the fingerprint ``new`` differs from the data the workdir's checkpoints were
+    trained on (data.json); nothing when it holds no checkpoint yet."""
+    saved = fingerprint.read(workdir)
+    has_steps = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    if saved is None or not has_steps:
+        return []
+    return fingerprint.changes(saved["fingerprint"], new)
+
+
 def open_engine(
     configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path], plan: Setup
 ) -> Engine:
@@ -71,6 +103,8 @@ def open_engine(
     each config.json is written only once its trial opened, so a refused resume leaves the
     workdir as it was."""
     changed = [check_config_file(w, c) for c, w in zip(configs, workdirs, strict=True)]
+    for config, workdir in zip(configs, workdirs, strict=True):
+        check_data_file(workdir, config, plan)
     use_compilation_cache(configs[0].train.compilation_cache)
     try:
         engine = Engine(configs, workdirs, plan)
@@ -81,6 +115,7 @@ def open_engine(
     for config, workdir in zip(configs, workdirs, strict=True):
         if distributed.is_primary():
             write_json(workdir / "config.json", config_lib.to_dict(config))
+            write_json(workdir / fingerprint.FILE, plan.data_description)
     return engine
 
 

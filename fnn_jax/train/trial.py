@@ -18,7 +18,7 @@ from fnn_jax import data as data_lib
 from fnn_jax import reporting, tasks
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.config import ConfigError
-from fnn_jax.data import augment
+from fnn_jax.data import augment, fingerprint
 from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
 from fnn_jax.train.steps import TrainState, build_model, to_device_batch
@@ -39,6 +39,7 @@ class Setup:
     sample: dict  # a train batch, for model.init
     window: int = 0  # truncated BPTT's window length (config.train.tbptt_length); 0: off
     windows: int = 1  # steps per batch of rows: one per window
+    data_description: dict = dataclasses.field(default_factory=dict)  # data.json's content
 
     def train_indices(self, seed: int, start: int, count: int) -> np.ndarray:
         """[count, batch] int32: the train rows of global steps start..start+count-1, across
@@ -65,7 +66,7 @@ def _epoch_rows(n: int, seed: int, epoch: int, batch_size: int) -> np.ndarray:
 
 def setup(config: ml_collections.ConfigDict) -> Setup:
     """The run's Setup: config.data loaded, the model built, the step budget worked out."""
-    dataset = data_lib.load(config.data.name, **config.data.options.to_dict())
+    dataset = load_data(config)
     task = tasks.for_dataset(dataset)
     metric = config.train.early_stopping_metric or task.main_metric
     batch_size = config.data.batch_size
@@ -95,7 +96,20 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         sample=to_device_batch(first),
         window=window,
         windows=windows,
+        data_description=fingerprint.describe(
+            config.data.name, config.data.options.to_dict(), dataset
+        ),
     )
+
+
+def load_data(config: ml_collections.ConfigDict) -> data_lib.Dataset:
+    """config.data's dataset; a ConfigError (one line, nothing written yet) naming the
+    dataset when its files or loader refuse."""
+    name = config.data.name
+    try:
+        return data_lib.load(name, **config.data.options.to_dict())
+    except (ValueError, OSError, ImportError) as error:  # DataError is a ValueError
+        raise ConfigError(f"config.data.name={name!r}: {error}") from None
 
 
 def _check_tbptt(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, task: Task) -> int:

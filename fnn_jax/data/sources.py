@@ -1,0 +1,496 @@
+"""Datasets from your own files, named in a config with no code:
+
+    npz         arrays: inputs [n, time, features] (+ lengths) or a ragged object array,
+                labels or targets, optionally a split key; or one file per split
+    table       a long CSV/Parquet table: one row per (sequence, step)
+    series      numeric CSV/Parquet columns as a time series, chronological splits
+    text_files  a glob of UTF-8 files: a character language-model corpus
+    text_table  a CSV/Parquet table of (text, label): text classification
+
+A ``path`` holding ``{split}`` names one file per split (``data/x_{split}.npz``: train,
+validation, test). Every source records the SHA-256 of the files it read in
+``info["files"]``; the run's data fingerprint (fnn_jax.data.fingerprint) compares them on
+resume. Errors are DataErrors naming the file, the column or row and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fnn_jax.data import series as series_lib
+from fnn_jax.data.arrays import DataError, from_arrays, padded, split_rows
+from fnn_jax.data.base import SPLITS, Dataset, Split
+from fnn_jax.data.registry import check_positive, register
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def files_of(path: str) -> dict[str, Path]:
+    """{"all": file} or, for a path holding "{split}", {split: file}; each must exist."""
+    if not isinstance(path, str) or not path:
+        raise DataError(f"option path must be a file path; got {path!r}")
+    named = {s: path.format(split=s) for s in SPLITS} if "{split}" in path else {"all": path}
+    out = {}
+    for key, name in named.items():
+        p = Path(name).expanduser().absolute()
+        if not p.is_file():
+            raise DataError(f"{p}: no such file" + (f" (split {key!r})" if key != "all" else ""))
+        if p.stat().st_size == 0:
+            raise DataError(f"{p}: the file is empty")
+        out[key] = p
+    return out
+
+
+def stem(path: str) -> str:
+    """A dataset's name from its file: "gestures" for my_data/gestures_{split}.npz."""
+    return Path(path.replace("_{split}", "").replace("{split}", "")).stem or "data"
+
+
+def hashes(files: dict[str, Path] | Sequence[Path]) -> dict[str, str]:
+    paths = files.values() if isinstance(files, dict) else files
+    return {str(p): sha256_file(p) for p in paths}
+
+
+# ---------------------------------------------------------------------------------- npz
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            raise DataError(f"{path}: not a readable .npz file (no zip archive)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except ValueError as error:
+        if "allow_pickle" not in str(error):
+            raise DataError(f"{path}: not a readable .npz file: {error}") from None
+    except (OSError, EOFError) as error:
+        raise DataError(f"{path}: not a readable .npz file: {error}") from None
+    # Object arrays (a ragged list of sequences, as np.savez writes it) are pickled: only
+    # your own files belong here.
+    with np.load(path, allow_pickle=True) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _npz_part(arrays: dict[str, np.ndarray], path: Path) -> dict[str, Any]:
+    if "train.inputs" in arrays:  # a whole Dataset, as save_npz writes it
+        return arrays
+    if "inputs" not in arrays:
+        raise DataError(f"{path}: key 'inputs' is missing; keys are {sorted(arrays)}")
+    has = [k for k in ("labels", "targets") if k in arrays]
+    if len(has) != 1:
+        raise DataError(
+            f"{path}: needs exactly one of the keys 'labels' (classification) and "
+            f"'targets' (regression, forecasting); keys are {sorted(arrays)}"
+        )
+    known = {"inputs", "lengths", "labels", "targets", "split", "class_names"}
+    extra = sorted(set(arrays) - known)
+    if extra:
+        raise DataError(f"{path}: unexpected keys {extra}; valid keys: {sorted(known)}")
+    x, lengths = padded(arrays["inputs"], arrays.get("lengths"), f"{path}")
+    y = arrays[has[0]]
+    if len(y) != len(x):
+        raise DataError(f"{path}: {len(x)} sequences in 'inputs' but {len(y)} in {has[0]!r}")
+    return {
+        "inputs": x,
+        "lengths": lengths,
+        has[0]: y,
+        **{k: arrays[k] for k in ("split", "class_names") if k in arrays},
+    }
+
+
+def _joined(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One file per split -> one set of arrays with a split column."""
+    features = {s: p["inputs"].shape[2] for s, p in parts.items()}
+    if len(set(features.values())) > 1:
+        raise DataError(f"the split files differ in feature count: {features}")
+    kinds = {s: "labels" if "labels" in p else "targets" for s, p in parts.items()}
+    if len(set(kinds.values())) > 1:
+        raise DataError(f"the split files differ in what they hold: {kinds}")
+    time = max(p["inputs"].shape[1] for p in parts.values())
+    x = [
+        np.pad(p["inputs"], ((0, 0), (0, time - p["inputs"].shape[1]), (0, 0)))
+        for p in parts.values()
+    ]
+    kind = kinds["train"]
+    out = {
+        "inputs": np.concatenate(x),
+        "lengths": np.concatenate([p["lengths"] for p in parts.values()]),
+        kind: np.concatenate([p[kind] for p in parts.values()]),
+        "split": np.concatenate([np.full(len(p["inputs"]), s) for s, p in parts.items()]),
+    }
+    if "class_names" in parts["train"]:
+        out["class_names"] = parts["train"]["class_names"]
+    return out
+
+
+@register("npz")
+def npz(
+    *,
+    path: str,
+    task: str = "auto",
+    classes: Sequence[Any] | None = None,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    normalize: bool = True,
+) -> Dataset:
+    """Sequences from an .npz: keys 'inputs' ([n, time, features] with 'lengths' [n] when
+    padded, or a ragged object array of [time_i, features]), 'labels' [n] or 'targets',
+    and optionally 'split' [n] ("train"/"validation"/"test") and 'class_names'. A path
+    with "{split}" reads one file per split. See ``arrays.from_arrays`` for the rest."""
+    files = files_of(path)
+    parts = {s: _npz_part(_read_npz(p), p) for s, p in files.items()}
+    if "train.inputs" in next(iter(parts.values())):
+        return load_npz_dataset(next(iter(files.values())), parts)
+    arrays = parts["all"] if "all" in parts else _joined(parts)
+    where = str(next(iter(files.values())) if len(files) == 1 else path)
+    return from_arrays(
+        arrays["inputs"],
+        lengths=arrays["lengths"],
+        labels=arrays.get("labels"),
+        targets=arrays.get("targets"),
+        split=arrays.get("split"),
+        task=task,
+        classes=classes,
+        class_names=arrays.get("class_names"),
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        normalize=normalize,
+        name=stem(path),
+        where=where,
+        info={"files": hashes(files)},
+    )
+
+
+def save_npz(dataset: Dataset, path: str | Path) -> Path:
+    """Writes a whole Dataset (its splits as they are, no normalisation again) to one .npz
+    that ``npz(path=...)`` reads back equal, array for array."""
+    arrays: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        s = dataset.split(split)
+        arrays |= {f"{split}.inputs": s.inputs, f"{split}.targets": s.targets}
+        if s.lengths is not None:
+            arrays[f"{split}.lengths"] = s.lengths
+        if s.resets is not None:
+            arrays[f"{split}.resets"] = s.resets
+    meta = {
+        "name": dataset.name,
+        "task": dataset.task,
+        "num_classes": dataset.num_classes,
+        "baselines": dataset.baselines,
+        "info": {k: v for k, v in dataset.info.items() if _is_json(v)},
+    }
+    arrays["meta"] = np.array(json.dumps(meta))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def load_npz_dataset(file: Path, parts: dict[str, dict[str, np.ndarray]]) -> Dataset:
+    (arrays,) = parts.values()
+    meta = json.loads(str(arrays["meta"]))
+    splits = {
+        s: Split(
+            arrays[f"{s}.inputs"],
+            arrays[f"{s}.targets"],
+            arrays.get(f"{s}.lengths"),
+            arrays.get(f"{s}.resets"),
+        )
+        for s in SPLITS
+    }
+    info = {**meta["info"], "files": hashes({"all": file})}
+    return Dataset(
+        name=meta["name"],
+        task=meta["task"],
+        **splits,
+        num_classes=meta["num_classes"],
+        baselines=meta["baselines"],
+        info=info,
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------- tables
+
+
+def read_table(path: Path) -> dict[str, np.ndarray]:
+    """A CSV or Parquet file (by suffix) -> {column: array}, through pyarrow."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise DataError(
+            f"{path}: CSV and Parquet files are read through pyarrow: "
+            "pip install -e '.[files]' (or pip install pyarrow)"
+        ) from None
+    from pyarrow import csv, parquet
+
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            table = parquet.read_table(path)
+        else:
+            table = csv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        text = str(error).splitlines()[0]
+        if "UTF8" in text or "utf8" in text.lower():
+            raise DataError(f"{path}: the text is not UTF-8 ({text})") from None
+        raise DataError(f"{path}: cannot read the table: {text}") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the table has no rows")
+    for name, kind in zip(table.column_names, table.schema.types, strict=True):
+        if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            raise DataError(f"{path}: column {name!r}: the text is not UTF-8")
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def read_tables(path: str) -> tuple[dict[str, np.ndarray], dict[str, Path]]:
+    """All files' columns, with a "__split__" column when there is one file per split."""
+    files = files_of(path)
+    tables = {s: read_table(p) for s, p in files.items()}
+    if "all" in tables:
+        return tables["all"], files
+    columns = {s: sorted(t) for s, t in tables.items()}
+    if len({tuple(c) for c in columns.values()}) > 1:
+        raise DataError(f"the split files have different columns: {columns}")
+    joined = {c: np.concatenate([t[c] for t in tables.values()]) for c in tables["train"]}
+    joined["__split__"] = np.concatenate(
+        [np.full(len(next(iter(t.values()))), s) for s, t in tables.items()]
+    )
+    return joined, files
+
+
+def column(table: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
+    if name not in table:
+        raise DataError(f"{where}: column {name!r} is missing; columns are {sorted(table)}")
+    return table[name]
+
+
+def _numeric(table: dict[str, np.ndarray], names: Sequence[str], where: str) -> np.ndarray:
+    """[rows, len(names)] float64 of those columns; a non-numeric column is named."""
+    out = []
+    for name in names:
+        col = column(table, name, where)
+        if not np.issubdtype(col.dtype, np.number):
+            raise DataError(
+                f"{where}: column {name!r} must be numeric; got {col.dtype} "
+                f"(first value {col[0]!r})"
+            )
+        out.append(col.astype(np.float64))
+    return np.stack(out, axis=1)
+
+
+def _features(table, feature_columns, used: Sequence[str], where: str) -> list[str]:
+    """The feature columns: those named, or every other column; a column neither used nor
+    named is refused (a typo, or a column meant as a feature)."""
+    rest = [c for c in table if c not in used and c != "__split__"]
+    if not feature_columns:
+        return rest
+    extra = [c for c in rest if c not in feature_columns]
+    if extra:
+        raise DataError(
+            f"{where}: columns {extra} are neither features nor named options; "
+            f"add them to feature_columns or drop them from the file"
+        )
+    return list(feature_columns)
+
+
+@register("table")
+def table(  # noqa: PLR0913 (a loader's keyword arguments are its config options)
+    *,
+    path: str,
+    id_column: str = "id",
+    time_column: str | None = "time",
+    label_column: str | None = "label",
+    target_column: str | None = None,
+    feature_columns: Sequence[str] = (),
+    split_column: str | None = None,
+    classes: Sequence[Any] | None = None,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    normalize: bool = True,
+) -> Dataset:
+    """A long table (CSV or Parquet): one row per step of a sequence. Rows with the same
+    ``id_column`` form a sequence, ordered by ``time_column`` (None: file order); the
+    ``label_column`` (or, for regression, ``target_column``) and ``split_column`` hold one
+    value per sequence."""
+    data, files = read_tables(path)
+    where = str(next(iter(files.values())) if len(files) == 1 else path)
+    if target_column is not None:
+        label_column = None
+    answer = label_column or target_column
+    if answer is None:
+        raise DataError(f"{where}: set label_column (classification) or target_column")
+    split_name = "__split__" if "__split__" in data else split_column
+    used = [c for c in (id_column, time_column, answer, split_column) if c]
+    names = _features(data, feature_columns, used, where)
+    ids = column(data, id_column, where)
+    values = _numeric(data, names, where)
+    order_by = [column(data, time_column, where)] if time_column else [np.arange(len(ids))]
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    seq_order = np.argsort(np.argsort(first))  # sequences in order of first appearance
+    rows = np.lexsort((*order_by, seq_order[inverse]))
+    starts = np.flatnonzero(np.diff(seq_order[inverse][rows], prepend=-1))
+    groups = np.split(rows, starts[1:])
+    per_sequence = {}
+    for name in (answer, split_name):
+        if name is None:
+            continue
+        col = column(data, name, where)
+        for g in groups:
+            if len(np.unique(col[g])) > 1:
+                raise DataError(
+                    f"{where}: sequence {_plain(ids[g[0]])!r} has more than one value in "
+                    f"column {name!r}: {sorted(set(col[g].tolist()))[:3]}"
+                )
+        per_sequence[name] = col[[g[0] for g in groups]]
+    sequences = [values[g] for g in groups]
+    for g, s in zip(groups, sequences, strict=True):
+        bad = ~np.isfinite(s)
+        if bad.any():
+            r, c = np.argwhere(bad)[0]
+            raise DataError(
+                f"{where}: row {int(g[r])} column {names[c]!r} is {s[r, c]} "
+                f"(sequence {_plain(ids[g[0]])!r})"
+            )
+    return from_arrays(
+        np.array(sequences + [None], dtype=object)[:-1],
+        labels=per_sequence.get(label_column) if label_column else None,
+        targets=per_sequence.get(target_column) if target_column else None,
+        split=per_sequence.get(split_name),
+        classes=classes,
+        validation_fraction=validation_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        normalize=normalize,
+        name=stem(path),
+        where=where,
+        info={
+            "files": hashes(files),
+            "features": names,
+            # Row i of the inputs (before splitting) is the sequence with this id.
+            "sequence_ids": ids[[g[0] for g in groups]].tolist(),
+        },
+    )
+
+
+# ------------------------------------------------------------------------------- series
+
+
+@register("series")
+def series(  # noqa: PLR0913 (a loader's keyword arguments are its config options)
+    *,
+    path: str,
+    columns: Sequence[str] = (),
+    target_columns: Sequence[str] = (),
+    time_column: str | None = None,
+    window: int = 24,
+    horizon: int = 1,
+    row_length: int = 0,
+    validation_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> Dataset:
+    """Numeric columns of a CSV/Parquet file as one time series (rows in time order, or
+    sorted by ``time_column``), split chronologically. ``row_length`` 0: windows of
+    ``window`` steps predicting the next ``horizon`` values of ``target_columns`` (task
+    "forecast", [n, window, columns] -> [n, horizon, targets]); > 0: rows of that many
+    steps with the next value at every step (task "step_forecast", one column). Every
+    column is standardised with the train segment's mean and std."""
+    check_positive("window", window)
+    check_positive("horizon", horizon)
+    files = files_of(path)
+    if "all" not in files:
+        raise DataError(f"series: path {path!r} must name one file (splits are chronological)")
+    where = str(files["all"])
+    data = read_table(files["all"])
+    names = list(columns) or [c for c in data if c != time_column]
+    values = _numeric(data, names, where)
+    if time_column:
+        values = values[np.argsort(column(data, time_column, where), kind="stable")]
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{where}: row {int(r)} column {names[c]!r} is {values[r, c]}")
+    targets = list(target_columns) or names
+    missing = [t for t in targets if t not in names]
+    if missing:
+        raise DataError(f"{where}: target_columns {missing} are not among columns {names}")
+    info = {"files": hashes(files), "columns": names, "target_columns": targets}
+    bounds = chronological(len(values), validation_fraction, test_fraction, where)
+    if row_length:
+        if len(names) != 1:
+            raise DataError(
+                f"{where}: row_length > 0 (per-step forecasting) reads one column; "
+                f"got columns {names}"
+            )
+        return series_lib.series_rows(
+            stem(path), values[:, 0], row_length=row_length, stride=None, info=info, bounds=bounds
+        )
+    lo, hi = bounds["train"]
+    mean, std = values[lo:hi].mean(axis=0), values[lo:hi].std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    z = (values - mean) / std
+    pick = [names.index(t) for t in targets]
+    splits = {}
+    for split, (lo, hi) in bounds.items():
+        count = hi - lo - window - horizon + 1
+        if count < 1:
+            raise DataError(
+                f"{where}: split {split!r} has {hi - lo} points, fewer than window "
+                f"+ horizon = {window + horizon}; use a smaller window or horizon"
+            )
+        s = lo + np.arange(count)
+        x = z[s[:, None] + np.arange(window)].astype(np.float32)
+        y = z[s[:, None] + window + np.arange(horizon)][..., pick].astype(np.float32)
+        splits[split] = Split(x, y)
+    test = splits["test"]
+    last = test.inputs[:, -1:, pick].astype(np.float64)
+    mse = float(np.mean((test.targets - last) ** 2))
+    info |= {"mean": mean.tolist(), "std": std.tolist(), "bounds": bounds}
+    return Dataset(
+        name=stem(path),
+        task="forecast",
+        **splits,
+        baselines={"mse_naive_last_value": mse},
+        info=info,
+    )
+
+
+def chronological(n: int, validation: float, test: float, where: str):
+    rows = split_rows(
+        None,
+        n,
+        stratify=None,
+        chronological=True,
+        validation=validation,
+        test=test,
+        seed=0,
+        where=where,
+    )
+    return {s: (int(r[0]), int(r[-1]) + 1) if len(r) else (0, 0) for s, r in rows.items()}
