@@ -126,22 +126,26 @@ def test_user_data_runs_resumes_loads_evaluates_and_sweeps_in_fresh_processes(
     for name, value in report["results"]["test"].items():
         assert evaluated[name] == pytest.approx(value, rel=1e-5), name
 
+    _assert_sweep_done(user[source], tmp_path / "sweep", elsewhere, "--parallel", "2")
+
+
+def _assert_sweep_done(config_path, workdir, cwd, *flags):
+    """experiments/sweep.py over two learning rates: both trials done."""
     sweep = _python(
         str(ROOT / "experiments/sweep.py"),
         "--config",
-        str(user[source]),
+        str(config_path),
         "--workdir",
-        str(tmp_path / "sweep"),
-        "--parallel",
-        "2",
+        str(workdir),
+        *flags,
         "--sweep",
         "optimizer.learning_rate=1e-3,3e-3",
-        "--config.train.num_steps=12",
-        cwd=elsewhere,
+        "--config.train.num_steps=6",
+        cwd=cwd,
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
-    trials = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["trials"]
-    assert len(trials) == 2 and all(t["status"] == "done" for t in trials), trials
+    trials = json.loads((workdir / "sweep.json").read_text())["trials"]
+    assert [t["status"] for t in trials] == ["done", "done"], trials
 
 
 def _npz_config(path, steps=12):
@@ -249,19 +253,4 @@ def test_a_ray_sweep_imports_a_loader_that_sits_beside_its_config(user, tmp_path
     """Ray's workers are no children of the sweep: they find the loader's folder through
     the PYTHONPATH that sweep.py sets for the processes it starts."""
     pytest.importorskip("ray")
-    sweep = _python(
-        str(ROOT / "experiments/sweep.py"),
-        "--config",
-        str(user["loader"]),
-        "--workdir",
-        str(tmp_path / "sweep"),
-        "--backend",
-        "ray",
-        "--sweep",
-        "optimizer.learning_rate=1e-3,3e-3",
-        "--config.train.num_steps=6",
-        cwd=tmp_path,
-    )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    trials = json.loads((tmp_path / "sweep" / "sweep.json").read_text())["trials"]
-    assert [t["status"] for t in trials] == ["done", "done"], trials
+    _assert_sweep_done(user["loader"], tmp_path / "sweep", tmp_path, "--backend", "ray")

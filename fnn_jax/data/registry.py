@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fnn_jax.data.base import Dataset
+from fnn_jax.data.base import Dataset, Split
 
 Loader = Callable[..., Dataset]
 REGISTRY: dict[str, Loader] = {}
@@ -209,3 +209,21 @@ def _label_key(v: Any) -> tuple[int, Any]:
         return (0, float(v))
     except (TypeError, ValueError):
         return (1, str(v))
+
+
+def lm_windows(tokens: np.ndarray, seq_len: int, where: str, separator: int | None) -> Split:
+    """A token stream cut into non-overlapping windows of seq_len + 1 tokens (the partial
+    last window dropped): inputs [n, seq_len] int32 are a window's first seq_len tokens,
+    targets its last seq_len; resets mark the ``separator`` (a document starts there).
+    ValueError naming ``where`` when the stream is shorter than one window."""
+    width = seq_len + 1
+    count = len(tokens) // width
+    if count < 1:
+        raise ValueError(
+            f"{where} has {len(tokens)} tokens, fewer than seq_len + 1 = {width}; use a "
+            "smaller seq_len or more text"
+        )
+    windows = np.asarray(tokens[: count * width], np.int32).reshape(count, width)
+    inputs = np.ascontiguousarray(windows[:, :-1])
+    resets = None if separator is None else inputs == separator
+    return Split(inputs, np.ascontiguousarray(windows[:, 1:]), resets=resets)

@@ -19,6 +19,7 @@ import numpy as np
 from fnn_jax.data.base import Dataset, Split
 from fnn_jax.data.registry import (
     check_positive,
+    lm_windows,
     per_class_subset,
     register,
     require,
@@ -101,21 +102,12 @@ def reviews_text(*, seq_len: int = 128, max_reviews: int | None = None, seed: in
     check_positive("max_reviews", max_reviews, allow_none=True)
     texts, _ = source()
     rows, dropped = lm_rows(texts)
-    width, splits, unknown, chars = seq_len + 1, {}, {}, {}
+    splits, unknown, chars = {}, {}, {}
     for split, idx in rows.items():
         rows[split] = idx = idx[:max_reviews]
         tokens, unknown[split] = _stream_of([texts[i] for i in idx])
-        count = len(tokens) // width
-        if count < 1:
-            raise ValueError(
-                f"reviews_text: split {split!r} has {len(tokens)} tokens, fewer than seq_len + 1"
-                f" = {width}; use a smaller seq_len or a larger max_reviews"
-            )
-        windows = tokens[: count * width].reshape(count, width)
-        inputs = np.ascontiguousarray(windows[:, :-1])
-        splits[split] = Split(
-            inputs, np.ascontiguousarray(windows[:, 1:]), resets=inputs == SEPARATOR
-        )
+        where = f"reviews_text: split {split!r} (use a larger max_reviews)"
+        splits[split] = lm_windows(tokens, seq_len, where, SEPARATOR)
         chars[split] = len(tokens)
     unigram = _unigram_cross_entropy(
         splits["train"].targets.ravel(), splits["test"].targets.ravel()

@@ -17,7 +17,7 @@ import numpy as np
 
 from fnn_jax.data.arrays import DataError, from_arrays
 from fnn_jax.data.base import SPLITS, Dataset, Split
-from fnn_jax.data.registry import check_positive, register
+from fnn_jax.data.registry import check_positive, lm_windows, register
 from fnn_jax.data.sources import chronological, column, hashes, read_tables
 
 UNKNOWN, SEPARATOR = 0, 1
@@ -94,18 +94,14 @@ def text_files(
     else:
         raise DataError(f"text_files: split_by must be 'characters' or 'files'; got {split_by!r}")
     vocab, lookup = _vocab([parts["train"]])
-    splits, width = {}, seq_len + 1
+    splits = {}
     for split, text in parts.items():
-        tokens = _encode(text, lookup)
-        count = len(tokens) // width
-        if count < 1:
-            raise DataError(
-                f"text_files: split {split!r} has {len(tokens)} characters, fewer "
-                f"than seq_len + 1 = {width}; use a smaller seq_len or more text"
+        try:
+            splits[split] = lm_windows(
+                _encode(text, lookup), seq_len, f"text_files: split {split!r}", SEPARATOR
             )
-        w = tokens[: count * width].reshape(count, width)
-        x = np.ascontiguousarray(w[:, :-1])
-        splits[split] = Split(x, np.ascontiguousarray(w[:, 1:]), resets=x == SEPARATOR)
+        except ValueError as error:
+            raise DataError(str(error)) from None
     counts = np.bincount(splits["train"].targets.ravel(), minlength=len(vocab)) + 1.0
     unigram = float(-np.log(counts / counts.sum())[splits["test"].targets.ravel()].mean())
     return Dataset(
