@@ -373,6 +373,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     except ValueError as error:
         raise ValueError(f"config.data.name={config.data.name!r}: {error}") from None
     data.check_options(config.data.name, config.data.options, where="config.data.options")
+    check_metric_name(config.train.early_stopping_metric)
     check_choice("optimizer.name", config.optimizer.name, OPTIMIZERS)
     check_choice("optimizer.schedule", config.optimizer.schedule, SCHEDULES)
     check_steps_per_dispatch(config.train.steps_per_dispatch)
@@ -383,6 +384,16 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             "config.train.num_steps and config.train.num_epochs are both 0: nothing to train "
             "(set num_steps > 0, or num_epochs > 0 with num_steps = 0)"
         )
+
+
+def check_metric_name(name: str) -> None:
+    """config.train.early_stopping_metric: "" or a metric some task declares as able to
+    select checkpoints (the run's own task is checked once its data is loaded)."""
+    from fnn_jax import tasks  # late: reading a config must not import jax
+
+    choices = [n for n, m in tasks.declared_metrics().items() if m.selects]
+    if name:
+        check_choice("train.early_stopping_metric", name, choices)
 
 
 def check_regularization(model: ml_collections.ConfigDict, spec: Any) -> None:

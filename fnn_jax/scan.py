@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,20 @@ def check_sequence(xs: Array, lengths: Array | None, name: str = "xs") -> None:
             )
 
 
+def cell_unroll(step: Step) -> int:
+    """The unroll a registered cell declares for ``step`` (its ``step`` or
+    ``step_projected``, options bound with functools.partial or not); 1 for any other
+    function."""
+    from fnn_jax import cells  # late: the cells use this module's helpers
+
+    while isinstance(step, functools.partial):  # a step with options bound
+        step = step.func
+    for spec in cells.REGISTRY.values():
+        if step is spec.step or step is spec.step_projected:
+            return spec.unroll
+    return 1
+
+
 def _time_major(tree: Any) -> Any:
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
@@ -69,7 +84,7 @@ def scan(  # noqa: PLR0913 (the options are keyword-only)
     *,
     lengths: Array | None = None,
     reverse: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     remat: bool = False,
     project: Callable[[Any, Array], Any] | None = None,
     resets: Array | None = None,
@@ -85,7 +100,9 @@ def scan(  # noqa: PLR0913 (the options are keyword-only)
       lengths: optional [batch] integer lengths. Outputs past a sequence's length are zero and
         the final carry is the one at its last valid step (its first, if reverse).
       reverse: run from the last time step to the first; outputs stay in input order.
-      unroll: forwarded to ``jax.lax.scan``.
+      unroll: forwarded to ``jax.lax.scan``; None: the unroll the step's cell declares
+        (``CellSpec.unroll``: elman's step runs 4 steps per loop iteration, as in the
+        layers), 1 for a step of your own.
       remat: recompute each step in the backward pass instead of storing its activations.
       project: optional ``project(params, xs) -> xps``. When given, it is applied once to the
         whole sequence (one large matmul) and ``step`` receives the projected inputs; this is
@@ -99,6 +116,7 @@ def scan(  # noqa: PLR0913 (the options are keyword-only)
     """
     check_sequence(xs, lengths)
     check_carry(carry0, xs.shape[0])
+    unroll = cell_unroll(step) if unroll is None else unroll
     inputs = _time_major(xs)
     if project is not None:
         # Time-major first: the transpose then moves the (narrower) raw inputs. Whether

@@ -9,6 +9,7 @@ turns their totals into numbers.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, ClassVar
 
 import flax.linen as nn
@@ -22,13 +23,41 @@ from fnn_jax import metrics, models
 from fnn_jax.cells import fixed_point
 
 Array = jax.Array
-MAXIMISED = ("accuracy", "precision", "recall", "f1")
 IGNORE_LABEL = -1  # tagging targets at padded positions
+DIRECTIONS = ("max", "min")
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A metric a task reports: its name, which way is better, and whether it may choose
+    the best checkpoint and stop a run early (``config.train.early_stopping_metric``)."""
+
+    name: str
+    direction: str  # "max": higher is better; "min": lower is better
+    selects: bool = True
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise ValueError(
+                f"metric {self.name!r}: direction must be one of {DIRECTIONS}; "
+                f"got {self.direction!r}"
+            )
+
+
+LOSS = Metric("loss", "min")
+
+
+def declared_metrics() -> dict[str, Metric]:
+    """Every metric some registered task declares, by name."""
+    return {m.name: m for cls in REGISTRY.values() for m in cls.declared}
 
 
 def metric_mode(name: str) -> str:
-    """'max' for metrics where higher is better, else 'min'."""
-    return "max" if name in MAXIMISED else "min"
+    """'max' or 'min': the declared direction of the metric ``name`` (any task's)."""
+    found = declared_metrics()
+    if name not in found:
+        raise ValueError(f"unknown metric {name!r}; declared: {sorted(found)}")
+    return found[name].direction
 
 
 def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -78,6 +107,8 @@ class Task:
 
     kind: ClassVar[str]
     main_metric: ClassVar[str]
+    # Every metric ``metrics`` returns, with its direction (checked when it runs).
+    declared: ClassVar[tuple[Metric, ...]] = (LOSS,)
     needs_classes: ClassVar[bool] = False
     # True when outputs are per time step, so there is no one feature vector per sequence
     # that a head-only fine-tuning stage could compute once.
@@ -102,13 +133,44 @@ class Task:
         """Host-side numbers from summed ``sums``."""
         raise NotImplementedError
 
+    @classmethod
+    def selection_metric(cls, name: str, where: str) -> Metric:
+        """The declared metric ``name`` that may select checkpoints; ValueError naming
+        ``where`` (the config key) and the task's choices otherwise."""
+        found = {m.name: m for m in cls.declared}
+        selectable = sorted(n for n, m in found.items() if m.selects)
+        if name not in found or not found[name].selects:
+            close = difflib.get_close_matches(name, selectable, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"{where}={name!r} is not a metric that task {cls.kind!r} can select "
+                f"checkpoints by{hint}; choices: {selectable}"
+            )
+        return found[name]
+
 
 REGISTRY: dict[str, type[Task]] = {}
 
 
 def register(cls: type[Task]) -> type[Task]:
+    """Adds a task kind; its main metric must be one it declares."""
+    cls.selection_metric(cls.main_metric, f"{cls.__name__}.main_metric")
     REGISTRY[cls.kind] = cls
     return cls
+
+
+def check_declared(task: Task, values: dict[str, float]) -> dict[str, float]:
+    """``values`` (a task's metrics), or a ValueError naming a metric it does not declare:
+    an undeclared metric would have no direction, and early stopping on it could silently
+    minimise an accuracy."""
+    declared = {m.name for m in task.declared}
+    undeclared = sorted(set(values) - declared)
+    if undeclared:
+        raise ValueError(
+            f"task {task.kind!r} computed metrics {undeclared} that it does not declare; add "
+            f"each to {type(task).__name__}.declared as tasks.Metric(name, direction)"
+        )
+    return values
 
 
 def _host(sums: dict) -> dict[str, np.ndarray]:
@@ -122,6 +184,11 @@ class Classification(Task):
 
     kind: ClassVar[str] = "classification"
     main_metric: ClassVar[str] = "accuracy"
+    # precision, recall and f1 are macro averages over the classes.
+    declared: ClassVar[tuple[Metric, ...]] = (
+        LOSS,
+        *(Metric(name, "max") for name in ("accuracy", "precision", "recall", "f1")),
+    )
     needs_classes: ClassVar[bool] = True
 
     def target_spec(self, dataset):
@@ -164,6 +231,10 @@ class Forecast(Task):
 
     kind: ClassVar[str] = "forecast"
     main_metric: ClassVar[str] = "mse"
+    declared: ClassVar[tuple[Metric, ...]] = (
+        LOSS,
+        *(Metric(name, "min") for name in ("mse", "rmse", "mae")),
+    )
     rolls_forward: ClassVar[bool] = True
 
     def target_spec(self, dataset):
@@ -259,6 +330,11 @@ class Tagging(Task):
 
     kind: ClassVar[str] = "tagging"
     main_metric: ClassVar[str] = "cross_entropy"
+    declared: ClassVar[tuple[Metric, ...]] = (
+        LOSS,
+        *(Metric(name, "min") for name in ("cross_entropy", "perplexity", "bits_per_char")),
+        Metric("accuracy", "max"),
+    )
     needs_classes: ClassVar[bool] = True
     per_step_outputs: ClassVar[bool] = True
 

@@ -133,6 +133,28 @@ def test_scan_equals_python_loop_over_step(name, key):
     np.testing.assert_allclose(hoisted_ys, want_ys, rtol=1e-5, atol=1e-6)
 
 
+def test_scan_of_a_cells_own_step_runs_at_the_unroll_the_cell_declares(key):
+    """Research code calling fnn_jax.scan(elman.step, ...) gets the layers' unroll of 4."""
+    from fnn_jax.cells import elman, lstm
+
+    def unrolls(module, step, **options):
+        params = _random_params(module, key)
+        carry0 = _random_carry(module, key)
+        xs = jnp.zeros((BATCH, 8, INPUT))
+        run = lambda xs: fnn_jax.scan(step, params, carry0, xs, **options)
+        return [
+            e.params["unroll"] for e in jax.make_jaxpr(run)(xs).eqns if e.primitive.name == "scan"
+        ]
+
+    assert elman.SPEC.unroll == 4 and lstm.SPEC.unroll == 1
+    assert unrolls(elman, elman.step) == [4]
+    assert unrolls(elman, functools.partial(elman.step, activation="relu")) == [4]
+    assert unrolls(elman, elman.step_projected, project=elman.project_inputs) == [4]
+    assert unrolls(elman, elman.step, unroll=2) == [2]  # an explicit unroll wins
+    assert unrolls(lstm, lstm.step) == [1]
+    assert unrolls(elman, lambda p, c, x: elman.step(p, c, x)) == [1]  # a step of your own
+
+
 @pytest.mark.parametrize(
     "name", ["elman_tanh", "jordan", "lstm", "gru", "lru", "mingru", "equilibrium"]
 )

@@ -48,6 +48,17 @@ BAD_VALUES = [
         r"on_nonconvergence='shout' is not valid; valid choices: \['ignore', 'raise', 'warn'\]",
     ),
     ("model.equilibrium.gradient", "exact", r"gradient='exact' is not valid; valid choices"),
+    (
+        "train.early_stopping_metric",
+        "acuracy",
+        r"train\.early_stopping_metric='acuracy' is not valid \(did you mean 'accuracy'\?\)",
+    ),
+    (
+        "train.early_stopping_metric",
+        "mse",  # a forecasting metric, on the digits
+        r"early_stopping_metric='mse' is not a metric that task 'classification' can select "
+        r"checkpoints by; choices: \['accuracy', 'f1', 'loss', 'precision', 'recall'\]",
+    ),
 ]
 
 
@@ -256,3 +267,38 @@ def test_a_workdir_from_an_earlier_schema_resumes_new_keys_at_their_defaults(tmp
     report = train_and_evaluate(_config(**{"train.num_steps": 12}), tmp_path)
     assert report["steps"] == 12
     assert MetricsLog.read(tmp_path)[0]["step"] == 4  # resumed, not restarted
+
+
+def test_a_sweep_metric_typo_is_refused_before_any_trial_runs(tmp_path):
+    from fnn_jax import sweep
+
+    trials = [{"train.early_stopping_metric": name} for name in ("accuracy", "f1_score")]
+    with pytest.raises(
+        ValueError,
+        match=r"early_stopping_metric='f1_score' is not valid; valid choices: \['accuracy'",
+    ):
+        sweep.run(_config(), trials, tmp_path / "sweep")
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_metric_without_a_direction_cannot_be_declared_or_computed(monkeypatch):
+    from fnn_jax import tasks
+    from fnn_jax.train import diagnostics
+
+    with pytest.raises(TypeError, match="direction"):
+        tasks.Metric("top2_accuracy")  # noqa (the direction is missing on purpose)
+    with pytest.raises(ValueError, match=r"direction must be one of \('max', 'min'\)"):
+        tasks.Metric("top2_accuracy", "up")
+    task = tasks.get("classification", 3)
+    sums = {"loss": 1.0, "count": 2.0, "confusion": np.eye(3)}
+    assert set(diagnostics.metrics(task, sums)) == {m.name for m in task.declared}
+    computed = tasks.Classification.metrics
+    with monkeypatch.context() as patch:  # a contributor's new metric, not declared
+        patch.setattr(
+            tasks.Classification,
+            "metrics",
+            lambda self, s: {**computed(self, s), "top2_accuracy": 1.0},
+        )
+        with pytest.raises(ValueError, match=r"computed metrics \['top2_accuracy'\] that"):
+            diagnostics.metrics(task, sums)
+    assert tasks.metric_mode("f1") == "max" and tasks.metric_mode("bits_per_char") == "min"

@@ -86,7 +86,7 @@ def sweep_metric(trials: list[TrialResult]) -> tuple[str | None, str]:
     for trial in trials:
         if trial.report is not None:
             metric = trial.report["metric"]
-            return metric, metric_mode(metric)
+            return metric, trial.report.get("mode") or metric_mode(metric)
     return None, "max"
 
 

@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fnn_jax import tasks
+
 COLLECTION = "diagnostics"
 Sums = dict[str, Any]
 
@@ -57,6 +59,7 @@ def metrics(task, sums: Sums) -> dict[str, float]:
     """The task's metrics of ``sums``, and the solver's when the model reported any:
     mean and max iterations per solve, the largest residual, the fraction converged."""
     values = task.metrics({k: v for k, v in sums.items() if k != COLLECTION})
+    tasks.check_declared(task, values)
     d = sums.get(COLLECTION)
     if d is not None and float(d["solves"]) > 0:  # (a head-only stage on cached features
         # solves nothing: no solver metrics rather than zeros)

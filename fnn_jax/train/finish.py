@@ -141,6 +141,7 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
         "best_step": best_step,
         "evaluated_step": evaluated_step,  # best_step, unless that checkpoint was lost
         "metric": plan.metric,
+        "mode": plan.mode,  # which way the metric improves
         "stopped_early": bool(progress.stopped),
         "nonfinite_steps": progress.nonfinite_steps,
         "results": results,

@@ -69,6 +69,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     dataset = load_data(config)
     task = tasks.for_dataset(dataset)
     metric = config.train.early_stopping_metric or task.main_metric
+    try:
+        mode = task.selection_metric(metric, "config.train.early_stopping_metric").direction
+    except ValueError as error:
+        raise ConfigError(f"{error} (dataset {dataset.name!r})") from None
     batch_size = config.data.batch_size
     steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
     if steps_per_epoch == 0:
@@ -88,7 +92,7 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
         dataset=dataset,
         task=task,
         metric=metric,
-        mode=tasks.metric_mode(metric),
+        mode=mode,
         batch_size=batch_size,
         steps_per_epoch=steps_per_epoch,
         eval_every=config.train.eval_every_steps or steps_per_epoch,
