@@ -50,6 +50,24 @@ def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
+def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
+    """Per class (row c of the confusion matrix: true class c, column: predicted):
+    precision, recall, F1 (0 where undefined, as scikit-learn's zero_division=0) and
+    support (true rows)."""
+    confusion = np.asarray(confusion, np.float64)
+    tp, predicted, actual = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, 0.0)
+        recall = np.where(actual > 0, tp / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "f1": f1.tolist(),
+        "support": actual.astype(int).tolist(),
+    }
+
+
 def regression_metrics(squared_error: float, absolute_error: float, count: float) -> dict:
     """mse, rmse, mae from summed errors over ``count`` scalar predictions."""
     mse = squared_error / count

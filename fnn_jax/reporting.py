@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from fnn_jax.files import write_atomic, write_json
@@ -153,6 +154,11 @@ def plot_curves(
         for end in stage_ends:
             if end < last:  # the last stage's end is the end of the run
                 ax.axvline(end, color="0.5", ls="--", lw=1)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """A matplotlib figure written whole or not at all (a temporary file, renamed)."""
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     tmp.replace(path)
@@ -200,11 +206,65 @@ def write_report(workdir: Path, report: dict[str, Any]) -> None:
     if report.get("baselines"):
         parts += ["", "Baselines (same test split):", ""]
         parts += [f"- {name}: {_fmt(value)}" for name, value in report["baselines"].items()]
+    parts += _per_class_lines(report.get("test_details") or {})
     parts += _data_lines(report.get("data") or {})
     parts += ["", f"Parameters: {report['parameters']}", ""]
     parts += _stage_lines(report)
     parts += _closed_loop_lines(report.get("closed_loop"))
     write_atomic(workdir / "report.md", "\n".join(parts))
+
+
+def _per_class_lines(details: dict[str, Any]) -> list[str]:
+    """report.md's per-class table and confusion matrix of the test split (classifiers)."""
+    if "confusion" not in details:
+        return []
+    count = len(details["confusion"])
+    names = details.get("class_names") or [str(c) for c in range(count)]
+    lines = [
+        "",
+        "Test split per class (precision, recall and f1 in the table above are the "
+        "unweighted means of these: macro averages):",
+        "",
+        "| class | precision | recall | f1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for c, name in enumerate(names):
+        scores = " | ".join(f"{details[k][c]:.4f}" for k in ("precision", "recall", "f1"))
+        lines.append(f"| {name} | {scores} | {details['support'][c]} |")
+    lines += ["", "Confusion matrix (rows: true class; columns: predicted):", ""]
+    lines.append("| true \\ predicted | " + " | ".join(names) + " |")
+    lines.append("|---" * (count + 1) + "|")
+    for name, row in zip(names, details["confusion"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    return lines
+
+
+def plot_confusion(details: dict[str, Any], path: Path) -> bool:
+    """confusion.png: the test split's confusion matrix, counts in the cells; False (and
+    nothing written) when the task has none."""
+    if "confusion" not in details:
+        return False
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(details["confusion"])
+    count = len(confusion)
+    names = details.get("class_names") or [str(c) for c in range(count)]
+    side = min(2.5 + 0.45 * count, 12)
+    fig = Figure(figsize=(side * 1.1, side * 0.85), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(confusion, cmap="Blues")
+    if count <= 20:
+        for (i, j), v in np.ndenumerate(confusion):
+            dark = v > confusion.max() / 2
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if dark else "black")
+    ax.set_xticks(range(count), names, rotation=45 if count > 5 else 0, ha="right")
+    ax.set_yticks(range(count), names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("test split: confusion matrix")
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    save_figure(fig, path)
+    return True
 
 
 def _data_lines(data: dict[str, Any]) -> list[str]:

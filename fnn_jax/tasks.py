@@ -133,6 +133,15 @@ class Task:
         """Host-side numbers from summed ``sums``."""
         raise NotImplementedError
 
+    def details(self, sums: dict) -> dict[str, Any]:
+        """What a report shows beyond the metrics (classification: the confusion matrix
+        and per-class scores); nothing by default."""
+        return {}
+
+    def baselines(self, dataset: Any) -> dict[str, float]:
+        """The floor every dataset of this task has (a classifier's majority class)."""
+        return {}
+
     @classmethod
     def selection_metric(cls, name: str, where: str) -> Metric:
         """The declared metric ``name`` that may select checkpoints; ValueError naming
@@ -222,6 +231,14 @@ class Classification(Task):
         sums = _host(sums)
         loss = float(sums["loss"]) / float(sums["count"])
         return {"loss": loss, **metrics.classification_metrics(sums["confusion"])}
+
+    def baselines(self, dataset):
+        common = np.bincount(dataset.train.targets, minlength=self.num_classes).argmax()
+        return {"accuracy_majority_class": float(np.mean(dataset.test.targets == common))}
+
+    def details(self, sums):
+        confusion = np.asarray(sums["confusion"], np.float64)
+        return {"confusion": confusion.astype(int).tolist(), **metrics.per_class(confusion)}
 
 
 @register

@@ -9,6 +9,23 @@ from fnn_jax import metrics, tasks
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_scores_equal_sklearn_and_their_means_are_the_macro_averages(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, 150)
+    predictions = np.where(rng.random(150) < 0.5, labels, rng.integers(0, 4, 150))
+    predictions[predictions == 2] = 1  # class 2 never predicted: zero_division path
+    confusion = skm.confusion_matrix(labels, predictions, labels=range(4))
+    got = metrics.per_class(confusion)
+    p, r, f, support = skm.precision_recall_fscore_support(
+        labels, predictions, labels=range(4), zero_division=0
+    )
+    np.testing.assert_allclose([got["precision"], got["recall"], got["f1"]], [p, r, f])
+    assert got["support"] == support.tolist()
+    macro = metrics.classification_metrics(confusion)
+    assert macro["f1"] == pytest.approx(np.mean(got["f1"]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_classification_metrics_equal_sklearn_macro_averages(seed):
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 5, 200)

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 from flax import traverse_util
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 import fnn_jax
 from fnn_jax import cli, data
@@ -205,6 +206,19 @@ def test_python_arrays_train_through_fit_and_a_new_process_rebuilds_them(tmp_pat
     for split in data.SPLITS:
         np.testing.assert_array_equal(run.dataset.split(split).inputs, dataset.split(split).inputs)
     assert run.dataset.info["class_names"] == list(files.CLASSES)
+    # The report's test confusion matrix and per-class scores, against scikit-learn on the
+    # loaded model's own predictions; the majority-class floor beside them.
+    test = run.dataset.test
+    predicted = np.asarray(run(test.inputs, test.full_lengths)).argmax(-1)
+    details = report["test_details"]
+    assert details["class_names"] == list(files.CLASSES)
+    np.testing.assert_array_equal(details["confusion"], confusion_matrix(test.targets, predicted))
+    _, recall, _, _ = precision_recall_fscore_support(test.targets, predicted, zero_division=0)
+    np.testing.assert_allclose(details["recall"], recall, rtol=1e-6)
+    common = np.bincount(run.dataset.train.targets).argmax()
+    floor = report["baselines"]["accuracy_majority_class"]
+    assert floor == pytest.approx(np.mean(test.targets == common))
+    assert "| down |" in (workdir / "report.md").read_text()
     reference = tmp_path / "reference"
     assert fnn_jax.fit(dataset, reference, overrides)["results"] == report["results"]
     other = data.from_arrays(sequences[:90], labels=labels[:90], seed=1)

@@ -543,8 +543,9 @@ class Engine:
 
     # ------------------------------------------------------------------------ the end
 
-    def _evaluate(self, params: Any, split: str) -> dict[str, float]:
-        """The task's metrics of ``params`` over a whole split, run by the program that
+    def _evaluate(self, params: Any, split: str) -> tuple[dict[str, float], dict[str, Any]]:
+        """The task's metrics of ``params`` over a whole split (and its details: a
+        classifier's confusion matrix and per-class scores), run by the program that
         evaluated validation during a single run's training: the same devices, shardings
         and batch rows (the test split's last batch padded), so a run's final evaluation
         compiles nothing (a vectorised group's, one program for all its trials)."""
@@ -555,8 +556,8 @@ class Engine:
             whole = self.plan.dataset.split(split)
             batches = map(layout.put_rows, eval_batches(whole, rows, layout.data_size, rows=rows))
         placed = layout.put(params, layout.state_shardings(params))
-        sums = split_sums(self.eval_step, placed, batches)
-        return diagnostics.metrics(self.plan.task, mesh.host(sums))
+        sums = mesh.host(split_sums(self.eval_step, placed, batches))
+        return diagnostics.metrics(self.plan.task, sums), self.plan.task.details(sums)
 
     @staticmethod
     def _close(trials: list[Trial]) -> None:

@@ -114,17 +114,25 @@ def stage_summaries(trial: Trial, params: Any, metric: str, mode: str) -> list[d
     return summaries
 
 
+def _named(details: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """``details`` with the class names, where the dataset has them."""
+    names = dataset.info.get("class_names")
+    if not details or names is None:
+        return details
+    return {"class_names": [str(n) for n in names], **details}
+
+
 def finish_trial(  # noqa: PLR0913 (one call site: the engine)
     trial: Trial,
     plan: Setup,
-    evaluate: Callable[[Any, str], dict[str, float]],
+    evaluate: Callable[[Any, str], tuple[dict[str, float], dict[str, Any]]],
     to_model: Callable[[Any], Any],
     *,
     started: float,
     group_size: int,
 ) -> dict[str, Any]:
     """Restores the best checkpoint, evaluates it on validation and test (``evaluate(params,
-    split) -> metrics``), exports its merged parameters (``to_model``) and writes the
+    split) -> (metrics, details)``), exports its merged parameters (``to_model``) and writes the
     report (``started``: the engine's start, time.time(); ``group_size``: the trials that
     trained together)."""
     config, workdir, dataset = trial.config, trial.workdir, plan.dataset
@@ -132,7 +140,8 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
     evaluated_step, params, problem = best_params(trial, plan.metric, plan.mode)
     best_step = progress.best_step if progress.best_step is not None else step
     stages = stage_summaries(trial, params, plan.metric, plan.mode)
-    results = {split: evaluate(params, split) for split in ("validation", "test")}
+    evaluated = {split: evaluate(params, split) for split in ("validation", "test")}
+    results = {split: values for split, (values, _) in evaluated.items()}
     exported = to_model(params)
     report = {
         "name": f"{dataset.name} / {config.model.cell}",
@@ -145,7 +154,9 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
         "stopped_early": bool(progress.stopped),
         "nonfinite_steps": progress.nonfinite_steps,
         "results": results,
-        "baselines": dataset.baselines,
+        "baselines": {**plan.task.baselines(dataset), **dataset.baselines},
+        # The test split's confusion matrix (rows: true class) and per-class scores.
+        "test_details": _named(evaluated["test"][1], dataset),
         # What rebuilds the data and its fingerprint (data.json), and a loader's own facts.
         "data": {**plan.data_description, **dataset.info.get("report", {})},
         "parameters": count_params(exported),
@@ -183,5 +194,7 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
         stage_ends=progress.stage_ends,
         best_step=progress.best_step,
     )
+    if reporting.plot_confusion(report["test_details"], workdir / "confusion.png"):
+        report["paths"]["confusion"] = str(workdir / "confusion.png")
     reporting.write_report(workdir, report)
     return report
