@@ -284,13 +284,34 @@ def test_split_files_with_different_feature_counts_are_refused(tmp_path):
         (
             {"id": [1, 1], "time": [0, 1], "f": [1.0, 2.0], "label": ["a", "b"]},
             {},
-            "sequence 1 has more than one value in column 'label'",
+            "sequence '1' has more than one value in column 'label'",
         ),
         (
             {"id": [1, 1], "time": [0, 1], "f": ["u", "v"], "label": ["a", "a"]},
             {},
             "column 'f' must be numeric",
         ),
+        (
+            {"id": ["a", None, "a"], "time": [0, 0, 1], "f": [1.0, 2.0, 3.0], "label": ["x"] * 3},
+            {},
+            "row 1 has no value in column 'id'",
+        ),
+        (
+            {"id": [1, 1, 1], "time": ["0", "?", "2"], "f": [1.0, 2.0, 3.0], "label": ["x"] * 3},
+            {},
+            "column 'time' must hold numbers or dates; row 0 holds '0'",
+        ),
+        (
+            {"id": [1, 1], "time": [0, None], "f": [1.0, 2.0], "label": ["x", "x"]},
+            {},
+            "row 1 has no value in column 'time'",
+        ),
+        (
+            {"id": [1, 1, 2], "time": [0, 1, 0], "f": [1.0, 2.0, 3.0], "label": ["a", "a", ""]},
+            {},
+            "row 2 has no value in column 'label'",
+        ),
+        ({"id": [1, 1], "time": [0, 1], "label": ["a", "a"]}, {}, "no feature columns remain"),
     ],
 )
 def test_a_bad_table_names_the_column_or_row(tmp_path, table, options, message):
@@ -390,3 +411,46 @@ def test_one_changed_value_changes_its_splits_hash_alone(tmp_path):
     after = fingerprint.fingerprint(data.load("npz", path=str(tmp_path / "a.npz")))
     lines = fingerprint.changes(before, after)
     assert [line.split(":")[0] for line in lines] == ["sha256.test", f"file {tmp_path / 'a.npz'}"]
+
+
+def test_split_columns_of_names_or_ids_as_text_are_read_and_a_bad_row_is_named():
+    sequences, labels = files.gestures(30)
+    ids = np.repeat(np.array(["0", "1", "2"]), 10)
+    ds = from_arrays(sequences, labels=labels, split=ids, normalize=False)
+    for i, split in enumerate(data.SPLITS):
+        np.testing.assert_array_equal(ds.info["split_index"][split], np.arange(10 * i, 10 * i + 10))
+    numbers = np.array([0] * 20 + [1] * 5 + [2] * 4 + [3])
+    with pytest.raises(DataError, match=r"split\[29\]=3 is not one of"):
+        from_arrays(sequences, labels=labels, split=numbers)
+
+
+def test_split_files_whose_ids_restart_in_each_file_keep_their_sequences_apart(tmp_path, rng):
+    sequences, labels = files.gestures(60)
+    parts = {"train": range(0, 40), "validation": range(40, 50), "test": range(50, 60)}
+    for split, rows in parts.items():
+        table = _long_table([sequences[i] for i in rows], [labels[i] for i in rows], rng)
+        csv.write_csv(table, tmp_path / f"g_{split}.csv")  # ids s0, s1, ... in every file
+    ds = data.load("table", path=str(tmp_path / "g_{split}.csv"), normalize=False)
+    for split, rows in parts.items():
+        assert len(ds.split(split)) == len(rows)
+    first_test = ds.info["sequence_ids"][ds.info["split_index"]["test"][0]]
+    assert first_test.startswith("test/s")
+
+
+def test_the_same_file_read_from_a_moved_folder_is_no_change(tmp_path):
+    files.write_npz(tmp_path / "a.npz", n=60)
+    (tmp_path / "moved").mkdir()
+    files.write_npz(tmp_path / "moved" / "a.npz", n=60)
+    here = fingerprint.fingerprint(data.load("npz", path=str(tmp_path / "a.npz")))
+    there = fingerprint.fingerprint(data.load("npz", path=str(tmp_path / "moved" / "a.npz")))
+    assert fingerprint.changes(here, there) == []
+    files.write_npz(tmp_path / "moved" / "a.npz", n=60, keep=np.arange(59, -1, -1))
+    moved = fingerprint.fingerprint(data.load("npz", path=str(tmp_path / "moved" / "a.npz")))
+    assert fingerprint.changes(here, moved)  # reordered rows: other content
+
+
+def test_a_constant_train_segment_keeps_its_series_finite(tmp_path):
+    values = np.concatenate([np.full(70, 3.0), np.arange(30.0)])
+    csv.write_csv(pa.table({"v": values}), tmp_path / "flat.csv")
+    ds = data.load("series", path=str(tmp_path / "flat.csv"), row_length=10)
+    assert np.isfinite(ds.train.inputs).all() and (ds.train.inputs == 0).all()

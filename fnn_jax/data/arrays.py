@@ -130,7 +130,7 @@ def class_ids(
             if unknown.any():
                 row = int(np.flatnonzero(unknown)[0])
                 raise DataError(
-                    f"{where}: labels[{row}]={labels[row]!r} is not one of the "
+                    f"{where}: labels[{row}]={_plain(labels[row])!r} is not one of the "
                     f"declared classes {names}"
                 )
         classes = classes if classes is not None else names
@@ -154,20 +154,7 @@ def split_rows(
     """Row indices per split: from ``given`` ([n] of "train"/"validation"/"test" or 0/1/2),
     else stratified by ``stratify``, chronological, or a seeded shuffle."""
     if given is not None:
-        given = np.asarray(given)
-        if given.shape != (n,):
-            raise DataError(f"{where}: the split column must be [n]=({n},); got {given.shape}")
-        names = given.astype(str) if given.dtype.kind in "USO" else None
-        out = {}
-        for i, split in enumerate(SPLITS):
-            out[split] = np.flatnonzero(names == split if names is not None else given == i)
-        unknown = n - sum(len(r) for r in out.values())
-        if unknown:
-            row = int(np.flatnonzero(~np.isin(given, [*SPLITS, 0, 1, 2]))[0])
-            raise DataError(
-                f"{where}: split[{row}]={given[row]!r} is not one of {SPLITS} (or 0, 1, 2)"
-            )
-        return out
+        return _given_split(np.asarray(given), n, where)
     if not (validation > 0 and test > 0 and validation + test < 1):
         raise DataError(
             f"{where}: need 0 < validation_fraction, test_fraction and their sum "
@@ -182,6 +169,31 @@ def split_rows(
     b1, b2 = int(round((1 - validation - test) * n)), int(round((1 - test) * n))
     parts = {"train": order[:b1], "validation": order[b1:b2], "test": order[b2:]}
     return {s: np.sort(r) if not chronological else r for s, r in parts.items()}
+
+
+def _given_split(given: np.ndarray, n: int, where: str) -> dict[str, np.ndarray]:
+    """Rows per split from a split column of names ("train", "validation", "test") or
+    ids (0, 1, 2, as numbers or text); DataError naming the first row holding anything else."""
+    if given.shape != (n,):
+        raise DataError(f"{where}: the split column must be [n]=({n},); got {given.shape}")
+    text = given.astype(str) if given.dtype.kind in "USO" else None
+    ids = np.full(n, -1)
+    for i, split in enumerate(SPLITS):
+        if text is not None:
+            ids[(text == split) | (text == str(i))] = i
+        else:
+            ids[given == i] = i
+    if (ids < 0).any():
+        row = int(np.flatnonzero(ids < 0)[0])
+        raise DataError(
+            f"{where}: split[{row}]={_plain(given[row])!r} is not one of {SPLITS} (or 0, 1, 2)"
+        )
+    return {split: np.flatnonzero(ids == i) for i, split in enumerate(SPLITS)}
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (messages show 'cat', not np.str_)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def standardise(

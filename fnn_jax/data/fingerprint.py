@@ -84,6 +84,8 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     files_old, files_new = old.get("files") or {}, new.get("files")
     if files_new is None:  # arrays held in memory, compared by their content alone
         return lines
+    if sorted(files_old.values()) == sorted(files_new.values()):
+        return lines  # the same files, read from another folder (a moved project)
     for path in sorted(set(files_old) | set(files_new)):
         a, b = files_old.get(path), files_new.get(path)
         if a != b:

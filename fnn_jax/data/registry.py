@@ -187,7 +187,7 @@ def select_classes(
     keeps every label, sorted (numerically when the labels are numeric strings).
     """
     labels = np.asarray(labels)
-    present = list(np.unique(labels))
+    present = [v.item() if isinstance(v, np.generic) else v for v in np.unique(labels)]
     if classes is None:
         classes = sorted(present, key=_label_key)
     classes = tuple(c.item() if isinstance(c, np.generic) else c for c in classes)

@@ -63,6 +63,7 @@ def series_rows(
         )
     train = series[lo:hi]
     mean, std = float(train.mean()), float(train.std())
+    std = std if std > 0 else 1.0  # a constant train segment stays constant, not NaN
     z = (series - mean) / std
     splits = {"train": _rows(z, lo, hi, row_length, stride or row_length)}
     for split in SPLITS[1:]:

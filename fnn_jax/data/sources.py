@@ -304,6 +304,71 @@ def _numeric(table: dict[str, np.ndarray], names: Sequence[str], where: str) -> 
     return np.stack(out, axis=1)
 
 
+def check_complete(values: np.ndarray, name: str, where: str) -> None:
+    """DataError naming the first row where column ``name`` has no value (null, NaN or an
+    empty string)."""
+    if values.dtype.kind == "f":
+        missing = np.isnan(values)
+    elif values.dtype.kind == "O":
+        missing = np.array(
+            [v is None or v == "" or (isinstance(v, float) and v != v) for v in values]
+        )
+    elif values.dtype.kind == "U":
+        missing = values == ""
+    else:
+        return
+    if missing.any():
+        raise DataError(
+            f"{where}: row {int(np.flatnonzero(missing)[0])} has no value in column {name!r}"
+        )
+
+
+def _time_order(data: dict[str, np.ndarray], name: str, where: str) -> np.ndarray:
+    """The time column as numbers to sort by; refused unless it holds numbers or dates (text
+    would sort "10" before "2")."""
+    values = column(data, name, where)
+    if values.dtype.kind in "iufM":
+        return values
+    numbers = [isinstance(v, int | float) and not isinstance(v, bool) for v in values]
+    if all(numbers):
+        return values.astype(np.float64)
+    bad = numbers.index(False)
+    raise DataError(
+        f"{where}: column {name!r} must hold numbers or dates; row {bad} holds {values[bad]!r}"
+    )
+
+
+def _sequences(
+    data: dict[str, np.ndarray], id_column: str, time_column: str | None, where: str
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(each row's sequence key [rows] str, the rows of each sequence in time order), the
+    sequences in order of first appearance. With one file per split the key is
+    "split/id": ids may restart in each file."""
+    keys = column(data, id_column, where).astype(str)
+    if "__split__" in data:
+        keys = np.char.add(np.char.add(data["__split__"].astype(str), "/"), keys)
+    order_by = [_time_order(data, time_column, where)] if time_column else []
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    sequence = np.argsort(np.argsort(first))[inverse]
+    # By sequence, then time, then file order (lexsort's last key is its first).
+    rows = np.lexsort((np.arange(len(keys)), *order_by, sequence))
+    starts = np.flatnonzero(np.diff(sequence[rows], prepend=-1))
+    return keys, np.split(rows, starts[1:])
+
+
+def _one_per_sequence(
+    values: np.ndarray, name: str, keys: np.ndarray, groups: list[np.ndarray], where: str
+) -> np.ndarray:
+    """A column that holds one value per sequence (its label, split): [sequences]."""
+    for g in groups:
+        if len(np.unique(values[g])) > 1:
+            raise DataError(
+                f"{where}: sequence {str(keys[g[0]])!r} has more than one value in column "
+                f"{name!r}: {sorted({str(v) for v in values[g]})[:3]}"
+            )
+    return values[[g[0] for g in groups]]
+
+
 def _features(table, feature_columns, used: Sequence[str], where: str) -> list[str]:
     """The feature columns: those named, or every other column; a column neither used nor
     named is refused (a typo, or a column meant as a feature)."""
@@ -349,35 +414,22 @@ def table(  # noqa: PLR0913 (a loader's keyword arguments are its config options
     split_name = "__split__" if "__split__" in data else split_column
     used = [c for c in (id_column, time_column, answer, split_column) if c]
     names = _features(data, feature_columns, used, where)
-    ids = column(data, id_column, where)
+    if not names:
+        raise DataError(f"{where}: no feature columns remain besides {used}")
+    for name in used:
+        check_complete(column(data, name, where), name, where)
     values = _numeric(data, names, where)
-    order_by = [column(data, time_column, where)] if time_column else [np.arange(len(ids))]
-    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    seq_order = np.argsort(np.argsort(first))  # sequences in order of first appearance
-    rows = np.lexsort((*order_by, seq_order[inverse]))
-    starts = np.flatnonzero(np.diff(seq_order[inverse][rows], prepend=-1))
-    groups = np.split(rows, starts[1:])
-    per_sequence = {}
-    for name in (answer, split_name):
-        if name is None:
-            continue
-        col = column(data, name, where)
-        for g in groups:
-            if len(np.unique(col[g])) > 1:
-                raise DataError(
-                    f"{where}: sequence {_plain(ids[g[0]])!r} has more than one value in "
-                    f"column {name!r}: {sorted(set(col[g].tolist()))[:3]}"
-                )
-        per_sequence[name] = col[[g[0] for g in groups]]
+    bad = ~np.isfinite(values)
+    if bad.any():
+        r, c = (int(k) for k in np.argwhere(bad)[0])
+        raise DataError(f"{where}: row {r} column {names[c]!r} is {values[r, c]}")
+    keys, groups = _sequences(data, id_column, time_column, where)
+    per_sequence = {
+        name: _one_per_sequence(column(data, name, where), name, keys, groups, where)
+        for name in (answer, split_name)
+        if name is not None
+    }
     sequences = [values[g] for g in groups]
-    for g, s in zip(groups, sequences, strict=True):
-        bad = ~np.isfinite(s)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise DataError(
-                f"{where}: row {int(g[r])} column {names[c]!r} is {s[r, c]} "
-                f"(sequence {_plain(ids[g[0]])!r})"
-            )
     return from_arrays(
         np.array(sequences + [None], dtype=object)[:-1],
         labels=per_sequence.get(label_column) if label_column else None,
@@ -394,7 +446,7 @@ def table(  # noqa: PLR0913 (a loader's keyword arguments are its config options
             "files": hashes(files),
             "features": names,
             # Row i of the inputs (before splitting) is the sequence with this id.
-            "sequence_ids": ids[[g[0] for g in groups]].tolist(),
+            "sequence_ids": keys[[g[0] for g in groups]].tolist(),
         },
     )
 

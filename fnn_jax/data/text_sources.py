@@ -18,7 +18,7 @@ import numpy as np
 from fnn_jax.data.arrays import DataError, from_arrays
 from fnn_jax.data.base import SPLITS, Dataset, Split
 from fnn_jax.data.registry import check_positive, lm_windows, register
-from fnn_jax.data.sources import chronological, column, hashes, read_tables
+from fnn_jax.data.sources import check_complete, chronological, column, hashes, read_tables
 
 UNKNOWN, SEPARATOR = 0, 1
 _RECORD = "\x1e"  # the separator as a character: ASCII record separator
@@ -65,7 +65,8 @@ def text_files(
     like the built-in "text". Each document starts with a separator (``resets`` mark it).
     split_by "characters": the joined corpus cut 90/5/5 in order; "files": whole files
     held out by a hash of their path. Vocabulary: the train split's characters, after the
-    unknown symbol (id 0) and the separator (id 1)."""
+    unknown symbol (id 0) and the separator (id 1). ``seed`` is accepted for a uniform
+    loader interface; nothing here is random."""
     check_positive("seq_len", seq_len)
     patterns = [paths] if isinstance(paths, str) else list(paths)
     found = sorted(
@@ -133,6 +134,8 @@ def text_table(  # noqa: PLR0913 (a loader's keyword arguments are its config op
     check_positive("max_len", max_len)
     data, files = read_tables(path)
     where = str(next(iter(files.values())) if len(files) == 1 else path)
+    for name in (text_column, label_column):
+        check_complete(column(data, name, where), name, where)
     texts = column(data, text_column, where).astype(str)
     split_name = "__split__" if "__split__" in data else split_column
     known = {text_column, label_column, split_name, split_column}
