@@ -302,3 +302,23 @@ def test_a_metric_without_a_direction_cannot_be_declared_or_computed(monkeypatch
         with pytest.raises(ValueError, match=r"computed metrics \['top2_accuracy'\] that"):
             diagnostics.metrics(task, sums)
     assert tasks.metric_mode("f1") == "max" and tasks.metric_mode("bits_per_char") == "min"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("classes", "abc", r"options\.classes must be a tuple or list or None; got 'abc' \(str\)"),
+        ("train_per_class", "ten", r"options\.train_per_class must be an int or None; got 'ten'"),
+        ("normalization", (0.5,), r"options\.normalization must be a tuple or list or None"),
+    ],
+)
+def test_a_dataset_option_of_the_wrong_type_is_refused_before_the_workdir_is_touched(
+    option, value, message, tmp_path
+):
+    """Checked against the loader's own annotations: "abc" is not read as classes a, b, c."""
+    config = _config()
+    with config.unlocked():
+        config.data.options[option] = value
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

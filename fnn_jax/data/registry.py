@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import collections.abc
 import difflib
 import importlib
 import inspect
+import types
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -95,17 +98,67 @@ def load(name: str, **options: Any) -> Dataset:
 
 
 def check_options(name: str, options: Any, where: str = "option") -> None:
-    """Raises ValueError naming ``where.<option>`` (with the closest valid name) for an option
-    that the loader of dataset ``name`` does not take."""
-    parameters = inspect.signature(resolve(name)).parameters
+    """Raises ValueError naming ``where.<option>`` for an option that the loader of dataset
+    ``name`` does not take (with the closest valid name), or a value that does not fit the
+    type its signature annotates (text for a tuple of classes, text for an int)."""
+    loader = resolve(name)
+    parameters = inspect.signature(loader).parameters
     if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
         return
-    for option in options:
+    try:
+        hints = typing.get_type_hints(loader)
+    except Exception:  # an annotation that does not resolve: names are still checked
+        hints = {}
+    for option, value in dict(options).items():
         if option not in parameters:
             raise ValueError(
                 f"{where}.{option} is not an option of dataset {name!r}"
                 f"{_suggest(option, parameters)}; valid: {sorted(parameters)}"
             )
+        hint = hints.get(option)
+        if hint is not None and not fits(value, hint):
+            raise ValueError(
+                f"{where}.{option} must be {_describe(hint)}; got {value!r} "
+                f"({type(value).__name__})"
+            )
+
+
+def fits(value: Any, hint: Any) -> bool:
+    """Whether a config value fits a loader's annotation (int, float, str, bool, None,
+    sequences and unions of them; a list stands for a tuple, an int for a float)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if origin in (collections.abc.Sequence, tuple, list) or hint in (tuple, list):
+        if not isinstance(value, tuple | list):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[float, float]
+            return len(value) == len(args) and all(map(fits, value, args))
+        return not args or all(fits(v, args[0]) for v in value)
+    if hint is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # an annotation this check does not read
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "None"
+    if origin in (collections.abc.Sequence, tuple, list) or hint in (tuple, list):
+        return "a tuple or list"
+    return {int: "an int", float: "a number", str: "a string", bool: "True or False"}.get(
+        hint, str(hint)
+    )
 
 
 def _suggest(name: str, names: Any) -> str:
