@@ -129,9 +129,12 @@ def test_repeated_misses_warn_at_powers_of_two_per_solver():
 
 
 def test_no_solver_metrics_where_nothing_was_solved():
+    from fnn_jax import tasks
     from fnn_jax.train import diagnostics
 
     class Task:
+        kind, declared = "loss_only", (tasks.LOSS,)
+
         def metrics(self, sums):
             return {"loss": float(sums["loss"])}
 

@@ -13,6 +13,7 @@ from fnn_jax.data import (  # noqa: F401
     series,
     sources,
     synthetic,
+    tables,
     text,
     text_sources,
 )

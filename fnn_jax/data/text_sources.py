@@ -18,7 +18,8 @@ import numpy as np
 from fnn_jax.data.arrays import DataError, from_arrays
 from fnn_jax.data.base import SPLITS, Dataset, Split
 from fnn_jax.data.registry import check_positive, lm_windows, register
-from fnn_jax.data.sources import check_complete, chronological, column, hashes, read_tables
+from fnn_jax.data.sources import hashes
+from fnn_jax.data.tables import check_complete, chronological, column, read_tables
 
 UNKNOWN, SEPARATOR = 0, 1
 _RECORD = "\x1e"  # the separator as a character: ASCII record separator
