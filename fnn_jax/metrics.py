@@ -25,35 +25,9 @@ def confusion_matrix(labels: Array, predictions: Array, num_classes: int, weight
     return true.T @ pred
 
 
-def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
-    """accuracy and macro precision / recall / F1 from a confusion matrix.
-
-    Classes that are never predicted (or never present) score 0 for that term, as
-    scikit-learn does with zero_division=0.
-    """
-    confusion = np.asarray(confusion, np.float64)
-    tp = np.diag(confusion)
-    predicted = confusion.sum(axis=0)
-    actual = confusion.sum(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.where(predicted > 0, tp / predicted, 0.0)
-        recall = np.where(actual > 0, tp / actual, 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    # scikit-learn's macro average runs over labels present in either y_true or y_pred.
-    present = (predicted + actual) > 0
-    total = confusion.sum()
-    return {
-        "accuracy": float(tp.sum() / total) if total else float("nan"),
-        "precision": float(precision[present].mean()) if present.any() else 0.0,
-        "recall": float(recall[present].mean()) if present.any() else 0.0,
-        "f1": float(f1[present].mean()) if present.any() else 0.0,
-    }
-
-
-def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
-    """Per class (row c of the confusion matrix: true class c, column: predicted):
-    precision, recall, F1 (0 where undefined, as scikit-learn's zero_division=0) and
-    support (true rows)."""
+def _per_class_arrays(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class (row c: true class c; column: predicted): precision, recall, F1 (0 where
+    undefined, as scikit-learn's zero_division=0), predicted and actual counts."""
     confusion = np.asarray(confusion, np.float64)
     tp, predicted, actual = np.diag(confusion), confusion.sum(axis=0), confusion.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -61,11 +35,39 @@ def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     return {
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "f1": f1.tolist(),
-        "support": actual.astype(int).tolist(),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "predicted": predicted,
+        "actual": actual,
+        "correct": tp,
     }
+
+
+def classification_metrics(confusion: np.ndarray) -> dict[str, float]:
+    """accuracy and macro precision / recall / F1 from a confusion matrix.
+
+    Classes that are never predicted (or never present) score 0 for that term, as
+    scikit-learn does with zero_division=0.
+    """
+    c = _per_class_arrays(confusion)
+    # scikit-learn's macro average runs over labels present in either y_true or y_pred.
+    present = (c["predicted"] + c["actual"]) > 0
+    total = c["actual"].sum()
+    macro = {
+        k: float(c[k][present].mean()) if present.any() else 0.0
+        for k in ("precision", "recall", "f1")
+    }
+    return {"accuracy": float(c["correct"].sum() / total) if total else float("nan"), **macro}
+
+
+def per_class(confusion: np.ndarray) -> dict[str, list[float]]:
+    """Per class (row c of the confusion matrix: true class c, column: predicted):
+    precision, recall, F1 (0 where undefined, as scikit-learn's zero_division=0) and
+    support (true rows)."""
+    c = _per_class_arrays(confusion)
+    scores = {k: c[k].tolist() for k in ("precision", "recall", "f1")}
+    return {**scores, "support": c["actual"].astype(int).tolist()}
 
 
 def regression_metrics(squared_error: float, absolute_error: float, count: float) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fnn_jax.data.base import SPLITS, Dataset, Split
-from fnn_jax.data.registry import select_classes, stratified_indices, stream
+from fnn_jax.data.registry import plain, select_classes, stratified_indices, stream
 
 TASKS = ("auto", "classification", "regression", "forecast", "step_forecast")
 _SPLIT_TAG = 11  # stream tag of a seeded random (unstratified) split
@@ -130,7 +130,7 @@ def class_ids(
             if unknown.any():
                 row = int(np.flatnonzero(unknown)[0])
                 raise DataError(
-                    f"{where}: labels[{row}]={_plain(labels[row])!r} is not one of the "
+                    f"{where}: labels[{row}]={plain(labels[row])!r} is not one of the "
                     f"declared classes {names}"
                 )
         classes = classes if classes is not None else names
@@ -186,14 +186,9 @@ def _given_split(given: np.ndarray, n: int, where: str) -> dict[str, np.ndarray]
     if (ids < 0).any():
         row = int(np.flatnonzero(ids < 0)[0])
         raise DataError(
-            f"{where}: split[{row}]={_plain(given[row])!r} is not one of {SPLITS} (or 0, 1, 2)"
+            f"{where}: split[{row}]={plain(given[row])!r} is not one of {SPLITS} (or 0, 1, 2)"
         )
     return {split: np.flatnonzero(ids == i) for i, split in enumerate(SPLITS)}
-
-
-def _plain(value: Any) -> Any:
-    """A NumPy scalar as the Python value it holds (messages show 'cat', not np.str_)."""
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def standardise(
@@ -282,10 +277,7 @@ def from_arrays(  # noqa: PLR0913 (one call from arrays to a Dataset: every choi
         splits[s] = Split(x[r].astype(np.float32), y[r], None if full else lengths[r])
     info["split_index"] = {s: kept[r] for s, r in rows.items()}
     num_classes = len(info["class_names"]) if task == "classification" else None
-    baselines = _majority(splits) if task == "classification" else {}
-    return Dataset(
-        name=name, task=task, **splits, num_classes=num_classes, baselines=baselines, info=info
-    )
+    return Dataset(name=name, task=task, **splits, num_classes=num_classes, info=info)
 
 
 def _targets(targets: Any, n: int, time: int, task: str, where: str) -> tuple[np.ndarray, str]:
@@ -343,9 +335,3 @@ def _check_every_class(y: np.ndarray, rows: dict[str, np.ndarray], names: list, 
                 f"{where}: class {absent[0]!r} has no rows in split {s!r} "
                 f"({len(r)} rows); every split needs every class"
             )
-
-
-def _majority(splits: dict[str, Split]) -> dict[str, float]:
-    """Test accuracy of always predicting the train split's most frequent class."""
-    common = np.bincount(splits["train"].targets).argmax()
-    return {"accuracy_majority_class": float(np.mean(splits["test"].targets == common))}

@@ -240,10 +240,10 @@ def select_classes(
     keeps every label, sorted (numerically when the labels are numeric strings).
     """
     labels = np.asarray(labels)
-    present = [v.item() if isinstance(v, np.generic) else v for v in np.unique(labels)]
+    present = [plain(v) for v in np.unique(labels)]
     if classes is None:
         classes = sorted(present, key=_label_key)
-    classes = tuple(c.item() if isinstance(c, np.generic) else c for c in classes)
+    classes = tuple(plain(c) for c in classes)
     if len(set(classes)) != len(classes) or not classes:
         raise ValueError(f"classes must be non-empty and distinct; got {classes}")
     missing = [c for c in classes if c not in present]
@@ -253,8 +253,13 @@ def select_classes(
         )
     mapping = {c: i for i, c in enumerate(classes)}
     rows = np.flatnonzero(np.isin(labels, classes))
-    new = np.array([mapping[v.item() if isinstance(v, np.generic) else v] for v in labels[rows]])
+    new = np.array([mapping[plain(v)] for v in labels[rows]])
     return rows, new.astype(np.int32), classes
+
+
+def plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (messages show 'cat', not np.str_)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _label_key(v: Any) -> tuple[int, Any]:

@@ -26,6 +26,7 @@ from fnn_jax.data.registry import (
     stratified_indices,
     stream,
 )
+from fnn_jax.data.text import unigram_cross_entropy
 
 UNKNOWN, SEPARATOR = 0, 1  # token ids of the unknown symbol and the document separator
 CHARS = tuple(chr(c) for c in range(32, 127))  # printable ASCII: all but 14 characters seen
@@ -80,12 +81,6 @@ def _stream_of(texts: Sequence[str]) -> tuple[np.ndarray, int]:
     return np.concatenate(parts), unknown
 
 
-def _unigram_cross_entropy(train: np.ndarray, test: np.ndarray) -> float:
-    # Add-one smoothing so symbols unseen in train have finite loss.
-    counts = np.bincount(train, minlength=len(VOCAB)) + 1.0
-    return float(-np.log(counts / counts.sum())[test].mean())
-
-
 @register("reviews_text")
 def reviews_text(*, seq_len: int = 128, max_reviews: int | None = None, seed: int = 0) -> Dataset:
     """Next-character prediction (tagging) on the review texts.
@@ -109,8 +104,8 @@ def reviews_text(*, seq_len: int = 128, max_reviews: int | None = None, seed: in
         where = f"reviews_text: split {split!r} (use a larger max_reviews)"
         splits[split] = lm_windows(tokens, seq_len, where, SEPARATOR)
         chars[split] = len(tokens)
-    unigram = _unigram_cross_entropy(
-        splits["train"].targets.ravel(), splits["test"].targets.ravel()
+    unigram = unigram_cross_entropy(
+        splits["train"].targets.ravel(), splits["test"].targets.ravel(), len(VOCAB)
     )
     return Dataset(
         name="reviews_text",

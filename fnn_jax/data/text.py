@@ -27,7 +27,8 @@ def split_bounds(n: int) -> dict[str, tuple[int, int]]:
     return {"train": (0, b1), "validation": (b1, b2), "test": (b2, n)}
 
 
-def _unigram_cross_entropy(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
+def unigram_cross_entropy(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats) of the ``test`` tokens under the ``train`` tokens' frequencies."""
     # Add-one smoothing so characters unseen in train have finite loss.
     counts = np.bincount(train, minlength=vocab_size) + 1.0
     logp = np.log(counts / counts.sum())
@@ -72,7 +73,7 @@ def text(*, seq_len: int = 128, max_chars: int | None = None, seed: int = 0) -> 
     v = len(vocab)
     baselines = {
         "cross_entropy_uniform": math.log(v),
-        "cross_entropy_unigram": _unigram_cross_entropy(
+        "cross_entropy_unigram": unigram_cross_entropy(
             splits["train"].targets.ravel(), splits["test"].targets.ravel(), v
         ),
     }

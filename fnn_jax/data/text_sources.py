@@ -20,6 +20,7 @@ from fnn_jax.data.base import SPLITS, Dataset, Split
 from fnn_jax.data.registry import check_positive, lm_windows, register
 from fnn_jax.data.sources import hashes
 from fnn_jax.data.tables import check_complete, chronological, column, read_tables
+from fnn_jax.data.text import unigram_cross_entropy
 
 UNKNOWN, SEPARATOR = 0, 1
 _RECORD = "\x1e"  # the separator as a character: ASCII record separator
@@ -104,8 +105,8 @@ def text_files(
             )
         except ValueError as error:
             raise DataError(str(error)) from None
-    counts = np.bincount(splits["train"].targets.ravel(), minlength=len(vocab)) + 1.0
-    unigram = float(-np.log(counts / counts.sum())[splits["test"].targets.ravel()].mean())
+    train, test = splits["train"].targets.ravel(), splits["test"].targets.ravel()
+    unigram = unigram_cross_entropy(train, test, len(vocab))
     return Dataset(
         name="text_files",
         task="tagging",
@@ -174,7 +175,6 @@ def text_table(  # noqa: PLR0913 (a loader's keyword arguments are its config op
         task="classification",
         **splits,
         num_classes=plan.num_classes,
-        baselines=plan.baselines,
         info={
             "input_vocab_size": len(vocab),
             "vocab": vocab,

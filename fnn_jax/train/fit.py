@@ -48,13 +48,14 @@ def fit(
 
     base = copy.deepcopy(config if config is not None else config_lib.default_config())
     workdir = Path(workdir).absolute()
-    changed = data_changes(workdir, {**fingerprint.fingerprint(dataset), "files": None})
+    found = fingerprint.fingerprint(dataset)
+    changed = data_changes(workdir, {**found, "files": None})
     if changed:  # before a second file is written beside the first
         raise config_lib.ConfigError(
             f"workdir {workdir} was trained on other arrays; refusing to resume (train on "
             "these in a new workdir). What changed:\n  " + "\n  ".join(changed)
         )
-    path = _stored(dataset, workdir / "data")
+    path = _stored(dataset, found, workdir / "data")
     with base.unlocked():
         base.data.name = "npz"
         base.data.options = ml_collections.ConfigDict({"path": str(path)})
@@ -63,11 +64,10 @@ def fit(
     return train_and_evaluate(final, workdir, stop_after_steps=stop_after_steps)
 
 
-def _stored(dataset: Dataset, folder: Path) -> Path:
-    """The dataset's file in ``folder``, named by a hash of its arrays (written once)."""
-    digest = hashlib.sha256(
-        "".join(fingerprint.fingerprint(dataset)["sha256"].values()).encode()
-    ).hexdigest()[:16]
+def _stored(dataset: Dataset, found: dict[str, Any], folder: Path) -> Path:
+    """The dataset's file in ``folder``, named by a hash of its arrays (``found``: its
+    fingerprint), written once."""
+    digest = hashlib.sha256("".join(found["sha256"].values()).encode()).hexdigest()[:16]
     path = folder / f"{digest}.npz"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

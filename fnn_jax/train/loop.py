@@ -42,6 +42,12 @@ REFUSALS = (
 )
 
 
+def has_checkpoints(workdir: Path) -> bool:
+    """Whether the workdir holds a saved step (what a changed config or data would
+    invalidate)."""
+    return any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+
+
 def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
     """Refuses to resume a workdir whose checkpoints another model or data wrote; returns
     the other changed settings (logged as a warning). A config.json with no checkpoint
@@ -51,7 +57,7 @@ def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[
         return []
     old = json.loads(path.read_text())
     arch, other = config_lib.split_differences(old, config_lib.to_dict(config))
-    has_steps = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+    has_steps = has_checkpoints(workdir)
     if arch and has_steps:
         raise config_lib.ConfigError(
             f"workdir {workdir} holds a run with a different model/data config; "
@@ -90,8 +96,7 @@ def data_changes(workdir: Path, new: dict[str, Any]) -> list[str]:
     """How the fingerprint ``new`` differs from the data the workdir's checkpoints were
     trained on (data.json); nothing when it holds no checkpoint yet."""
     saved = fingerprint.read(workdir)
-    has_steps = any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
-    if saved is None or not has_steps:
+    if saved is None or not has_checkpoints(workdir):
         return []
     return fingerprint.changes(saved["fingerprint"], new)
 
