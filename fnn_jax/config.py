@@ -79,6 +79,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "train.min_delta": (0.0, None),
     "train.max_nonfinite_steps": (0, None),
     "train.tbptt_length": (0, None),
+    "train.profile_steps": (0, None),
     "mesh.data": (-1, None),
     "mesh.model": (1, None),
     "distributed.num_processes": (1, None),
@@ -139,16 +140,23 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.recurrent_dropout = 0.0  # variational: inputs and fed-back state, mask per sequence
     c.model.zoneout = 0.0  # lstm, gru: a unit keeps its previous value with this probability
     c.model.pooling = "last"  # classifier: "last" or "mean"
-    c.model.activation = "tanh"  # elman, jordan, equilibrium
-    c.model.output_activation = "tanh"  # jordan
     c.model.output_size = config_dict.placeholder(int)  # jordan, lru; None = hidden_size
     c.model.embed_dim = 64  # token inputs (language models, copy memory)
     c.model.unroll = 0  # lax.scan unroll; 0 = the cell's own (cells.CellSpec.unroll)
     c.model.remat = False
     c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
     c.model.dtype = "float32"  # "bfloat16": mixed precision (parameters, optimizer in float32)
-    # cell "equilibrium": how each step's fixed point is found (fnn_jax.cells.fixed_point).
+    # A section per cell with options: the options its spec declares (cells.spec.Option),
+    # read only when that cell runs (tests/test_cells.py checks they match the specs).
+    c.model.elman = ml_collections.ConfigDict()
+    c.model.elman.activation = "tanh"
+    c.model.jordan = ml_collections.ConfigDict()
+    c.model.jordan.activation = "tanh"
+    c.model.jordan.output_activation = "tanh"
+    # cell "equilibrium": its activation and how each step's fixed point is found
+    # (fnn_jax.cells.fixed_point; the keys below make its option ``solver``).
     c.model.equilibrium = ml_collections.ConfigDict()
+    c.model.equilibrium.activation = "tanh"
     c.model.equilibrium.solver = "anderson"  # or "iterate"
     c.model.equilibrium.max_iter = 50
     c.model.equilibrium.tol = 1e-5  # converged: |f(z) - z| <= tol + rtol * |z| (max norms)
@@ -235,6 +243,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Resume a checkpoint whose optimizer state no longer fits the optimizer settings with
     # its parameters and a fresh optimizer state (otherwise such a resume is refused).
     c.train.reset_optimizer = False
+    # > 0: a jax.profiler trace of this many steps from the end of the first dispatch, in
+    # <workdir>/profile (TensorBoard's profile plugin, or Perfetto; fnn_jax.train.profile).
+    c.train.profile_steps = 0
     return c
 
 
@@ -363,6 +374,7 @@ def _validate(config: ml_collections.ConfigDict) -> None:
     check_choice("model.scan_impl", config.model.scan_impl, cells.SCAN_IMPLS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
     check_equilibrium(config.model.equilibrium)
+    check_cell_options(config.model, cells.get(config.model.cell))
     try:
         cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
     except ValueError as error:
@@ -394,6 +406,14 @@ def check_metric_name(name: str) -> None:
     choices = [n for n, m in tasks.declared_metrics().items() if m.selects]
     if name:
         check_choice("train.early_stopping_metric", name, choices)
+
+
+def check_cell_options(model: ml_collections.ConfigDict, spec: Any) -> None:
+    """config.model.<cell>: each option the running cell declares has a valid value."""
+    section = model.get(spec.name)
+    for option in spec.options:
+        if section is not None and option.from_section is None and option.name in section:
+            option.check(section[option.name], f"config.model.{spec.name}.{option.name}")
 
 
 def check_regularization(model: ml_collections.ConfigDict, spec: Any) -> None:

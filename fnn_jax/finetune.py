@@ -274,10 +274,11 @@ def merge_pretrained(
     return traverse_util.unflatten_dict(merged, sep="/")
 
 
-def initial_params(config: ml_collections.ConfigDict, tree: Any) -> Any:
-    """The training tree to start from: config.init_from merged in, or ``tree`` unchanged."""
+def initial_params(config: ml_collections.ConfigDict, tree: Any) -> tuple[Any, int | None]:
+    """The training tree to start from, config.init_from merged in (or ``tree`` unchanged),
+    and the step it loaded (config.init_step "best" or "latest" resolved; None: none)."""
     if not config.init_from:
-        return tree
+        return tree, None
     loaded, step, folder = pretrained_params(config.init_from, config.init_step)
     base = tree["base"] if lora.is_lora_tree(tree) else tree
     merged = merge_pretrained(
@@ -287,4 +288,4 @@ def initial_params(config: ml_collections.ConfigDict, tree: Any) -> Any:
         dont_load=config.finetune.dont_load,
         source=f"{folder} step {step}",
     )
-    return {**tree, "base": merged} if lora.is_lora_tree(tree) else merged
+    return ({**tree, "base": merged} if lora.is_lora_tree(tree) else merged), step

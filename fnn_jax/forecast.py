@@ -62,26 +62,44 @@ def closed_loop(
     }
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """forecast.png: the error against the horizon, and the first window's forecast."""
+def forecast_figure(result: dict[str, Any]) -> Any:
+    """The figure of forecast.png from ``closed_loop``'s result: the test MSE against the
+    horizon k = 1..steps (closed-loop and teacher-forced), and the first window's forecast
+    (feature 0 of ``example_history`` [window, f], ``example_truth`` and
+    ``example_forecast`` [steps, f])."""
     from matplotlib.figure import Figure  # imported here: matplotlib is slow to import
+    from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(10, 3.6))
+    figure = Figure(figsize=(11, 4))
     error, example = figure.subplots(1, 2)
     k = np.arange(1, result["steps"] + 1)
-    error.plot(k, result["mse_closed_loop"], "o-", label="closed loop (own predictions)")
-    error.plot(k, result["mse_teacher_forced"], "s--", label="teacher forced (true inputs)")
-    error.set(xlabel="steps ahead", ylabel="test MSE", title="error against the horizon")
-    error.legend()
+    closed = "closed-loop: fed its own predictions"
+    teacher = "teacher-forced: one step ahead from true inputs"
+    error.plot(k, result["mse_closed_loop"], "o-", color="C3", label=closed)
+    error.plot(k, result["mse_teacher_forced"], "s--", color="C0", label=teacher)
+    error.set(
+        xlabel="horizon step k (steps ahead)",
+        ylabel=f"test MSE (mean over {result['windows']} windows)",
+        title="error against the horizon",
+    )
+    error.set_ylim(bottom=0)  # errors are non-negative
+    error.xaxis.set_major_locator(MaxNLocator(integer=True))
+    error.legend(fontsize="small")
     history = np.asarray(result["example_history"])[:, 0]
     future = np.arange(len(history), len(history) + result["steps"])
-    example.plot(np.arange(len(history)), history, color="0.4", label="input window")
+    example.plot(np.arange(len(history)), history, color="0.4", label="input window (true)")
     example.plot(future, np.asarray(result["example_truth"])[:, 0], "o-", label="truth")
-    example.plot(future, np.asarray(result["example_forecast"])[:, 0], "s--", label="forecast")
-    example.set(xlabel="step", ylabel="value (standardised)", title="first test window")
-    example.legend()
+    forecast = np.asarray(result["example_forecast"])[:, 0]
+    example.plot(future, forecast, "s--", color="C3", label="closed-loop forecast")
+    example.set(xlabel="time step", ylabel="value (standardised)", title="first test window")
+    example.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    return figure
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """forecast.png (see ``forecast_figure``)."""
+    forecast_figure(result).savefig(path, dpi=100)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -11,8 +11,9 @@ mapping is a plain transpose of the weights; biases are copied unchanged::
 
 G is 1 (elman), 4 (lstm) or 3 (gru); in_0 is the input size and in_k = H * num_directions
 for k > 0. Bidirectional layers hold ``forward`` (no suffix) and ``backward`` (``_reverse``).
-``nn.RNN``'s nonlinearity is not in its state dict: pass ``activation="relu"`` to the layer
-when the torch module used ``nonlinearity="relu"``. Only ``proj_size=0`` LSTMs are supported.
+``nn.RNN``'s nonlinearity is not in its state dict: pass ``options={"activation": "relu"}``
+to the layer when the torch module used ``nonlinearity="relu"``. Only ``proj_size=0`` LSTMs
+are supported.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -27,16 +27,6 @@ def hoists_inputs(setting: bool | None) -> bool:
     return jax.default_backend() != "cpu" if setting is None else setting
 
 
-def _keyword_options(fn, source: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The keyword arguments of ``fn`` that ``source`` has as (non-None) attributes."""
-    names = [
-        p.name
-        for p in inspect.signature(fn).parameters.values()
-        if p.default is not inspect.Parameter.empty and p.name not in exclude
-    ]
-    return {n: getattr(source, n) for n in names if getattr(source, n, None) is not None}
-
-
 def _check_initial_carry(carry: Any, zeros: Any) -> None:
     """``carry`` must have the leaves and shapes of ``zeros`` (the layer's own initial carry)."""
     got = [tuple(jnp.shape(leaf)) for leaf in jax.tree.leaves(carry)]
@@ -51,19 +41,17 @@ def _check_initial_carry(carry: Any, zeros: Any) -> None:
 class CellOptions(nn.Module):
     """Fields shared by every layer that builds a cell (a base class, not a layer).
 
-    ``output_size`` applies to the cells whose spec takes one (jordan, lru); ``activation``
-    to elman, jordan and equilibrium; ``output_activation`` to jordan; ``solver`` (a
-    ``cells.fixed_point.Solver``; None: its defaults) and ``max_feedback_norm`` to
-    equilibrium; ``scan_impl`` picks the time loop (see cells.resolve_scan_impl).
+    ``options``: the settings the cell declares (``CellSpec.options``, e.g. elman's
+    ``{"activation": "relu"}``, equilibrium's ``solver``, a ``cells.fixed_point.Solver``),
+    by name; what is not given takes the cell's own default, and a name the cell does not
+    declare is an error. ``output_size`` applies to the cells whose spec takes one (jordan,
+    lru); ``scan_impl`` picks the time loop (see cells.resolve_scan_impl).
     """
 
     cell: str = "lstm"
     hidden_size: int = 128
-    activation: str = "tanh"
-    output_activation: str = "tanh"
+    options: Any = None  # a mapping of the cell's declared options; None: its defaults
     output_size: int | None = None
-    solver: Any = None
-    max_feedback_norm: float = 0.0  # equilibrium: bound on ||W_zz||_2 (0 = none)
     recurrent_dropout: float = 0.0  # variational: one mask per sequence (cells.regularize)
     zoneout: float = 0.0  # lstm, gru: probability a unit keeps its previous value
     unroll: int | None = None  # lax.scan unroll; None: the cell's own (CellSpec.unroll)
@@ -74,6 +62,11 @@ class CellOptions(nn.Module):
     # and the parameters' (bfloat16 compute on float32 parameters is mixed precision).
     dtype: Any = None
     param_dtype: Any = jnp.float32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, dict):  # hashable, as a module used by jit must be
+            object.__setattr__(self, "options", flax.core.FrozenDict(self.options))
+        super().__post_init__()
 
     def cell_fields(self) -> dict[str, Any]:
         skip = ("parent", "name")
@@ -97,9 +90,16 @@ class Recurrent(CellOptions):
     def output_features(self) -> int:
         return self.spec.output_features(self.hidden_size, self.output_size)
 
+    def _options(self, function: str) -> dict[str, Any]:
+        """The cell's declared options that ``function`` takes (CellSpec.keywords)."""
+        spec = self.spec
+        return spec.keywords(spec.option_values(self.options), function)
+
     def _params(self, input_size: int) -> dict[str, Array]:
         module = self.spec
-        options = _keyword_options(module.init_params, self, exclude=("dtype",))
+        options = self._options("init_params")
+        if module.output_size and self.output_size is not None:
+            options["output_size"] = self.output_size
         init = functools.partial(
             module.init_params,
             input_size=input_size,
@@ -151,7 +151,7 @@ class Recurrent(CellOptions):
             _check_initial_carry(initial_carry, zeros)
         carry = zeros if initial_carry is None else initial_carry
         if module.prepare is not None:
-            params = module.prepare(params, **_keyword_options(module.prepare, self))
+            params = module.prepare(params, **self._options("prepare"))
         sequential = bool(self.recurrent_dropout or self.zoneout)
         if resets is not None and module.summarize is not None:
             raise ValueError(
@@ -166,7 +166,7 @@ class Recurrent(CellOptions):
         else:
             carry, ys = self._time_loop(module, params, carry, xs, lengths, deterministic, resets)
         if module.summarize is not None:
-            summary = module.summarize(carry, **_keyword_options(module.summarize, self))
+            summary = module.summarize(carry, **self._options("summarize"))
             self.sow("diagnostics", "solver", summary)
         ys = ys.astype(dtype)  # a complex-state cell asked for bfloat16 ran in float32
         return carry, ys
@@ -188,7 +188,7 @@ class Recurrent(CellOptions):
         self, module: CellSpec, params: Any, carry: Any, xs: Array, lengths, deterministic, resets
     ) -> tuple[Any, Array]:
         """``fnn_jax.scan`` of the cell's step, with recurrent dropout and zoneout."""
-        step_options = _keyword_options(module.step_projected, self)
+        step_options = self._options("step")
         if module.summarize is not None:
             step_options["check"] = False  # checked once per sequence, in __call__
         zoneout_masks = bool(self.zoneout) and not deterministic  # they ride with the inputs

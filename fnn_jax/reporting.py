@@ -114,29 +114,36 @@ class Progress:
         self.bar.close()
 
 
-def plot_curves(
+def curves_figure(
     records: list[dict[str, Any]],
     metric: str,
-    path: Path,
     *,
     stage_ends: Sequence[int] = (),
     best_step: int | None = None,
-) -> None:
-    """curves.png: train and validation loss, the chosen validation metric (the best step
-    starred) and the learning rate, against step; dashed lines where a stage ended."""
+) -> Any:
+    """The figure of curves.png from metrics.jsonl's ``records`` (dicts with step, split
+    and metrics): train and validation loss, the validation ``metric`` (the best step
+    starred) and, when it changes over the run, the learning rate (a constant one is noted
+    in the loss panel's title), against step; dashed lines where a stage ended."""
     # Imported here: matplotlib takes 0.3 s to import, and the plot comes at the end.
     from matplotlib.figure import Figure
 
+    rows = [r for r in records if r["split"] == "train" and "learning_rate" in r]
+    steps, rates = [r["step"] for r in rows], [r["learning_rate"] for r in rows]
+    scheduled = len(set(rates)) > 1
     # A bare Figure (no pyplot state) with fixed margins: a third of the time of
     # plt.subplots + tight_layout, which matters when a sweep draws one per trial.
-    fig = Figure(figsize=(15, 4))
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.13, top=0.92, wspace=0.25)
-    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
+    width = 5.0 * (2 + scheduled)
+    fig = Figure(figsize=(width, 4))
+    fig.subplots_adjust(left=0.75 / width, right=0.99, bottom=0.13, top=0.92, wspace=0.25)
+    axes = fig.subplots(1, 2 + scheduled)
+    ax_loss, ax_metric = axes[:2]
     for split, style in (("train", "-"), ("validation", "o-")):
         rows = [r for r in records if r["split"] == split and "loss" in r]
         if rows:
             ax_loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], style, label=split)
-    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    constant = f" (constant learning rate {rates[0]:.3g})" if rates and not scheduled else ""
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss" + constant)
     ax_loss.legend()
     rows = [r for r in records if r["split"] == "validation" and metric in r]
     ax_metric.plot([r["step"] for r in rows], [r[metric] for r in rows], "o-", color="C1")
@@ -145,16 +152,28 @@ def plot_curves(
         ax_metric.plot([best_step], [best[0][metric]], "*", ms=16, color="C3", label="best")
         ax_metric.legend(loc="best")
     ax_metric.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
-    rows = [r for r in records if r["split"] == "train" and "learning_rate" in r]
-    steps, rates = [r["step"] for r in rows], [r["learning_rate"] for r in rows]
-    ax_lr.plot(steps, rates, "-", color="C2", drawstyle="steps-pre")  # holds until logged
-    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
+    if scheduled:
+        ax_lr = axes[2]
+        ax_lr.plot(steps, rates, "-", color="C2", drawstyle="steps-pre")  # holds until logged
+        ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
     last = max((r["step"] for r in records), default=0)
-    for ax in (ax_loss, ax_metric, ax_lr):
+    for ax in axes:
         for end in stage_ends:
             if end < last:  # the last stage's end is the end of the run
                 ax.axvline(end, color="0.5", ls="--", lw=1)
-    save_figure(fig, path)
+    return fig
+
+
+def plot_curves(
+    records: list[dict[str, Any]],
+    metric: str,
+    path: Path,
+    *,
+    stage_ends: Sequence[int] = (),
+    best_step: int | None = None,
+) -> None:
+    """curves.png (see ``curves_figure``), written whole or not at all."""
+    save_figure(curves_figure(records, metric, stage_ends=stage_ends, best_step=best_step), path)
 
 
 def save_figure(fig: Any, path: Path) -> None:
@@ -316,7 +335,10 @@ def _stage_lines(report: dict[str, Any]) -> list[str]:
     stages, init = report.get("stages") or [], report.get("init_from")
     if len(stages) < 2 and not init:
         return []
-    lines = [f"Fine-tuned from {init['workdir']} (step {init['step']})."] if init else []
+    lines = []
+    if init:  # the step loaded; which one config.init_step asked for, where it was a word
+        which = f", its {init['asked']}" if init.get("asked") in ("best", "latest") else ""
+        lines = [f"Fine-tuned from {init['workdir']} (step {init['step']}{which})."]
     best = f"best validation {report['metric']}"
     lines += ["", f"| stage | steps | trainable parameters | learning rate | {best} |"]
     lines += ["|---|---|---|---|---|"]

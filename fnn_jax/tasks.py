@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 from typing import Any, ClassVar
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,8 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fnn_jax import metrics, models
-from fnn_jax.cells import fixed_point
+from fnn_jax import cells, metrics, models
 
 Array = jax.Array
 IGNORE_LABEL = -1  # tagging targets at padded positions
@@ -70,8 +70,6 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
         "dropout",
         "recurrent_dropout",
         "zoneout",
-        "activation",
-        "output_activation",
         "output_size",
         "unroll",
         "remat",
@@ -79,23 +77,22 @@ def encoder_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
     )
     options = {name: cfg[name] for name in names}
     options["unroll"] = cfg.unroll or None  # 0: the cell's own
-    options["solver"] = equilibrium_solver(cfg.equilibrium)
-    options["max_feedback_norm"] = cfg.equilibrium.max_feedback_norm
+    options["options"] = flax.core.FrozenDict(cell_options(cfg))  # a model is hashed by jit
     return options | {"dtype": jnp.dtype(cfg.dtype)}
 
 
-def equilibrium_solver(options: ml_collections.ConfigDict) -> fixed_point.Solver:
-    """The equilibrium cell's solver from config.model.equilibrium."""
-    return fixed_point.Solver(
-        name=options.solver,
-        max_iter=options.max_iter,
-        tol=options.tol,
-        rtol=options.rtol,
-        memory=options.anderson_memory,
-        gradient=options.gradient,
-        phantom_steps=options.phantom_steps,
-        on_nonconvergence=options.on_nonconvergence,
-    )
+def cell_options(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The options config.model.cell declares, from its section config.model.<cell>; a
+    cell without a section (or an option missing from it) keeps its own defaults."""
+    spec = cells.get(cfg.cell)
+    section = cfg.get(spec.name)
+    values = {}
+    for option in spec.options:
+        if option.from_section is not None and section is not None:
+            values[option.name] = option.from_section(section)
+        elif section is not None and option.name in section:
+            values[option.name] = section[option.name]
+    return spec.option_values(values, f"config.model.{spec.name}")
 
 
 @dataclasses.dataclass(frozen=True)

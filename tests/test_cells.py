@@ -155,11 +155,16 @@ def test_scan_of_a_cells_own_step_runs_at_the_unroll_the_cell_declares(key):
     assert unrolls(elman, lambda p, c, x: elman.step(p, c, x)) == [1]  # a step of your own
 
 
-@pytest.mark.parametrize(
-    "name", ["elman_tanh", "jordan", "lstm", "gru", "lru", "mingru", "equilibrium"]
-)
-def test_scan_gradients_match_finite_differences(name, key):
-    module, options, _ = CASES[name]
+def test_every_registered_cell_has_a_numpy_reference_case():
+    """A new cell in cells.REGISTRY needs a CASES entry (and a formula in numpy_reference)."""
+    covered = {module.SPEC.name for module, _, _ in CASES.values()}
+    assert set(cells.REGISTRY) <= covered, f"no CASES entry for {set(cells.REGISTRY) - covered}"
+
+
+@pytest.mark.parametrize("cell", sorted(cells.REGISTRY))
+def test_scan_gradients_match_finite_differences(cell, key):
+    # The first case of each registered cell (its default options).
+    module, options, _ = next(case for case in CASES.values() if case[0].SPEC.name == cell)
     with jax.enable_x64(True):
         to64 = lambda a: a.astype(jnp.complex128 if jnp.iscomplexobj(a) else jnp.float64)
         params = jax.tree.map(to64, _random_params(module, key))

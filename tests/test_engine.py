@@ -341,21 +341,31 @@ class _ClockedStepper(steppers.Stepper):
 
 
 @pytest.mark.parametrize(
-    ("step_ms", "expected"),
-    [(9.5, 3), (0.01, steppers.AUTO_CAPACITY), (1000.0, 1)],
-    ids=["overhead_a_tenth_of_a_step", "tiny_step", "huge_step"],
+    ("step_ms", "expected", "said"),
+    [
+        (9.5, 3, "a step 9500.0 us"),
+        (0.01, steppers.AUTO_CAPACITY, "a step 10.0 us"),
+        (1000.0, 1, "a step 1000000.0 us"),
+        (-0.1, steppers.AUTO_CAPACITY, "a step below the call's jitter"),
+    ],
+    ids=["overhead_a_tenth_of_a_step", "tiny_step", "huge_step", "step_lost_in_jitter"],
 )
-def test_auto_dispatch_size_keeps_the_call_overhead_near_five_percent(step_ms, expected):
-    """A 1 ms call overhead; after four single-step calls (the first slow) the size is
-    ceil(overhead / (5% of a step)), within 1..capacity."""
-    first_call, overhead = 5.0, 1e-3
-    calls = [first_call, overhead, 10.0, *[overhead + step_ms / 1e3] * 3]
+def test_auto_dispatch_size_keeps_the_call_overhead_near_five_percent(
+    step_ms, expected, said, caplog
+):
+    """A 1 ms call overhead (the fastest of three calls without steps, after the compiling
+    one); after four single-step calls (the first slow) the size is ceil(overhead / (5% of
+    a step)), within 1..capacity, and the log line gives both costs."""
+    compile_call, overhead = 5.0, 1e-3
+    calls = [compile_call, 1.5e-3, overhead, 1.2e-3, 10.0, *[overhead + step_ms / 1e3] * 3]
     stepper = _ClockedStepper(calls)
     rows = np.zeros((1, 4), np.int32)
-    for _ in range(steppers.AUTO_PROBES):
-        assert stepper.dispatch_size == 1
-        stepper.run([rows], 1)
+    with caplog.at_level("INFO", logger="fnn_jax"):
+        for _ in range(steppers.AUTO_PROBES):
+            assert stepper.dispatch_size == 1
+            stepper.run([rows], 1)
     assert stepper.dispatch_size == expected
+    assert f"{expected} (a call alone costs 1000.0 us, {said})" in caplog.text
 
 
 def test_train_indices_are_the_rows_of_data_batches_across_epochs(digits):

@@ -294,7 +294,7 @@ def test_the_issue_case_feedback_norm_15_by_plain_iteration_raises_through_the_l
     """||W_zz|| = 1.5: plain iteration misses; the layer checks each sequence once."""
     xs = jax.random.normal(key, (BATCH, TIME, INPUT))
     solver = fp.Solver(name="iterate", on_nonconvergence="raise")
-    layer = layers.Recurrent(cell="equilibrium", hidden_size=HIDDEN, solver=solver)
+    layer = layers.Recurrent(cell="equilibrium", hidden_size=HIDDEN, options={"solver": solver})
     params = layer.init(key, xs)["params"]
     params["w_zz"] = params["w_zz"] * (1.5 / jnp.linalg.norm(params["w_zz"], 2)) * 4
     with pytest.raises(Exception, match=r"did not converge: residual \d"):
@@ -368,7 +368,9 @@ def test_bound_feedback_caps_the_spectral_norm_and_leaves_smaller_ones(key):
     )
     # The layer runs the bounded map: it equals the layer given the capped matrix itself.
     xs = jax.random.normal(key, (BATCH, TIME, INPUT))
-    bounded = layers.Recurrent(cell="equilibrium", hidden_size=8, max_feedback_norm=0.9)
+    bounded = layers.Recurrent(
+        cell="equilibrium", hidden_size=8, options={"max_feedback_norm": 0.9}
+    )
     plain = layers.Recurrent(cell="equilibrium", hidden_size=8)
     _, got = bounded.apply({"params": params}, xs)
     _, want = plain.apply({"params": capped}, xs)

@@ -323,7 +323,8 @@ def test_the_report_lists_each_stage_with_its_optimizer_and_best_metric(
     uninterrupted_finetune, pretrained, caplog
 ):
     workdir, report = uninterrupted_finetune
-    assert report["init_from"] == {"workdir": str(pretrained), "step": "latest"}
+    latest = Checkpoints(pretrained / "checkpoints").latest_step()
+    assert report["init_from"] == {"workdir": str(pretrained), "step": latest, "asked": "latest"}
     head, whole = report["stages"]
     assert (head["name"], head["steps"], whole["name"], whole["steps"]) == (
         "head",
@@ -345,5 +346,5 @@ def test_the_report_lists_each_stage_with_its_optimizer_and_best_metric(
     assert head["best_validation_accuracy"] == max(in_head)
     assert whole["best_validation_accuracy"] == max(in_all)
     table = (workdir / "report.md").read_text()
-    assert f"Fine-tuned from {pretrained} (step latest)." in table
+    assert f"Fine-tuned from {pretrained} (step {latest}, its latest)." in table
     assert f"| head | {HEAD_STEPS} of {HEAD_STEPS} | {16 * 3 + 3} | 0.001 |" in table

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from fnn_jax import forecast
 from fnn_jax.train import train_and_evaluate
@@ -67,3 +68,22 @@ def test_a_forecasting_run_reports_the_closed_loop_and_draws_it(tmp_path):
 def test_a_classifier_has_no_closed_loop(tmp_path):
     report = train_and_evaluate(_shrink(_load("digits_lstm")), tmp_path)
     assert "closed_loop" not in report and not (tmp_path / "forecast.png").exists()
+
+
+def test_seasonal_naive_baseline_is_the_value_one_season_earlier():
+    """On a period-12 wave with a trend of 0.01 per step, forecasting one season back
+    misses by exactly the trend over the seasons skipped: 0.12 one to twelve steps ahead,
+    0.24 for thirteen to twenty-four (in standardised units: divided by the train std)."""
+    from fnn_jax.data.forecasting import FRACTIONS, forecast_dataset
+
+    t = np.arange(400, dtype=np.float64)
+    series = np.sin(2 * np.pi * t / 12) + 0.01 * t
+    std = series[: int(round(FRACTIONS[0] * len(t)))].std()
+    for horizon, misses in ((1, [0.12]), (24, [0.12] * 12 + [0.24] * 12)):
+        data = forecast_dataset("wave", series, window=36, horizon=horizon, info={}, season=12)
+        want = np.mean((np.array(misses) / std) ** 2)
+        assert data.baselines["mse_seasonal_naive"] == pytest.approx(want, rel=1e-9)
+    assert (
+        "mse_seasonal_naive"
+        not in forecast_dataset("wave", series, window=36, horizon=1, info={}).baselines
+    )

@@ -66,7 +66,7 @@ def run_ours(cell, activation, params, x, *, num_layers=1, bidirectional=False, 
         hidden_size=HIDDEN,
         num_layers=num_layers,
         bidirectional=bidirectional,
-        activation=activation,
+        options={"activation": activation} if cell == "elman" else None,  # lstm, gru: none
     )
     lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
     carries, ys = layer.apply({"params": params}, jnp.asarray(x.numpy()), lengths)

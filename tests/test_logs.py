@@ -59,3 +59,73 @@ def test_the_report_table_shows_a_small_residual_instead_of_zero():
 
     table = markdown_table({"test": {"accuracy": 0.95561, "solver_residual_max": 1.52e-05}})
     assert "| test | 0.9556 | 1.52e-05 |" in table
+
+
+def _flat_norm(tree) -> float:
+    return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in _leaves(tree))))
+
+
+def _leaves(tree):
+    return [
+        v
+        for value in tree.values()
+        for v in (_leaves(value) if isinstance(value, dict) else [value])
+    ]
+
+
+def _sgd_run(workdir, **overrides):
+    """Plain SGD (no momentum, clipping or schedule): an update is exactly -lr * gradient."""
+    settings = {
+        "optimizer.name": "sgd",
+        "optimizer.momentum": 0.0,
+        "optimizer.clip_norm": 0.0,
+        "optimizer.warmup_steps": 0,
+        "optimizer.schedule": "constant",
+        "optimizer.learning_rate": 0.5,
+        "train.num_steps": 4,
+        "train.eval_every_steps": 1,
+        "train.keep_checkpoints": 10,
+        **overrides,
+    }
+    train_and_evaluate(_config(**settings), workdir)
+    return [r for r in MetricsLog.read(workdir) if r["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_logged_norms_are_the_steps_gradient_parameter_and_update_norms(tmp_path):
+    """Checked against the saved parameters, and against a profiled run that logged every
+    step: the same final parameters, bit for bit, and norms logged every two steps that are
+    the means of its per-step norms."""
+    from fnn_jax.checkpoint import Checkpoints
+
+    every_step = _sgd_run(
+        tmp_path / "every", **{"train.log_every_steps": 1, "train.profile_steps": 2}
+    )
+    checkpoints = Checkpoints(tmp_path / "every" / "checkpoints")
+    params = {s: checkpoints.restore_saved(s)[0]["params"] for s in range(1, 5)}
+    assert [r["step"] for r in every_step] == [1, 2, 3, 4]
+    for record in every_step[1:]:
+        step = record["step"]
+        assert record["param_norm"] == pytest.approx(_flat_norm(params[step]), rel=1e-5)
+        delta = {k: _diff(params[step][k], params[step - 1][k]) for k in params[step]}
+        assert record["update_norm"] == pytest.approx(_flat_norm(delta), rel=1e-3)
+        assert record["grad_norm"] == pytest.approx(record["update_norm"] / 0.5, rel=1e-5)
+    traces = list((tmp_path / "every" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1, traces
+
+    every_two = _sgd_run(tmp_path / "two", **{"train.log_every_steps": 2})
+    assert not (tmp_path / "two" / "profile").exists()
+    final = Checkpoints(tmp_path / "two" / "checkpoints").restore_saved(4)[0]["params"]
+    for got, want in zip(_leaves(final), _leaves(params[4]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    for record in every_two:
+        pair = [r for r in every_step if r["step"] in (record["step"] - 1, record["step"])]
+        for name in ("grad_norm", "param_norm", "update_norm"):
+            mean = (pair[0][name] + pair[1][name]) / 2
+            assert record[name] == pytest.approx(mean, rel=1e-6), name
+
+
+def _diff(a, b):
+    if isinstance(a, dict):
+        return {k: _diff(a[k], b[k]) for k in a}
+    return np.asarray(a, np.float64) - np.asarray(b, np.float64)

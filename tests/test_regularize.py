@@ -19,7 +19,11 @@ RATE = 0.4
 def _linear_elman(w_ih, w_hh, bias):
     """An identity-activation Elman layer with the given weights, recurrent dropout on."""
     layer = layers.Recurrent(
-        cell="elman", hidden_size=SIZE, activation="identity", recurrent_dropout=RATE, unroll=1
+        cell="elman",
+        hidden_size=SIZE,
+        options={"activation": "identity"},
+        recurrent_dropout=RATE,
+        unroll=1,
     )
     params = {"w_ih": w_ih, "w_hh": w_hh, "b_ih": bias, "b_hh": jnp.zeros(SIZE)}
     return lambda xs, key: layer.apply(

@@ -271,6 +271,7 @@ def test_a_skipped_nonfinite_window_leaves_the_carry_as_it_was(rng):
     """A NaN head makes the loss non-finite while the encoder's carry stays finite: the
     step must keep the carry it started from, as it keeps everything else."""
     from fnn_jax import tasks
+    from fnn_jax.train.diagnostics import NORMS, zero_norms
     from fnn_jax.train.steps import StepSpec, TrainState, initial_carry, train_step_body
 
     model = _lm("gru", 1)
@@ -287,7 +288,7 @@ def test_a_skipped_nonfinite_window_leaves_the_carry_as_it_was(rng):
     spec = StepSpec(model=model, task=task, window=5, windows=4)
     tx = optax.sgd(0.1)
     carry = jax.tree.map(lambda c: c + 0.5, initial_carry(model, params, batch, 5))
-    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+    sums = {"loss": 0.0, "correct": 0.0, "count": 0.0, NORMS: zero_norms()}
     state = TrainState(jnp.int32(1), params, tx.init(params), sums, carry)  # window 1
     new, finite = train_step_body(spec)(state, batch, jax.random.key(0), tx, l1=0.0, l2=0.0)
     assert not bool(finite)

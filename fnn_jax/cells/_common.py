@@ -7,6 +7,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from fnn_jax.cells.spec import Option
+
 Array = jax.Array
 Params = dict[str, Array]
 
@@ -17,6 +19,13 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "sigmoid": jax.nn.sigmoid,
     "identity": lambda x: x,
 }
+
+
+def activation_option(name: str = "activation", default: str = "tanh") -> Option:
+    """A declared option naming one of ACTIVATIONS, taken by the step."""
+    return Option(
+        name, default, f"the {name.replace('_', ' ')} function", choices=tuple(ACTIVATIONS)
+    )
 
 
 def activation_fn(name: str) -> Callable[[Array], Array]:

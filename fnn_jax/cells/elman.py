@@ -16,6 +16,7 @@ from fnn_jax.cells._common import (
     Array,
     Params,
     activation_fn,
+    activation_option,
     along_last,
     check_input,
     orthogonal,
@@ -67,4 +68,13 @@ def step(
 
 # unroll 4: forward+backward at batch 64, length 256, hidden 256 on 2 CPU cores took 72.6 ms
 # against 86.4 ms at unroll 1 (PyTorch's nn.RNN: 79.4 ms), experiments/bench.py --cells elman.
-SPEC = CellSpec("elman", init_params, init_carry, step, project_inputs, step_projected, unroll=4)
+SPEC = CellSpec(
+    "elman",
+    init_params,
+    init_carry,
+    step,
+    project_inputs,
+    step_projected,
+    unroll=4,
+    options=(activation_option(),),
+)

@@ -15,7 +15,7 @@ gradients) and is never silently unconverged: each step's diagnostics add up in 
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -25,13 +25,14 @@ from fnn_jax.cells._common import (
     Array,
     Params,
     activation_fn,
+    activation_option,
     along_last,
     check_input,
     orthogonal,
     uniform,
 )
 from fnn_jax.cells.fixed_point import Solver
-from fnn_jax.cells.spec import CellSpec
+from fnn_jax.cells.spec import CellSpec, Option
 
 DEFAULT_SOLVER = Solver()
 
@@ -147,6 +148,20 @@ def step(
     return step_projected(params, carry, xp_t, activation=activation, solver=solver, check=check)
 
 
+def solver_from_section(section: Any) -> Solver:
+    """The solver a config section (config.model.equilibrium) describes."""
+    return Solver(
+        name=section["solver"],
+        max_iter=section["max_iter"],
+        tol=section["tol"],
+        rtol=section["rtol"],
+        memory=section["anderson_memory"],
+        gradient=section["gradient"],
+        phantom_steps=section["phantom_steps"],
+        on_nonconvergence=section["on_nonconvergence"],
+    )
+
+
 def summarize(carry: EquilibriumCarry, *, solver: Solver = DEFAULT_SOLVER) -> dict[str, Array]:
     """The final carry's stats as scalars over the batch, after applying the policy to the
     whole sequence's forward solves (what the layers sow as ``diagnostics``)."""
@@ -173,4 +188,21 @@ SPEC = CellSpec(
     prepare=bound_feedback,
     summarize=summarize,
     float32_at_least=True,
+    options=(
+        activation_option(),
+        Option(
+            "solver",
+            DEFAULT_SOLVER,
+            "how each step's fixed point is found (fixed_point.Solver)",
+            to=("step", "summarize"),
+            from_section=solver_from_section,
+        ),
+        Option(
+            "max_feedback_norm",
+            0.0,
+            "> 0: W_zz is scaled to at most this spectral norm (bound_feedback)",
+            to=("prepare",),
+            minimum=0.0,
+        ),
+    ),
 )

@@ -13,7 +13,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fnn_jax.cells._common import Array, Params, activation_fn, along_last, check_input, uniform
+from fnn_jax.cells._common import (
+    Array,
+    Params,
+    activation_fn,
+    activation_option,
+    along_last,
+    check_input,
+    uniform,
+)
 from fnn_jax.cells.spec import CellSpec
 
 
@@ -94,4 +102,5 @@ SPEC = CellSpec(
     step_projected,
     output_size=True,
     carry_is_output=True,
+    options=(activation_option(), activation_option("output_activation")),
 )

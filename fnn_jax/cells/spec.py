@@ -1,8 +1,9 @@
 """What a cell says about itself, so no other module branches on cell names.
 
 Each cell module exports ``SPEC``; ``fnn_jax.cells.REGISTRY`` maps names to them. The layers
-read the spec for the input weight (to check input sizes), the carry and output sizes, and
-whether an associative-scan form exists (``resolve_scan_impl``).
+read the spec for the input weight (to check input sizes), the carry and output sizes,
+whether an associative-scan form exists (``resolve_scan_impl``) and the options the cell
+declares (``Option``: what each is, its default, and which of the cell's functions take it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,41 @@ import jax
 import jax.numpy as jnp
 
 SCAN_IMPLS = ("sequential", "associative", "auto")
+FUNCTIONS = ("init_params", "step", "prepare", "summarize")  # what an Option can go to
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """A setting a cell declares: the layers pass it, by keyword, only to the functions in
+    ``to`` (``step`` covers ``step_projected``), and the config holds it as
+    ``config.model.<cell>.<name>``.
+
+    default: its value when nobody sets it; its type is the type a value must have
+        (an int is accepted for a float).
+    choices: the valid values, or None. minimum: the least valid value, or None.
+    from_section: how the config section gives the value, where it is built from several
+        keys (equilibrium's ``solver``, a ``fixed_point.Solver``); None: the section's key
+        ``name``.
+    """
+
+    name: str
+    default: Any
+    doc: str
+    to: tuple[str, ...] = ("step",)
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    from_section: Callable[[Any], Any] | None = None
+
+    def check(self, value: Any, where: str) -> None:
+        """Raises ValueError naming ``where`` when ``value`` is not valid for this option."""
+        kind = type(self.default)
+        fits = isinstance(value, kind) or (kind is float and isinstance(value, int))
+        if not fits or isinstance(value, bool) != isinstance(self.default, bool):
+            raise ValueError(f"{where} must be a {kind.__name__}; got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{where}={value!r} is not valid; valid choices: {list(self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"{where} must be >= {self.minimum}; got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +74,7 @@ class CellSpec:
     unroll: the ``lax.scan`` unroll the layers use unless told otherwise: time steps per
         loop iteration. A cell whose step is a single small matmul spends much of an
         iteration on the loop itself (experiments/bench.py measures it).
+    options: the settings the cell declares (``Option``); the layers pass nothing else.
     """
 
     name: str
@@ -56,6 +93,26 @@ class CellSpec:
     unroll: int = 1
     complex_state: bool = False  # the carry is complex (lru); the cell computes in >= 32 bits
     float32_at_least: bool = False  # equilibrium: a bfloat16 residual stalls near 4e-3
+    options: tuple[Option, ...] = ()
+
+    def option_values(self, given: Any = None, where: str = "options") -> dict[str, Any]:
+        """Every declared option's value: ``given`` (a mapping, or None) over the defaults.
+        A name the cell does not declare, or a bad value, is a ValueError naming it."""
+        given = dict(given or {})
+        declared = {o.name: o for o in self.options}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise ValueError(
+                f"{where}: cell {self.name!r} has no option(s) {unknown}; it declares "
+                f"{sorted(declared) or 'none'}"
+            )
+        for name, value in given.items():
+            declared[name].check(value, f"{where}.{name}")
+        return {name: given.get(name, o.default) for name, o in declared.items()}
+
+    def keywords(self, values: dict[str, Any], function: str) -> dict[str, Any]:
+        """The options in ``values`` that ``function`` (one of FUNCTIONS) takes."""
+        return {o.name: values[o.name] for o in self.options if function in o.to}
 
     def compute_dtype(self, dtype: Any) -> Any:
         """The dtype the cell runs in for ``dtype``: a complex-state cell needs at least

@@ -20,13 +20,21 @@ def split_bounds(n: int) -> dict[str, tuple[int, int]]:
 
 
 def forecast_dataset(
-    name: str, series: np.ndarray, *, window: int, horizon: int, info: dict[str, Any]
+    name: str,
+    series: np.ndarray,
+    *,
+    window: int,
+    horizon: int,
+    info: dict[str, Any],
+    season: int | None = None,
 ) -> Dataset:
     """Sliding windows (stride 1) over a 1-D series, each kept inside its chronological split.
 
     inputs [n, window, 1] and targets [n, horizon, 1], both standardised with the mean/std
     (ddof=0) of the train segment only. info["window_starts"][split] holds each window's
     first position in the raw series; info["bounds"] the [start, end) of each split.
+    Baselines on test: the last value repeated, and with a known ``season`` (in steps:
+    12 for monthly data) the seasonal naive forecast, the value one season earlier.
     """
     series = np.asarray(series, np.float64)
     if series.ndim != 1 or not np.isfinite(series).all():
@@ -55,11 +63,16 @@ def forecast_dataset(
     test = splits["test"]
     naive = test.inputs[:, -1:, :].astype(np.float64)  # last value, repeated over the horizon
     mse_naive = float(np.mean((test.targets.astype(np.float64) - naive) ** 2))
+    baselines = {"mse_naive_last_value": mse_naive}
+    if season:
+        baselines["mse_seasonal_naive"] = _seasonal_naive_mse(
+            z, starts["test"], window, horizon, season
+        )
     return Dataset(
         name=name,
         task="forecast",
         **splits,
-        baselines={"mse_naive_last_value": mse_naive},
+        baselines=baselines,
         info={
             **info,
             "mean": mean,
@@ -104,6 +117,17 @@ def sunspots(*, window: int = 24, horizon: int = 1, seed: int = 0) -> Dataset:
     )
 
 
+def _seasonal_naive_mse(
+    z: np.ndarray, starts: np.ndarray, window: int, horizon: int, season: int
+) -> float:
+    """MSE of forecasting z[t] for the windows starting at ``starts`` by the latest value
+    a whole number of seasons earlier that the window's forecaster has already seen."""
+    first = starts[:, None] + window  # the first target's position
+    ahead = np.arange(horizon)[None, :]
+    known = first + ahead - season * (ahead // season + 1)  # at most first - 1
+    return float(np.mean((z[first + ahead] - z[known]) ** 2))
+
+
 @register("co2")
 def co2(*, window: int = 36, horizon: int = 1, seed: int = 0) -> Dataset:
     """Monthly CO2 forecasting: inputs [n, window, 1] -> targets [n, horizon, 1].
@@ -117,4 +141,5 @@ def co2(*, window: int = 36, horizon: int = 1, seed: int = 0) -> Dataset:
         window=window,
         horizon=horizon,
         info={"frequency": "monthly", "months": months},
+        season=12,
     )

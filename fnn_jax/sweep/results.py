@@ -17,7 +17,7 @@ from fnn_jax.files import write_atomic
 from fnn_jax.sweep.spec import _canonical
 from fnn_jax.tasks import metric_mode
 
-STATUSES = ("pending", "done", "failed")
+STATUSES = ("pending", "done", "failed", "pruned")  # pruned: by a search's pruner
 
 
 @dataclasses.dataclass
@@ -231,7 +231,8 @@ def markdown(result: SweepResult) -> str:
     metric = result.metric
     parts = [
         f"# Sweep: {len(result.trials)} trials "
-        f"({counts['done']} done, {counts['failed']} failed, {counts['pending']} pending)",
+        f"({counts['done']} done, {counts['failed']} failed, {counts['pending']} pending"
+        + (f", {counts['pruned']} pruned)" if counts["pruned"] else ")"),
         "",
         f"Selection: validation {metric} ({result.mode}imised), each trial at its best "
         "checkpoint; the test column is that same checkpoint.",

@@ -4,6 +4,10 @@ up between log lines and evaluated over splits beside the task's sums.
 A layer sows a dict of scalars per call (the equilibrium cell: solver statistics, see
 fnn_jax.cells.equilibrium.summarize); keys starting with ``max_`` combine by maximum, the
 others add. A model that sows nothing has no ``diagnostics`` entry in its sums at all.
+
+Train sums also add up, under NORMS, each step's global norms of the gradients (before
+clipping), the parameters (after the update) and the updates, logged as their means over
+the steps since the last log line.
 """
 
 from __future__ import annotations
@@ -13,11 +17,25 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from fnn_jax import tasks
 
 COLLECTION = "diagnostics"
+NORMS = "norms"
+NORM_NAMES = ("grad_norm", "param_norm", "update_norm")
 Sums = dict[str, Any]
+
+
+def step_norms(grads: Any, params: Any, updates: Any) -> dict[str, jax.Array]:
+    """One train step's entry under NORMS (global L2 norms, float32; ``steps``: 1)."""
+    norm = lambda tree: optax.tree.norm(tree).astype(jnp.float32)
+    values = (norm(grads), norm(params), norm(updates))
+    return {"steps": jnp.float32(1), **dict(zip(NORM_NAMES, values, strict=True))}
+
+
+def zero_norms() -> dict[str, jax.Array]:
+    return {name: jnp.float32(0) for name in ("steps", *NORM_NAMES)}
 
 
 def _combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -58,8 +76,11 @@ def add(old: Sums, new: Sums) -> Sums:
 def metrics(task, sums: Sums) -> dict[str, float]:
     """The task's metrics of ``sums``, and the solver's when the model reported any:
     mean and max iterations per solve, the largest residual, the fraction converged."""
-    values = task.metrics({k: v for k, v in sums.items() if k != COLLECTION})
+    values = task.metrics({k: v for k, v in sums.items() if k not in (COLLECTION, NORMS)})
     tasks.check_declared(task, values)
+    norms = sums.get(NORMS)
+    if norms is not None and float(norms["steps"]) > 0:
+        values |= {name: float(norms[name]) / float(norms["steps"]) for name in NORM_NAMES}
     d = sums.get(COLLECTION)
     if d is not None and float(d["solves"]) > 0:  # (a head-only stage on cached features
         # solves nothing: no solver metrics rather than zeros)

@@ -18,9 +18,10 @@ export and plots (from which parameters): fnn_jax.train.finish.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from fnn_jax.train.preemption import (
     clear_preemption,
     requested_by,
 )
+from fnn_jax.train.profile import Profile
 from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
@@ -54,10 +56,20 @@ from fnn_jax.train.steps import (
     split_sums,
     zero_sums,
 )
-from fnn_jax.train.trial import Progress, Setup, Trial, improves, setup
+from fnn_jax.train.trial import Group, Progress, Setup, Trial, improves, setup
 from fnn_jax.tree import paths, require_matches
 
 log = logging.getLogger("fnn_jax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Periodic:
+    """An action run after a dispatch for the rows of a Group at a multiple of ``every``
+    steps or at their stage's end: ``run(group, due, stepper)``."""
+
+    name: str
+    every: int
+    run: Callable[[Group, list[bool], steppers.Stepper], None]
 
 
 def rows_on_host() -> bool:
@@ -74,8 +86,13 @@ class Engine:
         configs: Sequence[ml_collections.ConfigDict],
         workdirs: Sequence[Path],
         plan: Setup | None = None,
+        on_validation: Callable[[int, dict[str, float]], bool] | None = None,
     ):
+        """``on_validation(step, metrics)``, for a single run: called at every validation;
+        True prunes the run there (it saves that step and returns ``{"pruned_at": step}``:
+        an adaptive search's pruner, fnn_jax.sweep.adaptive)."""
         self.started = time.time()
+        self.on_validation = on_validation
         self.plan = plan = plan or setup(configs[0])  # what the trials share
         self.config = configs[0]
         self.to_model = finetune.model_params(configs[0])
@@ -105,6 +122,15 @@ class Engine:
         self.trials = [
             self._open(c, Path(w), len(configs) > 1) for c, w in zip(configs, workdirs, strict=True)
         ]
+        # What happens between dispatches, in this order, for each trial whose step calls
+        # for it (a multiple of ``every``, or its stage's last step); a dispatch ends at
+        # the nearest such step. Non-finite steps are counted first (_read_health), an
+        # interruption (preemption, stop_after_steps) saves last.
+        self.periodic = (
+            Periodic("log", self.log_every, self._log_train),
+            Periodic("validate", plan.eval_every, self._validate),  # best, save, stage end
+        )
+        self.profile = Profile(configs[0].train.profile_steps, Path(workdirs[0]) / "profile")
         # The trials that train together in this process (a resumed group may hold some
         # that had already finished their training).
         self.group_size = sum(t.step < sum(s.num_steps for s in t.stages) for t in self.trials)
@@ -148,10 +174,10 @@ class Engine:
             progress = Progress.from_record(record)
             log.info("resumed %s from step %d", workdir, step)
         else:
-            params = finetune.initial_params(config, params)
+            params, loaded = finetune.initial_params(config, params)
             state, step = self._fresh_state(params, stages[0], 0), 0
             ft = config.finetune
-            progress = Progress(lora_rank=ft.lora_rank, lora_alpha=ft.lora_alpha)
+            progress = Progress(lora_rank=ft.lora_rank, lora_alpha=ft.lora_alpha, init_step=loaded)
         return Trial(
             config=config,
             workdir=workdir,
@@ -218,6 +244,7 @@ class Engine:
                     interrupted = True
                     break
         finally:
+            self.profile.stop()
             preemption.restore()
             bar.close()
             for trial in self.trials:
@@ -229,6 +256,7 @@ class Engine:
             clear_preemption()
             saved = ", ".join(f"step {t.step} in {t.workdir}" for t in self.trials)
             raise Preempted(f"{by}: saved {saved}; run again to resume")
+        trained = time.time()  # a group's trials share their training time
         for trial in self.trials:
             if interrupted and trial.outcome is None:
                 trial.outcome = {"interrupted_at": trial.step}
@@ -238,7 +266,7 @@ class Engine:
                     self.plan,
                     self._evaluate,
                     self.to_model,
-                    started=self.started,
+                    wall_time_s=trained - self.started,
                     group_size=self.group_size,
                 )
         self._close(self.trials)
@@ -254,66 +282,55 @@ class Engine:
         """Trains ``members`` (all in the same stage) until each ends it; True when
         interrupted (preemption or ``stop_after_steps``), every member saved.
 
-        Each dispatch runs as many steps as reach the nearest point where some member logs,
-        evaluates, ends its stage or the run stops (at most the stepper's dispatch size),
-        so every such point falls on the step it would fall on one step at a time."""
+        Each dispatch runs the steps up to the nearest point where some member logs,
+        evaluates, ends its stage, the profile starts or stops or the run stops (at most
+        the stepper's dispatch size), so every such point falls on the step it would fall
+        on one step at a time. After it, the periodic actions run in their order."""
         for trial in members:
             self._announce_stage(trial)
         stepper = self._stepper(members)
-        active = [True] * len(members)
-        while any(active):
-            count = self._steps_to_next_point(members, active, stop_after_steps, stepper)
-            indices = [
-                self.plan.train_indices(t.config.seed, t.step, count) if on else None
-                for t, on in zip(members, active, strict=True)
-            ]
-            stepper.run(indices, count)
+        group = Group(members)
+        while group.training:
+            count = self._steps_to_next_point(group, stop_after_steps, stepper.dispatch_size)
+            stepper.run(group.batch_indices(self.plan, count), count)
+            group.advance(count)
             self.ran += count
-            for trial, on in zip(members, active, strict=True):
-                trial.step += count if on else 0
             # Read once: a signal arriving later in this pass is honoured at the next one,
             # so no trial is saved before its non-finite count is read.
             interrupt = self.ran == stop_after_steps or preemption.requested
-            due = self._due(members, active, self.log_every)
-            due += self._due(members, active, self.plan.eval_every)
-            if interrupt or any(due):
-                self._read_health(members, active, stepper)
-            saved = self._log_evaluate_save(members, active, stepper)
-            self._show(bar, members, active)
+            if interrupt or any(any(group.due(action.every)) for action in self.periodic):
+                self._read_health(group, stepper)
+            group.saved = set()
+            for action in self.periodic:
+                due = group.due(action.every)
+                if any(due):
+                    action.run(group, due, stepper)
+            self.profile.after_dispatch(self.ran, lambda: jax.block_until_ready(stepper.state))
+            self._show(bar, group)
             if interrupt:
                 states = stepper.host_states()
-                for i, trial in enumerate(members):
-                    if active[i] and i not in saved:
+                for i, trial in group.training:
+                    if i not in group.saved:
                         self._checkpoint(trial, states[i], now=True)
                 return True
         return False
 
     def _steps_to_next_point(
-        self,
-        members: list[Trial],
-        active: list[bool],
-        stop_after_steps: int | None,
-        stepper: steppers.Stepper,
+        self, group: Group, stop_after_steps: int | None, dispatch_size: int
     ) -> int:
-        """Steps until the nearest log, evaluation, stage end or stop of an active member,
-        at most ``stepper.dispatch_size``."""
-        count = stepper.dispatch_size
+        """Steps until the nearest periodic action, stage end or stop of a training member,
+        or the profile's stop; at most ``dispatch_size``."""
+        count = dispatch_size
         if stop_after_steps is not None:
             count = min(count, stop_after_steps - self.ran)
-        for trial, on in zip(members, active, strict=True):
-            if on:
-                for every in (self.log_every, self.plan.eval_every):
-                    count = min(count, every - trial.step % every)
-                count = min(count, trial.stage_end - trial.step)
+        for _, trial in group.training:
+            for action in self.periodic:
+                count = min(count, action.every - trial.step % action.every)
+            count = min(count, trial.stage_end - trial.step)
+        profile_stop = self.profile.steps_to_next(self.ran)
+        if profile_stop is not None:
+            count = min(count, profile_stop)
         return max(count, 1)
-
-    @staticmethod
-    def _due(members: list[Trial], active: list[bool], every: int) -> list[bool]:
-        """Per member: active, and at a multiple of ``every`` or its stage's end."""
-        return [
-            on and (t.step % every == 0 or t.step == t.stage_end)
-            for t, on in zip(members, active, strict=True)
-        ]
 
     @staticmethod
     def _announce_stage(trial: Trial) -> None:
@@ -377,59 +394,69 @@ class Engine:
             layout=self.layout,
         )
 
-    def _read_health(
-        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
-    ) -> None:
+    # ------------------------------------------------------------------------ the actions
+
+    def _read_health(self, group: Group, stepper: steppers.Stepper) -> None:
         """Counts the non-finite steps the device skipped since the last read; a trial that
         went past config.train.max_nonfinite_steps stops there, alone, with that error."""
-        for i, (trial, health) in enumerate(zip(members, stepper.health(), strict=True)):
-            skipped = health.nonfinite_steps - trial.progress.nonfinite_steps
-            if not active[i] or not skipped:
+        health = stepper.health()
+        for i, trial in group.training:
+            skipped = health[i].nonfinite_steps - trial.progress.nonfinite_steps
+            if not skipped:
                 continue
-            trial.progress.nonfinite_steps = health.nonfinite_steps
+            trial.progress.nonfinite_steps = health[i].nonfinite_steps
             log.warning(
                 "%s%d step(s) with a non-finite loss or gradient, the last at step %d; "
                 "update(s) skipped",
                 trial.label,
                 skipped,
-                health.last_nonfinite,
+                health[i].last_nonfinite,
             )
-            if health.halted_at:
+            if health[i].halted_at:
                 limit = trial.config.train.max_nonfinite_steps
-                trial.step = health.halted_at
+                trial.step = health[i].halted_at
                 trial.outcome = FloatingPointError(
                     f"non-finite loss or gradient at step {trial.step} "
-                    f"({health.nonfinite_steps} such steps; "
+                    f"({health[i].nonfinite_steps} such steps; "
                     f"config.train.max_nonfinite_steps={limit})"
                 )
-                active[i] = False
+                group.leave(i)
                 self._write_unsaved_best(trial)  # the halted state itself is never saved
 
-    def _log_evaluate_save(
-        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
-    ) -> set[int]:
-        """Train metrics, validation, early stopping, checkpoints and stage ends of the
-        active members whose step calls for them; returns the indices saved now."""
-        self._log_train(members, active, stepper)
-        due_eval = self._due(members, active, self.plan.eval_every)
-        if not any(due_eval):
-            return set()
+    def _log_train(self, group: Group, due: list[bool], stepper: steppers.Stepper) -> None:
+        """The train metrics since the last log line (with the mean global norms of the
+        gradients, parameters and updates) of the rows ``due``; resets their sums."""
+        for trial, sums, now in zip(group.trials, stepper.sums(), due, strict=True):
+            if now:
+                values = diagnostics.metrics(self.plan.task, sums)
+                values["learning_rate"] = self._learning_rate(trial)
+                trial.metrics_log.write(trial.step, "train", values)
+                trial.summary = f"loss {values['loss']:.4f}"
+        stepper.reset_sums(due)
+
+    def _validate(self, group: Group, due: list[bool], stepper: steppers.Stepper) -> None:
+        """Validation metrics, the best step and early stopping, the checkpoint and the
+        stage's end, for the rows ``due``."""
         sums = stepper.evaluate_sums(self.validation_batches)
-        states, saved = stepper.host_states(), set()
-        for i, trial in enumerate(members):
-            if not due_eval[i]:
+        states = stepper.host_states()
+        for i, trial in enumerate(group.trials):
+            if not due[i]:
                 continue
             values = diagnostics.metrics(self.plan.task, sums[i])
             trial.metrics_log.write(trial.step, "validation", values)
             ends_stage = self._track_best(trial, values[self.plan.metric])
-            if self._checkpoint(trial, states[i], stage_end=ends_stage):
-                saved.add(i)
+            pruned = self.on_validation is not None and self.on_validation(trial.step, values)
+            if self._checkpoint(trial, states[i], stage_end=ends_stage, now=pruned):
+                group.saved.add(i)
             trial.metrics_log.flush()
-            if ends_stage:
+            if pruned:
+                log.info("%spruned at step %d", trial.label, trial.step)
+                trial.outcome = {"pruned_at": trial.step}
+                group.leave(i)
+            elif ends_stage:
                 trial.state = states[i]
                 self._end_stage(trial)
-                active[i] = False
-        return saved
+                group.leave(i)
 
     def _learning_rate(self, trial: Trial) -> float:
         """The base learning rate of the step just taken (its stage's schedule, counted
@@ -440,31 +467,16 @@ class Engine:
         count = trial.step - 1 - trial.progress.stage_start
         return float(self._schedules[id(stage)](count))
 
-    def _show(self, bar: reporting.Progress, members: list[Trial], active: list[bool]) -> None:
+    def _show(self, bar: reporting.Progress, group: Group) -> None:
         """Alone: this step's loss and validation metric; in a group: how many still train."""
-        steps = [t.step for t, on in zip(members, active, strict=True) if on] or [members[0].step]
+        steps = [t.step for _, t in group.training] or [group.trials[0].step]
         if len(self.trials) == 1:
-            summary = members[0].summary.strip()
+            summary = group.trials[0].summary.strip()
         else:
-            summary = f"{sum(active)}/{len(members)} trials training"
+            summary = f"{len(group.training)}/{len(group.trials)} trials training"
         bar.update(max(steps), summary)
-        for trial in members:
+        for trial in group.trials:
             trial.summary = ""
-
-    def _log_train(
-        self, members: list[Trial], active: list[bool], stepper: steppers.Stepper
-    ) -> None:
-        """The train metrics since the last log of the members due to log; resets them."""
-        due_log = self._due(members, active, self.log_every)
-        if not any(due_log):
-            return
-        for trial, sums, due in zip(members, stepper.sums(), due_log, strict=True):
-            if due:
-                values = diagnostics.metrics(self.plan.task, sums)
-                values["learning_rate"] = self._learning_rate(trial)
-                trial.metrics_log.write(trial.step, "train", values)
-                trial.summary = f"loss {values['loss']:.4f}"
-        stepper.reset_sums(due_log)
 
     def _track_best(self, trial: Trial, value: float) -> bool:
         """Best step and early stopping after a validation ``value``; True when the trial's

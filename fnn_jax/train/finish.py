@@ -5,7 +5,6 @@ and the report, export and plots themselves (finish_trial)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -128,13 +127,13 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
     evaluate: Callable[[Any, str], tuple[dict[str, float], dict[str, Any]]],
     to_model: Callable[[Any], Any],
     *,
-    started: float,
+    wall_time_s: float,
     group_size: int,
 ) -> dict[str, Any]:
     """Restores the best checkpoint, evaluates it on validation and test (``evaluate(params,
     split) -> (metrics, details)``), exports its merged parameters (``to_model``) and writes the
-    report (``started``: the engine's start, time.time(); ``group_size``: the trials that
-    trained together)."""
+    report (``wall_time_s``: from the engine's start to the end of training, the same for
+    every trial of a group; ``group_size``: the trials that trained together)."""
     config, workdir, dataset = trial.config, trial.workdir, plan.dataset
     progress, step = trial.progress, trial.step
     evaluated_step, params, problem = best_params(trial, plan.metric, plan.mode)
@@ -161,11 +160,16 @@ def finish_trial(  # noqa: PLR0913 (one call site: the engine)
         "data": {**plan.data_description, **dataset.info.get("report", {})},
         "parameters": count_params(exported),
         "trainable_parameters": {s["name"]: s["trainable_parameters"] for s in stages},
-        "init_from": {"workdir": config.init_from, "step": config.init_step}
+        # The step it loaded, and config.init_step ("best", "latest" or a number).
+        "init_from": {
+            "workdir": config.init_from,
+            "step": progress.init_step,
+            "asked": config.init_step,
+        }
         if config.init_from
         else None,
         "stages": stages,
-        "wall_time_s": round(time.time() - started, 1),
+        "wall_time_s": round(wall_time_s, 1),
         "paths": {
             "curves": str(workdir / "curves.png"),
             "report": str(workdir / "report.md"),

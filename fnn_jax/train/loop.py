@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,10 @@ def data_changes(workdir: Path, new: dict[str, Any]) -> list[str]:
 
 
 def open_engine(
-    configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[Path], plan: Setup
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[Path],
+    plan: Setup,
+    on_validation: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> Engine:
     """The engine over ``workdirs`` (each already locked), restored from their checkpoints;
     each config.json is written only once its trial opened, so a refused resume leaves the
@@ -112,7 +115,7 @@ def open_engine(
         check_data_file(workdir, config, plan)
     use_compilation_cache(configs[0].train.compilation_cache)
     try:
-        engine = Engine(configs, workdirs, plan)
+        engine = Engine(configs, workdirs, plan, on_validation)
     except StateMismatch as error:
         settings = sorted({d for ds in changed for d in ds})
         hint = "\n  ".join(settings) or "(none recorded in config.json)"
@@ -129,11 +132,14 @@ def train_and_evaluate(
     workdir: str | Path,
     *,
     stop_after_steps: int | None = None,
+    on_validation: Callable[[int, dict[str, float]], bool] | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) the run described by ``config`` in ``workdir``; returns the report.
 
     stop_after_steps: stop once this many steps ran in this call, after checkpointing (for
     time-limited jobs, and for tests of resumption); returns ``{"interrupted_at": step}``.
+    on_validation(step, validation metrics): True prunes the run at that step (saved);
+    returns ``{"pruned_at": step}`` (a search's pruner).
     The same call again continues. SIGTERM saves and raises Preempted. A bad config
     (ConfigError) is refused before the workdir is touched.
     """
@@ -143,7 +149,7 @@ def train_and_evaluate(
     workdir = Path(workdir).absolute()
     # One process owns the workdir; the others of a distributed run only join its saves.
     with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
-        (outcome,) = open_engine([config], [workdir], plan).run(stop_after_steps)
+        (outcome,) = open_engine([config], [workdir], plan, on_validation).run(stop_after_steps)
     if isinstance(outcome, Exception):
         raise outcome
     return outcome

@@ -253,25 +253,26 @@ class Stepper:
         if not self._tuning:
             self._dispatch(padded, count)
             return
-        if not self._clock:  # two calls without steps: the first compiles, the second
-            for _ in range(2):  # is the overhead of a call alone
-                overhead = self._clocked(padded, 0)
-            self._clock.append(overhead)
+        if not self._clock:  # calls without steps: the first compiles, the fastest of
+            self._clocked(padded, 0)  # the others is the overhead of a call alone
+            self._clock.append(min(self._clocked(padded, 0) for _ in range(3)))
         self._clock.append(self._clocked(padded, count) / count)
         if len(self._clock) > AUTO_PROBES:  # the fastest of the first steps (the very
-            overhead, step = self._clock[0], min(self._clock[1:])  # first is slower)
-            step = max(step - overhead, 1e-6)
-            wanted = math.ceil(overhead / (AUTO_OVERHEAD * step))
+            overhead, call = self._clock[0], min(self._clock[1:])  # first is slower)
+            step = call - overhead
+            measured = step > 0  # else the step is lost in the call's own jitter
+            wanted = math.ceil(overhead / (AUTO_OVERHEAD * step)) if measured else self.capacity
             size = np.int32(np.clip(wanted, 1, self.capacity))
             if jax.process_count() > 1:  # clocks differ: every process must run the
                 size = multihost_utils.broadcast_one_to_all(size)  # same dispatches
             self.dispatch_size = int(size)
             self._tuning = False
+            cost = f"{1e6 * step:.1f} us" if measured else "below the call's jitter"
             log.info(
-                'steps_per_dispatch "auto": %d (a call costs %.2f ms, a step %.2f ms)',
+                'steps_per_dispatch "auto": %d (a call alone costs %.1f us, a step %s)',
                 self.dispatch_size,
-                1e3 * overhead,
-                1e3 * step,
+                1e6 * overhead,
+                cost,
             )
 
     def _clocked(self, indices: list[np.ndarray | None], count: int) -> float:

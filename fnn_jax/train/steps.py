@@ -89,10 +89,11 @@ def eval_batches(
 
 
 def zero_sums(model: nn.Module, task: Task, params: Any, batch: dict) -> Any:
-    """A tree of zeros shaped like the task's sums (``params``: the model's parameters)."""
-
+    """A train state's zero sums: the task's (shaped by its eval step; ``params``: the
+    model's parameters) and the step norms' (diagnostics.NORMS)."""
     shapes = jax.eval_shape(eval_step_body(model, task), params, batch)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    return {**zeros, diagnostics.NORMS: diagnostics.zero_norms()}
 
 
 def stop_frozen_gradients(params: Any, frozen: Any | None) -> Any:
@@ -178,6 +179,7 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        sums = {**sums, diagnostics.NORMS: diagnostics.step_norms(grads, params, updates)}
         new_sums = diagnostics.add(state.sums, sums)
         return (
             TrainState(

@@ -157,6 +157,7 @@ class Progress:
     nonfinite_steps: int = 0
     lora_rank: int = 0  # for fine-tuning from this run: how to merge its adapters
     lora_alpha: float = 0.0
+    init_step: int | None = None  # the step of config.init_from this run started from
     stage_ends: list[int] = dataclasses.field(default_factory=list)  # last step of each
 
     @classmethod
@@ -215,3 +216,41 @@ class Trial:
     def patience_spent(self) -> bool:
         patience = self.stage.patience
         return bool(patience and self.progress.bad_evals >= patience)
+
+
+class Group:
+    """The trials that train one stage together (one trial for a single run), in the
+    order of the stepper's rows, and which of them still train it: a trial leaves when it
+    ends the stage (its last step, or early stopping) or is halted by non-finite steps."""
+
+    def __init__(self, trials: list[Trial]):
+        self.trials = trials
+        self.active = [True] * len(trials)
+        self.saved: set[int] = set()  # the rows saved at the current point
+
+    @property
+    def training(self) -> list[tuple[int, Trial]]:
+        """(row, trial) of the trials still training this stage."""
+        return [(i, t) for i, t in enumerate(self.trials) if self.active[i]]
+
+    def leave(self, row: int) -> None:
+        self.active[row] = False
+
+    def due(self, every: int) -> list[bool]:
+        """Per row: still training, and at a multiple of ``every`` or its stage's end."""
+        return [
+            on and (t.step % every == 0 or t.step == t.stage_end)
+            for t, on in zip(self.trials, self.active, strict=True)
+        ]
+
+    def batch_indices(self, setup: Setup, count: int) -> list[np.ndarray | None]:
+        """Per row: the train rows of the next ``count`` steps (None: not training)."""
+        return [
+            setup.train_indices(t.config.seed, t.step, count) if on else None
+            for t, on in zip(self.trials, self.active, strict=True)
+        ]
+
+    def advance(self, count: int) -> None:
+        """The trials still training took ``count`` steps."""
+        for trial, on in zip(self.trials, self.active, strict=True):
+            trial.step += count if on else 0
