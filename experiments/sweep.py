@@ -13,6 +13,11 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
     python experiments/sweep.py --config configs/test.py --workdir runs/v --seeds 8 --vectorize
         # trials that differ only in seed / lr / weight decay / momentum / l1 / l2 train
         # together in one vmapped program, each with its own early stopping and checkpoints
+    python experiments/sweep.py --config configs/test.py --workdir runs/tpe --search tpe \
+        --trials 20 --pruner median --space 'optimizer.learning_rate=log_uniform(1e-4,1e-1)' \
+        --space model.hidden_size=16,32,64
+        # adaptive search with Optuna (pip install -e '.[search]'): the study resumes from
+        # workdir/study.journal; the space may also come from the config's get_search_space()
 
 --config.key=value overrides change the base config of every trial. Running the same command
 again skips finished trials, resumes interrupted ones and retries failed ones. Exit status 1
@@ -55,17 +60,30 @@ flags.DEFINE_bool(
     False,
     "Train trials that differ only in seed and scalar optimizer settings together (jax.vmap).",
 )
+flags.DEFINE_enum("search", None, list(sweep.SAMPLERS), "Adaptive search with this Optuna sampler.")
+flags.DEFINE_integer("trials", 20, "--search: trials in the study.")
+flags.DEFINE_multi_string(
+    "space", [], "--search: key=v1,v2,... or key=log_uniform(lo,hi) / uniform(lo,hi)."
+)
+flags.DEFINE_enum("pruner", "none", list(sweep.PRUNERS), "--search: Optuna's pruner.")
+flags.DEFINE_integer("search_seed", 0, "--search: the sampler's seed.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
 DATASET_OPTIONS: dict = {}  # --config.data.options.X=V, set by cli.preflight
 
 
-def config_file_sweep() -> list[dict]:
-    """The trial list from the config file's ``get_sweep()``."""
+def config_module() -> tuple[str, object]:
+    """The config file's path and module (for get_sweep and get_search_space)."""
     path = config_flags.get_config_filename(FLAGS["config"]).split(":", 1)[0]
     spec = importlib.util.spec_from_file_location("_sweep_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return path, module
+
+
+def config_file_sweep() -> list[dict]:
+    """The trial list from the config file's ``get_sweep()``."""
+    path, module = config_module()
     if not hasattr(module, "get_sweep"):
         if FLAGS.seeds:
             return [{}]  # the config itself, repeated over seeds
@@ -86,6 +104,25 @@ def trials_from_flags(config: ml_collections.ConfigDict) -> list[dict]:
         return sweep.seeds(trials, FLAGS.seeds) if FLAGS.seeds else trials
     except ValueError as e:
         raise app.UsageError(str(e)) from e
+
+
+def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
+    """--search's spec: the space from --space, else the config's get_search_space()."""
+    if FLAGS.sweep or FLAGS.random or FLAGS.seeds or FLAGS.vectorize:
+        raise app.UsageError("--search takes its space from --space, not --sweep/--random")
+    try:
+        if FLAGS.space:
+            space = sweep.parse_axes(FLAGS.space, config)
+        else:
+            path, module = config_module()
+            if not hasattr(module, "get_search_space"):
+                raise ValueError(f"{path} has no get_search_space(); give --space key=...")
+            space = module.get_search_space()
+    except ValueError as e:
+        raise app.UsageError(str(e)) from e
+    return sweep.SearchSpec(
+        space, FLAGS.trials, sampler=FLAGS.search, pruner=FLAGS.pruner, seed=FLAGS.search_seed
+    )
 
 
 def print_summary(result: sweep.SweepResult) -> None:
@@ -112,17 +149,13 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     pylogging.getLogger("fnn_jax").setLevel(pylogging.INFO)  # one line per finished trial
     config = cli.with_options(FLAGS.config, DATASET_OPTIONS)
-    trials = trials_from_flags(config)
+    where = dict(parallel=FLAGS.parallel, backend=FLAGS.backend, ray_address=FLAGS.ray_address)
     try:
-        result = sweep.run(
-            config,
-            trials,
-            FLAGS.workdir,
-            parallel=FLAGS.parallel,
-            backend=FLAGS.backend,
-            ray_address=FLAGS.ray_address,
-            vectorize=FLAGS.vectorize,
-        )
+        if FLAGS.search:
+            result = sweep.search(config, search_from_flags(config), FLAGS.workdir, **where)
+        else:
+            trials = trials_from_flags(config)
+            result = sweep.run(config, trials, FLAGS.workdir, vectorize=FLAGS.vectorize, **where)
     except (ValueError, *REFUSALS) as e:  # a bad spec or a busy workdir: nothing ran
         sys.exit(f"error: {e}")
     except Preempted as stop:  # SIGTERM: the running trial saved its state

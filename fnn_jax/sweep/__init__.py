@@ -6,6 +6,8 @@
     result = sweep.run(config, trials, "runs/my_sweep", parallel=2)
     print(result.table(), result.best.name)
     sweep.run(config, sweep.seeds([{}], 8), "runs/seeds", vectorize=True)  # one vmapped program
+    space = {"optimizer.learning_rate": ("log_uniform", 1e-4, 1e-1), "model.hidden_size": [32, 64]}
+    sweep.search(config, sweep.SearchSpec(space, trials=20, pruner="median"), "runs/tpe")
 
 A trial is a dict of dotted config keys to values; a sweep is a list of them (``product``,
 ``zipped``, ``random_search``, ``seeds``, ``parse_cli``, or any list you write). Every trial is
@@ -13,6 +15,7 @@ an ordinary run in ``workdir/trials/<name>``, so the runner's resume applies to 
 re-run of the sweep skips the finished ones.
 """
 
+from fnn_jax.sweep.adaptive import PRUNERS, SAMPLERS, SearchSpec, search
 from fnn_jax.sweep.results import SeedGroup, SweepResult, TrialResult
 from fnn_jax.sweep.runner import run
 from fnn_jax.sweep.spec import (
@@ -29,6 +32,9 @@ from fnn_jax.sweep.spec import (
 )
 
 __all__ = [
+    "PRUNERS",
+    "SAMPLERS",
+    "SearchSpec",
     "SeedGroup",
     "SweepResult",
     "Trial",
@@ -39,6 +45,7 @@ __all__ = [
     "product",
     "random_search",
     "run",
+    "search",
     "seeds",
     "trial_name",
     "validate_sweep",

@@ -1,0 +1,378 @@
+"""``search``: adaptive hyperparameter search with Optuna (``pip install -e '.[search]'``).
+
+Each trial is still an ordinary run in ``workdir/trials/<name>`` (named by its values, as a
+sweep's), with its checkpoints, report and resume. The study lives beside them::
+
+    study.journal   Optuna's journal storage (a file: safe for several processes, and for
+                    several hosts on shared storage); the same command resumes the study
+    search.json     the base config and the search's spec (another spec is refused)
+    sweep.{json,csv,md,png}   the trials as a sweep's tables and plot, pruned ones marked
+    search_history.png, search_importances.png, search_slices.png   Optuna's plots
+
+The objective is the task's selection metric on validation (at the trial's best
+checkpoint), in its declared direction. A pruner (median, successive halving, Hyperband)
+sees each validation as it happens; a pruned trial keeps its last checkpoint and is not
+run again. A trial interrupted (SIGTERM, a killed worker) is asked again with the same
+values on the next invocation, so it resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import logging
+import math
+import os
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+from fnn_jax import config as config_lib
+from fnn_jax.files import workdir_lock, write_atomic
+from fnn_jax.sweep import results as results_lib
+from fnn_jax.sweep import runner
+from fnn_jax.sweep.plot import plot_sweep
+from fnn_jax.sweep.results import SweepResult, TrialResult
+from fnn_jax.sweep.spec import apply_overrides, trial_name, validate_sweep
+from fnn_jax.train import Preempted, train_and_evaluate
+
+log = logging.getLogger("fnn_jax")
+SAMPLERS = ("tpe", "cmaes", "gp", "random")
+PRUNERS = ("none", "median", "halving", "hyperband")
+STUDY = "search"  # the study's name inside study.journal
+INTERRUPTED = "interrupted"  # user attribute of a trial a killed invocation left running
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpec:
+    """What to search: ``space`` maps dotted config keys to a list of choices or to
+    ``("uniform", lo, hi)`` / ``("log_uniform", lo, hi)`` (an int key draws ints);
+    ``trials`` in all; the sampler and pruner by name; ``seed`` the sampler's."""
+
+    space: Mapping[str, Any]
+    trials: int
+    sampler: str = "tpe"
+    pruner: str = "none"
+    seed: int = 0
+
+    def record(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+
+def search(
+    config: ml_collections.ConfigDict,
+    spec: SearchSpec,
+    workdir: str | os.PathLike,
+    *,
+    parallel: int = 1,
+    backend: str = "local",
+    ray_address: str | None = None,
+) -> SweepResult:
+    """Runs the study until it holds ``spec.trials`` trials (finished, pruned or failed).
+
+    ``parallel`` workers (processes, or Ray tasks with ``backend="ray"``) draw from the
+    same study. The space's bounds and choices are checked against ``config`` before
+    anything is written (ValueError naming the key).
+    """
+    optuna = _optuna()
+    _check_spec(config, spec)
+    from fnn_jax.train.trial import setup  # the task's metric and its direction
+
+    plan = setup(config)
+    workdir = Path(workdir).absolute()
+    with workdir_lock(workdir):
+        record = _check_saved(workdir, config, spec)
+        write_atomic(workdir / "search.json", json.dumps(record, indent=2) + "\n")
+        study = _study(workdir, spec, plan.mode)
+        _ask_again_for_interrupted(study, optuna)
+        job = (config, spec, str(workdir), plan.metric, plan.mode)
+        workers = max(1, min(parallel, spec.trials))
+        if workers == 1 and backend == "local":
+            _work(*job, 0)
+        else:
+            with runner._executor(backend, workers, ray_address) as executor:
+                pending = [executor.submit(_work, *job, k) for k in range(workers)]
+                for future in executor.as_completed(pending):
+                    future.result()
+        result = _result(study, workdir, optuna)
+        result.paths["plot"] = workdir / "sweep.png"
+        plot_sweep(result, result.paths["plot"])
+        result.paths |= _optuna_plots(study, workdir, plan.metric)
+        results_lib.write_tables(result, record)
+        return result
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def _optuna() -> Any:
+    try:
+        import optuna
+    except ImportError:
+        raise ValueError("adaptive search needs Optuna: pip install -e '.[search]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def _study(workdir: Path, spec: SearchSpec, mode: str, worker: int = 0) -> Any:
+    """The study in workdir/study.journal (created on first use) with the spec's sampler and
+    pruner (which Optuna does not store: every worker builds its own, its sampler seeded
+    with the spec's seed plus the worker's index)."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(workdir / "study.journal")))
+    return optuna.create_study(
+        study_name=STUDY,
+        storage=storage,
+        sampler=_sampler(spec, worker),
+        pruner=_pruner(spec.pruner),
+        direction="maximize" if mode == "max" else "minimize",
+        load_if_exists=True,
+    )
+
+
+def _sampler(spec: SearchSpec, worker: int = 0) -> Any:
+    import optuna
+
+    samplers = {
+        "tpe": optuna.samplers.TPESampler,
+        "cmaes": optuna.samplers.CmaEsSampler,
+        "gp": optuna.samplers.GPSampler,
+        "random": optuna.samplers.RandomSampler,
+    }
+    try:
+        return samplers[spec.sampler](seed=spec.seed + worker)
+    except ImportError as error:  # cmaes, or gp's torch and scipy
+        raise ValueError(f"sampler {spec.sampler!r}: {error}") from None
+
+
+def _pruner(name: str) -> Any:
+    import optuna
+
+    return {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "halving": optuna.pruners.SuccessiveHalvingPruner,
+        "hyperband": optuna.pruners.HyperbandPruner,
+    }[name]()
+
+
+def _ask_again_for_interrupted(study: Any, optuna: Any) -> None:
+    """Trials a killed invocation left running (none can still run: this process holds the
+    workdir's lock) are marked and asked again with the same values, so the new trial
+    lands in the same trial folder and resumes from its checkpoints."""
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        study.enqueue_trial(trial.params)
+        log.info("trial %d was interrupted: asked again with the same values", trial.number)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _next_trial(study: Any, spec: SearchSpec, workdir: Path) -> Any | None:
+    """A new trial while the study holds fewer than ``spec.trials`` (the interrupted ones
+    not counted), or an enqueued one; None when the search is complete. Workers ask under
+    a file lock, so together they never start more than ``spec.trials``."""
+    import optuna
+
+    with _locked(workdir / "ask.lock"):
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get(INTERRUPTED)]
+        waiting = any(t.state == optuna.trial.TrialState.WAITING for t in trials)
+        if len(trials) >= spec.trials and not waiting:
+            return None
+        return study.ask()
+
+
+def _suggest(trial: Any, key: str, space: Any, current: Any) -> Any:
+    """The trial's value of ``key``: from a list of choices, or a (log-)uniform float or,
+    for an int key, int."""
+    if isinstance(space, tuple | list) and space and space[0] in ("uniform", "log_uniform"):
+        kind, lo, hi = space
+        log_scale = kind == "log_uniform"
+        if isinstance(current, int) and not isinstance(current, bool):
+            return trial.suggest_int(key, math.ceil(lo), math.floor(hi), log=log_scale)
+        return trial.suggest_float(key, float(lo), float(hi), log=log_scale)
+    return trial.suggest_categorical(key, list(space))
+
+
+def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positionally)
+    config: ml_collections.ConfigDict,
+    spec: SearchSpec,
+    workdir: str,
+    metric: str,
+    mode: str,
+    worker: int,
+) -> None:
+    """A worker: asks for trials and runs each until the search is complete."""
+    optuna = _optuna()
+    workdir = Path(workdir)
+    study = _study(workdir, spec, mode, worker)
+    while (trial := _next_trial(study, spec, workdir)) is not None:
+        overrides = {
+            key: _suggest(trial, key, space, _current(config, key))
+            for key, space in spec.space.items()
+        }
+        name = trial_name(overrides)
+        trial.set_user_attr("name", name)
+        trial.set_user_attr("overrides", overrides)
+        trial_dir = workdir / "trials" / name
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        (trial_dir / "error.txt").unlink(missing_ok=True)
+
+        def report(step: int, values: dict[str, float], trial: Any = trial) -> bool:
+            trial.report(values[metric], step)
+            return trial.should_prune()
+
+        try:
+            outcome = train_and_evaluate(
+                apply_overrides(config, overrides), trial_dir, on_validation=report
+            )
+        except Preempted:
+            raise  # left running: the next invocation asks it again
+        except Exception as error:
+            write_atomic(trial_dir / "error.txt", "".join(traceback.format_exception(error)))
+            trial.set_user_attr("error", f"{type(error).__name__}: {error}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            log.info("trial %s: failed %s: %s", name, type(error).__name__, error)
+            continue
+        if "pruned_at" in outcome:
+            trial.set_user_attr("pruned_at", outcome["pruned_at"])
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("trial %s: pruned at step %d", name, outcome["pruned_at"])
+        else:
+            value = outcome["results"]["validation"][metric]
+            study.tell(trial, value)
+            log.info("trial %s: validation %s %.4f", name, metric, value)
+
+
+def _current(config: ml_collections.ConfigDict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    return node
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _check_spec(config: ml_collections.ConfigDict, spec: SearchSpec) -> None:
+    """The sampler, pruner and count, and every key's bounds and choices, as trials of the
+    config (config.validate on each): a typo fails before anything is written."""
+    config_lib.check_choice("sampler", spec.sampler, SAMPLERS)
+    config_lib.check_choice("pruner", spec.pruner, PRUNERS)
+    if spec.trials < 1:
+        raise ValueError(f"trials must be >= 1; got {spec.trials}")
+    if not spec.space:
+        raise ValueError("the search space is empty: give --space key=... or get_search_space()")
+    probes = []
+    for key, space in spec.space.items():
+        if isinstance(space, tuple | list) and space and space[0] in ("uniform", "log_uniform"):
+            values = list(space[1:])
+            if isinstance(_current(config, key), int):
+                values = [math.ceil(space[1]), math.floor(space[2])]
+        else:
+            values = list(space)
+        for value in values:
+            if {key: value} not in probes:
+                probes.append({key: value})
+    validate_sweep(config, probes)
+
+
+def _check_saved(
+    workdir: Path, config: ml_collections.ConfigDict, spec: SearchSpec
+) -> dict[str, Any]:
+    """The search's record; refuses a workdir that holds a search with another config or
+    spec (one study, one experiment)."""
+    record = {"config": config_lib.to_dict(config), "search": spec.record()}
+    record = json.loads(json.dumps(record, default=list))
+    path = workdir / "search.json"
+    if not path.exists():
+        if (workdir / "sweep.json").exists():
+            raise ValueError(f"{workdir} holds a sweep, not a search: use a new workdir")
+        return record
+    saved = json.loads(path.read_text())
+    differ = config_lib.differences(config_lib.in_current_schema(saved["config"]), record["config"])
+    differ += [
+        f"search.{key}: {saved['search'].get(key)!r} -> {value!r}"
+        for key, value in record["search"].items()
+        if saved["search"].get(key) != value
+    ]
+    if differ:
+        raise ValueError(
+            f"{workdir} holds a different search; refusing to mix the two (use a new workdir):"
+            "\n  " + "\n  ".join(differ)
+        )
+    return record
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def _result(study: Any, workdir: Path, optuna: Any) -> SweepResult:
+    """The study's trials (the interrupted attempts left out) as a sweep's results."""
+    states = optuna.trial.TrialState
+    trials = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(INTERRUPTED) or "name" not in trial.user_attrs:
+            continue
+        name = trial.user_attrs["name"]
+        result = TrialResult(name, dict(trial.user_attrs["overrides"]), workdir / "trials" / name)
+        report = result.workdir / "report.json"
+        if trial.state == states.COMPLETE and report.exists():
+            result.status, result.report = "done", json.loads(report.read_text())
+        elif trial.state == states.PRUNED:
+            result.status = "pruned"
+            result.error = f"pruned at step {trial.user_attrs.get('pruned_at')}"
+        elif trial.state == states.FAIL:
+            result.status, result.error = "failed", trial.user_attrs.get("error", "")
+        trials.append(result)
+    return runner._summarise(workdir, trials)
+
+
+def _optuna_plots(study: Any, workdir: Path, metric: str) -> dict[str, Path]:
+    """Optuna's optimisation history, parameter importances and slices, where the study
+    has enough finished trials for each (importances need two)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna.visualization.matplotlib as views
+    from optuna.exceptions import ExperimentalWarning
+
+    finished = [t for t in study.trials if t.state == t.state.COMPLETE]
+    plots = {"history": views.plot_optimization_history, "slices": views.plot_slice}
+    if len(finished) >= 2 and len(study.trials[0].params) >= 1:
+        plots["importances"] = views.plot_param_importances
+    written = {}
+    for name, draw in plots.items():
+        if not finished:
+            break
+        try:
+            with warnings.catch_warnings():  # "experimental": we pin optuna's major version
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                axes = draw(study, target_name=f"validation {metric}")
+        except (ValueError, RuntimeError) as error:  # e.g. one distinct value
+            log.info("search_%s.png not drawn: %s", name, error)
+            continue
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        path = workdir / f"search_{name}.png"
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(figure)
+        written[name] = path
+    return written
