@@ -195,10 +195,19 @@ class Checkpoints:
     def _set_aside_unreadable_steps(self) -> None:
         """Moves aside each committed step whose metadata or metrics file is missing or not
         JSON: Orbax would stop at it with a bare JSONDecodeError naming no file, or (no
-        metrics) silently delete it at the next save."""
+        metrics) silently delete it at the next save; and each step entry that is not a
+        folder (Orbax would ignore it and the run silently start earlier)."""
         if not self.directory.is_dir():
             return
         for folder in sorted(self.directory.iterdir()):
+            if folder.name.isdigit() and not folder.is_dir():  # Orbax would skip it silently
+                log.warning(
+                    "checkpoint step %s is unusable: %s is not a folder; moving it aside",
+                    folder.name,
+                    folder,
+                )
+                self._move_aside(int(folder.name))
+                continue
             if not (folder.name.isdigit() and (folder / "commit_success.txt").exists()):
                 continue
             for name in _STEP_JSON_FILES:

@@ -147,7 +147,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.model.scan_impl = "sequential"  # "associative" (lru, mingru) or "auto"
     c.model.dtype = "float32"  # "bfloat16": mixed precision (parameters, optimizer in float32)
     # A section per cell with options: the options its spec declares (cells.spec.Option),
-    # read only when that cell runs (tests/test_cells.py checks they match the specs).
+    # read only when that cell runs (tests/test_cell_options.py checks they match the specs).
     c.model.elman = ml_collections.ConfigDict()
     c.model.elman.activation = "tanh"
     c.model.jordan = ml_collections.ConfigDict()

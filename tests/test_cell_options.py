@@ -83,6 +83,8 @@ def test_config_sections_hold_exactly_the_options_each_cell_declares():
             assert section is None, f"config.model.{name}: cell {name!r} declares no options"
             continue
         assert section is not None, f"config.model.{name} missing: {sorted(plain)}"
+        built = config.EQUILIBRIUM_SOLVER_KEYS if name == "equilibrium" else ()
+        assert set(section) == set(plain) | set(built), name  # no key the cell ignores
         assert {k: section[k] for k in plain} == plain, name
     # The equilibrium solver's section keys make its default solver.
     solver = cells.equilibrium.solver_from_section(model.equilibrium)

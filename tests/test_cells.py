@@ -15,7 +15,7 @@ from tests import numpy_reference as ref
 
 INPUT, HIDDEN, BATCH = 5, 7, 3
 
-# (cell module, step options, numpy reference, carry as numpy)
+# (cell module, step options, numpy reference)
 CASES = {
     "elman_tanh": (cells.elman, {}, ref.elman),
     "elman_relu": (

@@ -104,6 +104,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow
 def test_every_cell_and_model_runs_in_float64_and_pytorch_float64_weights_match_to_1e_12():
     """jax_enable_x64 is process-wide: this runs in its own process."""
     env = {**os.environ, "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}

@@ -1,8 +1,10 @@
 """Nothing is lost under kill -9, SIGTERM, corrupt checkpoints, a full disk, NaNs, config
 drift, a second process or an architecture mismatch."""
 
+import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from fnn_jax.files import WorkdirLocked, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
 from fnn_jax.train.preemption import (
+    Preempted,
     PreemptionFlag,
     clear_preemption,
     interrupt,
@@ -166,6 +169,21 @@ def test_corrupt_last_step_falls_back_to_previous_good_step(reference, damage, t
         train_and_evaluate(_config(), tmp_path)
     assert f"checkpoint step {last} is unusable" in caplog.text
     assert (tmp_path / "checkpoints-corrupt" / str(last)).is_dir(), "moved aside, not deleted"
+    _assert_same_run(tmp_path, reference)
+
+
+def test_a_step_that_is_a_file_is_moved_aside_and_the_run_resumes_before_it(
+    reference, tmp_path, caplog
+):
+    train_and_evaluate(_config(), tmp_path, stop_after_steps=STEPS - 6)
+    last = Checkpoints(tmp_path / "checkpoints").latest_step()
+    step_dir = tmp_path / "checkpoints" / str(last)
+    shutil.rmtree(step_dir)
+    step_dir.write_text("not a checkpoint")
+    with caplog.at_level(logging.WARNING, logger="fnn_jax"):
+        train_and_evaluate(_config(), tmp_path)
+    assert f"checkpoint step {last} is unusable: {step_dir} is not a folder" in caplog.text
+    assert (tmp_path / "checkpoints-corrupt" / str(last)).read_text() == "not a checkpoint"
     _assert_same_run(tmp_path, reference)
 
 
@@ -336,3 +354,27 @@ def test_truncated_bptt_windows_of_batches_sent_from_the_host_equal_those_on_the
     train_and_evaluate(config, tmp_path / "host")
     host, device = tbptt_final(tmp_path / "host"), tbptt_final(tmp_path / "device")
     jax.tree.map(np.testing.assert_array_equal, host, device)
+
+
+def test_sigterm_in_the_final_evaluation_is_a_preemption_and_the_rerun_finishes(
+    reference, tmp_path, monkeypatch
+):
+    """The signal handlers stay through the final phase: SIGTERM there sets the flag (the
+    process is not killed), the run raises Preempted (main.py exits 75), and the next run
+    writes the report the uninterrupted one did."""
+    from fnn_jax.train import finish
+
+    real = finish.finish_trial
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finish, "finish_trial", signalled)
+    with pytest.raises(Preempted, match="SIGTERM in the final evaluation: saved step"):
+        train_and_evaluate(_config(), tmp_path)
+    monkeypatch.undo()
+    report = train_and_evaluate(_config(), tmp_path)
+    _assert_same_run(tmp_path, reference)
+    want = json.loads((reference / "report.json").read_text())
+    assert report["results"] == want["results"] and report["best_step"] == want["best_step"]

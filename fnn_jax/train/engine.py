@@ -226,13 +226,30 @@ class Engine:
     def run(self, stop_after_steps: int | None = None) -> list[dict[str, Any] | Exception]:
         """Trains every trial to its end; per trial its report, ``{"interrupted_at": step}``
         after ``stop_after_steps`` group steps, or the exception that stopped it alone.
-        SIGTERM or Ctrl-C saves every trial and raises Preempted."""
+        SIGTERM or Ctrl-C saves every trial and raises Preempted; in the final evaluation
+        too, once the trial being finished is (the next run finishes the others)."""
+        preemption = PreemptionFlag()
+        try:
+            interrupted = self._train_stages(stop_after_steps, preemption)
+            if not preemption.requested:
+                self._finish(interrupted, preemption)
+        finally:
+            preemption.restore()
+        self._close(self.trials)
+        if preemption.requested:
+            by, phase = requested_by(), "" if interrupted else " in the final evaluation"
+            clear_preemption()
+            saved = ", ".join(f"step {t.step} in {t.workdir}" for t in self.trials)
+            raise Preempted(f"{by}{phase}: saved {saved}; run again to resume")
+        return [t.outcome for t in self.trials]
+
+    def _train_stages(self, stop_after_steps: int | None, preemption: PreemptionFlag) -> bool:
+        """Every stage of every trial in turn; True when interrupted (every trial saved)."""
         total = sum(s.num_steps for s in self.trials[0].stages)
         bar = reporting.Progress(
             total, min(t.step for t in self.trials), self.config.train.log_every_steps
         )
-        preemption = PreemptionFlag()
-        self.ran, interrupted = 0, False
+        self.ran = 0
         try:
             for index in range(len(self.trials[0].stages)):
                 members = [t for t in self.trials if t.in_training and t.progress.stage == index]
@@ -241,23 +258,22 @@ class Engine:
                         self._end_stage(trial)  # resumed at its end, or after its early stop
                 members = [t for t in members if t.in_training and t.progress.stage == index]
                 if members and self._train_stage(members, stop_after_steps, preemption, bar):
-                    interrupted = True
-                    break
+                    return True
+            return False
         finally:
             self.profile.stop()
-            preemption.restore()
             bar.close()
             for trial in self.trials:
                 trial.checkpoints.wait()
                 trial.metrics_log.flush()
-        if interrupted and preemption.requested:
-            self._close(self.trials)
-            by = requested_by()
-            clear_preemption()
-            saved = ", ".join(f"step {t.step} in {t.workdir}" for t in self.trials)
-            raise Preempted(f"{by}: saved {saved}; run again to resume")
+
+    def _finish(self, interrupted: bool, preemption: PreemptionFlag) -> None:
+        """Each trial's outcome: ``{"interrupted_at": step}``, or its report (the best
+        checkpoint evaluated, exported, plotted); a signal stops before the next trial."""
         trained = time.time()  # a group's trials share their training time
         for trial in self.trials:
+            if preemption.requested:
+                return
             if interrupted and trial.outcome is None:
                 trial.outcome = {"interrupted_at": trial.step}
             elif trial.outcome is None:
@@ -269,8 +285,6 @@ class Engine:
                     wall_time_s=trained - self.started,
                     group_size=self.group_size,
                 )
-        self._close(self.trials)
-        return [t.outcome for t in self.trials]
 
     def _train_stage(
         self,
