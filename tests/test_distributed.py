@@ -37,6 +37,7 @@ c.train.num_steps = 10
 c.train.log_every_steps = 5
 c.train.eval_every_steps = 5
 c.train.compilation_cache = ""
+c.seed = int(sys.argv[5]) if len(sys.argv) > 5 else 0
 if processes > 1:
     c.distributed.coordinator_address = address
     c.distributed.num_processes = processes
@@ -118,6 +119,33 @@ def test_two_processes_train_one_model_equal_to_one_process(tmp_path):
     steps = [(r["step"], r["split"]) for r in records]
     assert len(steps) == len(set(steps)) and (10, "validation") in steps
     assert (tmp_path / "together/report.json").exists()
+
+
+def test_processes_that_disagree_on_the_config_are_refused_before_the_workdir_is_touched(
+    tmp_path,
+):
+    """The README's two-process command with --config.seed=1 on rank 1 only: both refuse,
+    rank 1 naming the key, rank 0 naming the rank; no checkpoint is written."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    address, workdir = f"127.0.0.1:{_free_port()}", tmp_path / "run"
+    errs = [tmp_path / f"process{rank}.err" for rank in (0, 1)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, address, "2", str(rank), str(workdir), str(rank)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errs[rank].open("w"),
+        )
+        for rank in (0, 1)
+    ]
+    for worker in workers:
+        worker.wait(timeout=300)
+    messages = [e.read_text() for e in errs]
+    assert [w.returncode for w in workers] == [1, 1], messages
+    assert "ConfigError: process(es) [1] of 2 run another config" in messages[0]
+    assert "this process (1) differs in:\n  config.seed: 0 -> 1" in messages[1]
+    assert not (workdir / "checkpoints").exists()
 
 
 def test_a_process_id_outside_the_process_count_is_refused():

@@ -14,11 +14,18 @@ and writes config.json, the metrics, TensorBoard events, plots, the report and t
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import logging
+from pathlib import Path
+from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
+from fnn_jax import config as config_lib
 from fnn_jax.config import ConfigError
 
 log = logging.getLogger("fnn_jax")
@@ -69,3 +76,53 @@ def is_primary() -> bool:
     Alone, it starts no JAX backend to find out: a sweep worker's Ctrl-C handling must not
     depend on when the backend came up."""
     return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def check_agreement(config: ml_collections.ConfigDict, data: dict[str, Any]) -> None:
+    """Several processes must train one experiment: the same config (but
+    ``distributed.process_id``), the same data (``data``: its description and fingerprint,
+    data.json) and the same fnn_jax code. Compared through one digest per process before
+    the workdir is touched; a difference is a ConfigError on every process, which names the
+    ranks that differ from process 0 and, on those, the keys."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    record = _agreed(config, data)
+    text = json.dumps(record, sort_keys=True, default=str).encode()
+    digest = np.frombuffer(hashlib.sha256(text).digest(), np.uint8)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1, digest.size)
+    differ = [rank for rank in range(len(digests)) if (digests[rank] != digests[0]).any()]
+    if not differ:
+        return
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(text))))
+    mine = np.frombuffer(text.ljust(size, b" ")[:size], np.uint8)
+    first = json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(mine))))
+    message = (
+        f"process(es) {differ} of {jax.process_count()} run another config, data or code "
+        "than process 0; every process must run the same experiment"
+    )
+    if jax.process_index() in differ:
+        keys = config_lib.differences(first, json.loads(text))
+        message += f"; this process ({jax.process_index()}) differs in:\n  " + "\n  ".join(keys)
+    raise ConfigError(message)
+
+
+def _agreed(config: ml_collections.ConfigDict, data: dict[str, Any]) -> dict[str, Any]:
+    """What every process must share: the config without its own process_id, the data's
+    description and fingerprint, and the digest of fnn_jax's sources."""
+    settings = config_lib.to_dict(config)
+    settings["distributed"] = {
+        k: v for k, v in settings["distributed"].items() if k != "process_id"
+    }
+    return {"config": settings, "data": data, "code": {"fnn_jax": _code_digest()}}
+
+
+@functools.cache
+def _code_digest() -> str:
+    """SHA-256 over fnn_jax's own .py files (paths and contents)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]

@@ -146,6 +146,7 @@ def train_and_evaluate(
     config_lib.validate(config)
     distributed.initialize(config)  # before JAX computes anything
     plan = setup(config)  # loads the data: a batch size larger than the split fails here
+    distributed.check_agreement(config, plan.data_description)  # all processes, one run
     workdir = Path(workdir).absolute()
     # One process owns the workdir; the others of a distributed run only join its saves.
     with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
