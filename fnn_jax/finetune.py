@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,12 +30,14 @@ import ml_collections
 from flax import traverse_util
 
 from fnn_jax import lora
-from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.checkpoint import Checkpoints, CorruptCheckpoint
 from fnn_jax.config import ConfigError
 from fnn_jax.data import augment
 from fnn_jax.optim import frozen_mask
 from fnn_jax.tasks import Task
 from fnn_jax.tree import paths, require_matches
+
+log = logging.getLogger("fnn_jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,38 +199,54 @@ def frozen_tree(params: Any, rules) -> Any | None:
     return None if rules is None else frozen_mask(params, rules)
 
 
-def pretrained_params(init_from: str, init_step: str) -> tuple[dict, int, Path]:
-    """(model parameters, step, checkpoint folder) from a pretrained run."""
+def pretrained_params(
+    init_from: str, init_step: str, *, what: str = "config.init_from"
+) -> tuple[dict, int, Path]:
+    """(model parameters, step, checkpoint folder) from a pretrained run; ``what`` names the
+    caller in messages. A step deleted while it is read (a running run pruning its old
+    steps) is looked up once more: "best" and "latest" then resolve anew."""
     folder = Path(init_from)
     if (folder / "checkpoints").is_dir():
         folder = folder / "checkpoints"
     if not folder.is_dir():
-        raise FileNotFoundError(f"config.init_from: no checkpoint folder at {folder}")
-    checkpoints = Checkpoints(folder, read_only=True)
-    try:
-        steps = checkpoints.steps()
-        if not steps:
-            raise FileNotFoundError(f"config.init_from: no checkpoints in {folder}")
-        if init_step == "latest":
-            step = steps[-1]
-        elif init_step == "best":
-            progress = checkpoints.restore_progress(steps[-1])
-            step = progress["best_step"] if progress["best_step"] is not None else steps[-1]
-        elif init_step.isdigit():
-            step = int(init_step)
-        else:
-            raise ValueError(
-                f"config.init_step={init_step!r} must be 'best', 'latest' or a step number"
-            )
-        if step not in steps:
-            raise FileNotFoundError(f"config.init_step: no step {step} in {folder}; has {steps}")
-        state, progress = checkpoints.restore_saved(step)
-    finally:
-        checkpoints.close()
+        raise FileNotFoundError(f"{what}: no checkpoint folder at {folder}")
+    for attempt in (1, 2):
+        checkpoints, step = Checkpoints(folder, read_only=True), None
+        try:
+            step = _pick_step(checkpoints, init_step, folder, what)
+            state, progress = checkpoints.restore_saved(step)
+            break
+        except CorruptCheckpoint:
+            if attempt == 2 or step is None or (folder / str(step)).exists():
+                raise
+            log.info("%s: step %d was deleted while it was read; looking again", what, step)
+        finally:
+            checkpoints.close()
     params = state["params"]
     if lora.is_lora_tree(params):  # a LoRA run: start from its merged weights
         params = lora.merge(params, progress["lora_alpha"], progress["lora_rank"])
     return params, step, folder
+
+
+def _pick_step(checkpoints: Checkpoints, init_step: str, folder: Path, what: str) -> int:
+    """The step ``init_step`` ("best", "latest" or a number) names among the committed ones."""
+    steps = checkpoints.steps()
+    if not steps:
+        pending = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.isdigit()]
+        hint = f" (only unfinished saves: {sorted(pending)})" if pending else ""
+        raise FileNotFoundError(f"{what}: no committed checkpoint in {folder}{hint}")
+    if init_step == "latest":
+        return steps[-1]
+    if init_step == "best":
+        progress = checkpoints.restore_progress(steps[-1])
+        return progress["best_step"] if progress["best_step"] is not None else steps[-1]
+    if not init_step.isdigit():
+        raise ValueError(
+            f"config.init_step={init_step!r} must be 'best', 'latest' or a step number"
+        )
+    if int(init_step) not in steps:
+        raise FileNotFoundError(f"{what}: no step {init_step} in {folder}; has {steps}")
+    return int(init_step)
 
 
 def merge_pretrained(

@@ -64,5 +64,6 @@ def load(workdir: str | Path, step: str | int = "best") -> LoadedRun:
                 "trained on:\n  " + "\n  ".join(changed),
                 stacklevel=2,
             )
-    params, used, _ = finetune.pretrained_params(str(workdir), str(step))
+    what = f"fnn_jax.load({str(workdir)!r}, step={step!r})"
+    params, used, _ = finetune.pretrained_params(str(workdir), str(step), what=what)
     return LoadedRun(config, build_model(config.model, dataset), params, used, dataset)

@@ -132,9 +132,17 @@ def test_head_stage_on_cached_features_equals_running_the_frozen_encoder(pretrai
 def test_mismatched_hidden_size_names_the_path_and_both_shapes(pretrained, tmp_path):
     config = _finetune_config(pretrained, **{"model.hidden_size": 12})
     with pytest.raises(
-        ValueError, match=r"'encoder/layer_0/w_hh': checkpoint \(16, 64\), model \(12, 48\)"
+        ConfigError, match=r"'encoder/layer_0/w_hh': checkpoint \(16, 64\), model \(12, 48\)"
     ):
-        train_and_evaluate(config, tmp_path)
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the workdir is created
+
+
+def test_a_missing_init_from_is_refused_before_the_workdir_is_created(tmp_path):
+    config = _finetune_config(tmp_path / "no_such_run")
+    with pytest.raises(ConfigError, match=r"config.init_from=.*no checkpoint folder at"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_merge_is_loud_about_unused_and_missing_parameters():

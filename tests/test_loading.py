@@ -52,3 +52,37 @@ def test_load_reads_a_config_saved_by_an_earlier_schema(trained, tmp_path):
     run = fnn_jax.load(old)
     assert run.config.model.dtype == "float32" and "parallel" not in run.config.model
     assert run.step == report["best_step"]
+
+
+def test_a_step_deleted_while_load_reads_it_is_looked_up_again(trained, tmp_path, monkeypatch):
+    """A run pruning its old steps (keep_checkpoints=1) can delete the step load picked
+    before load reads it: load looks again and returns the step that is there."""
+    from fnn_jax.checkpoint import Checkpoints
+
+    workdir, report = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    steps = Checkpoints(copy / "checkpoints").steps()
+    newest, before = steps[-1], steps[-2]
+    real = Checkpoints.restore_saved
+    deleted = []
+
+    def pruned_under_us(self, step):
+        if not deleted:  # the run deletes the step between load's choice and its read
+            shutil.rmtree(copy / "checkpoints" / str(step))
+            deleted.append(step)
+        return real(self, step)
+
+    monkeypatch.setattr(Checkpoints, "restore_saved", pruned_under_us)
+    run = fnn_jax.load(copy, step="latest")
+    assert deleted == [newest] and run.step == before
+    monkeypatch.undo()
+    want = Checkpoints(copy / "checkpoints", read_only=True).restore_saved(before)[0]["params"]
+    jax.tree.map(np.testing.assert_array_equal, run.params, want)
+
+
+def test_load_of_a_run_with_no_committed_step_names_load_and_the_unfinished_saves(tmp_path):
+    (tmp_path / "checkpoints" / "8.orbax-checkpoint-tmp-1").mkdir(parents=True)
+    (tmp_path / "config.json").write_text(json.dumps(_config().to_dict(), default=list))
+    with pytest.raises(FileNotFoundError, match=r"fnn_jax.load\(.*\): no committed checkpoint"):
+        fnn_jax.load(tmp_path)

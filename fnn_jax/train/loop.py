@@ -15,9 +15,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from fnn_jax import config as config_lib
+from fnn_jax import finetune
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
 from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
@@ -25,6 +27,7 @@ from fnn_jax.data import fingerprint
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
 from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
+from fnn_jax.train.steps import init_params
 from fnn_jax.train.trial import Setup, setup
 
 log = logging.getLogger("fnn_jax")
@@ -46,6 +49,30 @@ def has_checkpoints(workdir: Path) -> bool:
     """Whether the workdir holds a saved step (what a changed config or data would
     invalidate)."""
     return any(p.name.isdigit() for p in (workdir / "checkpoints").glob("*"))
+
+
+def check_init_from(
+    config: ml_collections.ConfigDict, plan: Setup, workdirs: Sequence[Path]
+) -> None:
+    """config.init_from readable and fitting the model (shapes, unused or missing
+    parameters), checked before any workdir is created: ConfigError naming the key. A
+    workdir that already holds checkpoints resumes from them, not from init_from."""
+    if not config.init_from or all(has_checkpoints(Path(w)) for w in workdirs):
+        return
+    abstract = jax.eval_shape(
+        lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
+    )
+    try:
+        loaded, step, folder = finetune.pretrained_params(config.init_from, config.init_step)
+        finetune.merge_pretrained(
+            abstract,
+            loaded,
+            reinit=config.finetune.reinit,
+            dont_load=config.finetune.dont_load,
+            source=f"{folder} step {step}",
+        )
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"config.init_from={config.init_from!r}: {error}") from None
 
 
 def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
@@ -148,6 +175,7 @@ def train_and_evaluate(
     plan = setup(config)  # loads the data: a batch size larger than the split fails here
     distributed.check_agreement(config, plan.data_description)  # all processes, one run
     workdir = Path(workdir).absolute()
+    check_init_from(config, plan, [workdir])
     # One process owns the workdir; the others of a distributed run only join its saves.
     with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
         (outcome,) = open_engine([config], [workdir], plan, on_validation).run(stop_after_steps)
