@@ -328,3 +328,12 @@ def test_a_dataset_option_of_the_wrong_type_is_refused_before_the_workdir_is_tou
     with pytest.raises(ConfigError, match=message):
         train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_model_too_large_for_memory_is_refused_with_its_estimate_before_the_workdir(tmp_path):
+    """hidden_size 10**5: an LSTM's w_hh alone is 4e10 floats (149 GiB); the estimate
+    comes from abstract shapes, so the refusal allocates nothing and takes seconds."""
+    config = _config(**{"model.hidden_size": 10**5})
+    with pytest.raises(ConfigError, match=r"needs about [\d,.]+ GiB for its parameters"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

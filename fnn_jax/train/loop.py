@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
 from fnn_jax.data import fingerprint
 from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_json
+from fnn_jax.optim import make_optimizer
 from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
 from fnn_jax.train.steps import init_params
@@ -73,6 +75,39 @@ def check_init_from(
         )
     except (OSError, ValueError) as error:
         raise ConfigError(f"config.init_from={config.init_from!r}: {error}") from None
+
+
+def check_memory(config: ml_collections.ConfigDict, plan: Setup) -> None:
+    """The parameters, their gradients and the optimizer's state (sizes from abstract
+    shapes: nothing is allocated) must fit the memory of this process's devices, or the
+    host's where a device does not report its own: else ConfigError with the estimate,
+    before the workdir is created."""
+    abstract = jax.eval_shape(
+        lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
+    )
+    opt_state = jax.eval_shape(make_optimizer(config.optimizer, 1, params=abstract).init, abstract)
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+    params = nbytes(abstract)
+    need = 2 * params + nbytes(opt_state)
+    limit, where = _memory_limit()
+    if need > limit:
+        raise ConfigError(
+            f"the model needs about {_gib(need)} for its parameters ({_gib(params)}), their "
+            f"gradients and the optimizer state, more than the {_gib(limit)} of {where}: "
+            "lower config.model.hidden_size, num_layers or embed_dim"
+        )
+
+
+def _memory_limit() -> tuple[int, str]:
+    """(bytes, what they are): the local devices' memory, or the host's physical memory."""
+    stats = [d.memory_stats() or {} for d in jax.local_devices()]
+    if all("bytes_limit" in s for s in stats):
+        return sum(s["bytes_limit"] for s in stats), f"{len(stats)} device(s)"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host"
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 def check_config_file(workdir: Path, config: ml_collections.ConfigDict) -> list[str]:
@@ -175,6 +210,7 @@ def train_and_evaluate(
     plan = setup(config)  # loads the data: a batch size larger than the split fails here
     distributed.check_agreement(config, plan.data_description)  # all processes, one run
     workdir = Path(workdir).absolute()
+    check_memory(config, plan)
     check_init_from(config, plan, [workdir])
     # One process owns the workdir; the others of a distributed run only join its saves.
     with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():

@@ -24,7 +24,7 @@ import ml_collections
 
 from fnn_jax import config as config_lib
 from fnn_jax.files import workdir_lock
-from fnn_jax.train.loop import check_init_from, open_engine
+from fnn_jax.train.loop import check_init_from, check_memory, open_engine
 from fnn_jax.train.trial import setup
 
 # The config keys in which trials of one group may differ.
@@ -93,6 +93,7 @@ def train_together(
     if len(set(workdirs)) != len(workdirs):
         raise ValueError(f"two trials share a workdir: {[str(w) for w in workdirs]}")
     plan = setup(configs[0])  # the data and model the group shares
+    check_memory(configs[0], plan)
     for config in configs:
         check_init_from(config, plan, workdirs)
     with contextlib.ExitStack() as locks:
