@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from fnn_jax.files import write_atomic, write_json
+from fnn_jax.files import WorkdirUnusable, write_atomic, write_json
 
 
 def _summary_writer() -> type:
@@ -76,9 +77,26 @@ class MetricsLog:
         self.records.append(record)
         if self._file is None:
             return
+        self.check_in_place()
         self._file.write(json.dumps(record) + "\n")
         for name, value in metrics.items():
             self.writer.add_scalar(f"{split}/{name}", value, step)
+
+    def check_in_place(self) -> None:
+        """WorkdirUnusable when metrics.jsonl (with its workdir) was deleted or replaced
+        since the run opened it: its records would go to a file nobody can read."""
+        if self._file is None:
+            return
+        opened = os.fstat(self._file.fileno())
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_ino, now.st_dev) != (opened.st_ino, opened.st_dev):
+            raise WorkdirUnusable(
+                f"{self.path} was deleted or replaced while the run wrote it (was the workdir "
+                f"{self.path.parent} removed?): stopping, nothing more is written there"
+            )
 
     def flush(self) -> None:
         if self._file is not None:

@@ -17,7 +17,7 @@ import pytest
 
 from configs import test as test_config
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, Checkpoints
-from fnn_jax.files import WorkdirLocked, workdir_lock
+from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock
 from fnn_jax.reporting import MetricsLog
 from fnn_jax.train import EXIT_PREEMPTED, train_and_evaluate
 from fnn_jax.train.preemption import (
@@ -378,3 +378,18 @@ def test_sigterm_in_the_final_evaluation_is_a_preemption_and_the_rerun_finishes(
     _assert_same_run(tmp_path, reference)
     want = json.loads((reference / "report.json").read_text())
     assert report["results"] == want["results"] and report["best_step"] == want["best_step"]
+
+
+def test_a_workdir_deleted_mid_run_stops_the_run_and_nothing_recreates_it(tmp_path):
+    """Deleted at the first validation (through the run's own hook), before that step's
+    save: the save refuses with WorkdirUnusable naming the file, and nothing is written
+    to a deleted file or recreated."""
+    workdir = tmp_path / "run"
+
+    def delete_workdir(step, values):
+        shutil.rmtree(workdir)
+        return False
+
+    with pytest.raises(WorkdirUnusable, match=r"metrics.jsonl was deleted or replaced"):
+        train_and_evaluate(_config(), workdir, on_validation=delete_workdir)
+    assert not workdir.exists()

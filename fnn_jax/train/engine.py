@@ -548,6 +548,7 @@ class Engine:
         is_best: bool,
         stage_end: bool = False,
     ) -> None:
+        trial.metrics_log.check_in_place()  # no save into a deleted workdir
         if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
             raise FloatingPointError(
                 f"refusing to save step {step} of {trial.workdir}: parameters are not finite"
