@@ -31,11 +31,31 @@ and it reports one step count and one result for the batch. Without optimistix (
 installed its rows are skipped.
 
     python experiments/bench.py --section equilibrium --out bench_results/equilibrium.json
+
+Section ``phantom`` (this script alone, no timing): how far phantom gradients are from the
+implicit gradient. float64, tol 1e-12 for every solve, so what remains is phantom's own
+truncation (the first k terms of the implicit gradient's Neumann series), not solver
+noise. Two problems, each at ||W_zz||_2 = 0.5 and 0.9 and phantom_steps 1, 5 and 20:
+
+* ``solve``: one fixed point z = tanh(drive + z W), batch 32, hidden 64, W symmetric and
+  orthogonal (as above), gradient of sum(z * c) (c a fixed random cotangent) w.r.t. W and
+  drive;
+* ``layer``: the equilibrium layer (``layers.Recurrent(cell="equilibrium")``) over 8 steps of
+  8 features (the digits' shape), batch 32, hidden 64, W_zz orthogonal, gradient of
+  mean(ys * c) w.r.t. every parameter (through time, so errors of every step add up).
+
+Each row: relative error ||g_k - g|| / ||g|| (L2 over all parameters), the cosine between
+them, and ||W_zz||_2^k, the error's bound for a 1-Lipschitz activation.
+
+    python experiments/bench_equilibrium.py --section phantom --out bench_results/phantom.json
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+import pathlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +63,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from fnn_jax import layers
 from fnn_jax.cells import fixed_point as fp
 
 try:
@@ -279,3 +300,132 @@ def print_equilibrium(result: dict[str, Any], cfg: Any) -> None:
             f"{r['fwd_temp_bytes'] / 2**20:8.2f} {r['fwd_bwd_temp_bytes'] / 2**20:8.2f} | "
             f"{r['z_max_abs_diff']:8.1e} {r['grad_rel_diff']:8.1e}{note}"
         )
+
+
+# ----------------------------------------------------------------------------- phantom
+
+PHANTOM_NORMS = (0.5, 0.9)
+PHANTOM_STEP_COUNTS = (1, 5, 20)
+PHANTOM_HIDDEN, PHANTOM_TIME, PHANTOM_INPUT = 64, 8, 8
+PHANTOM_TOL = 1e-12  # float64: the reference is exact to far below the errors measured
+
+
+def _phantom_solver(steps: int | None) -> fp.Solver:
+    """Implicit gradients (steps None) or ``steps`` phantom steps; tight, and loud."""
+    gradient = {} if steps is None else {"gradient": "phantom", "phantom_steps": steps}
+    return fp.Solver(
+        tol=PHANTOM_TOL, rtol=0.0, max_iter=1000, on_nonconvergence="raise", **gradient
+    )
+
+
+def _solve_loss(solver: fp.Solver, norm: float, kind: str) -> tuple[Callable, Any]:
+    """sum(z * c) of one fixed point, as a function of theta = (W, drive)."""
+    w = weight(kind, PHANTOM_HIDDEN).astype(jnp.float64) * (norm / SPECTRAL_NORM)
+    drive = jax.random.normal(jax.random.key(1), (BATCH, PHANTOM_HIDDEN), jnp.float64)
+    c = jax.random.normal(jax.random.key(2), (BATCH, PHANTOM_HIDDEN), jnp.float64)
+
+    def loss(theta: Theta) -> jax.Array:
+        z, _ = fp.solve(fixed_map, theta, jnp.zeros_like(theta[1]), solver)
+        return jnp.sum(z * c)
+
+    return loss, (w, drive)
+
+
+def _layer_loss(solver: fp.Solver, norm: float) -> tuple[Callable, Any]:
+    """mean(ys * c) of the equilibrium layer, as a function of its parameters."""
+    layer = layers.Recurrent(
+        cell="equilibrium", hidden_size=PHANTOM_HIDDEN, options={"solver": solver}
+    )
+    xs = jax.random.normal(jax.random.key(1), (BATCH, PHANTOM_TIME, PHANTOM_INPUT), jnp.float64)
+    c = jax.random.normal(jax.random.key(2), (BATCH, PHANTOM_TIME, PHANTOM_HIDDEN), jnp.float64)
+    params = layer.init(jax.random.key(0), xs)["params"]
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    w_zz = params["w_zz"]
+    params = {**params, "w_zz": w_zz * (norm / jnp.linalg.norm(w_zz, 2))}
+
+    def loss(p: Any) -> jax.Array:
+        return jnp.mean(layer.apply({"params": p}, xs)[1] * c)
+
+    return loss, params
+
+
+def _compare(grad: Any, reference: Any) -> tuple[float, float]:
+    """(||g - g_ref|| / ||g_ref||, cosine(g, g_ref)) over all leaves."""
+    flat = lambda tree: jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(tree)])
+    g, r = flat(grad), flat(reference)
+    error = float(jnp.linalg.norm(g - r) / jnp.linalg.norm(r))
+    return error, float(jnp.dot(g, r) / (jnp.linalg.norm(g) * jnp.linalg.norm(r)))
+
+
+def section_phantom() -> dict[str, Any]:
+    """Phantom against implicit gradients (see the module docstring), float64."""
+    problems = {f"solve:{kind}": kind for kind in MATRICES} | {"layer": None}
+    rows = []
+    with jax.enable_x64(True):
+        for name, kind in problems.items():
+            for norm in PHANTOM_NORMS:
+
+                def build(steps: int | None, norm=norm, kind=kind) -> tuple[Callable, Any]:
+                    solver = _phantom_solver(steps)
+                    return (
+                        _layer_loss(solver, norm)
+                        if kind is None
+                        else _solve_loss(solver, norm, kind)
+                    )
+
+                loss, theta = build(None)
+                reference = jax.jit(jax.grad(loss))(theta)
+                for steps in PHANTOM_STEP_COUNTS:
+                    loss, theta = build(steps)
+                    error, cosine = _compare(jax.jit(jax.grad(loss))(theta), reference)
+                    rows.append(
+                        {
+                            "problem": name,
+                            "feedback_norm": norm,
+                            "phantom_steps": steps,
+                            "rel_error": error,
+                            "cosine": cosine,
+                            "bound": norm**steps,
+                        }
+                    )
+                    print(f"[phantom] {name} |W|={norm} k={steps}: {error:.2e}", flush=True)
+    return {
+        "batch": BATCH,
+        "hidden": PHANTOM_HIDDEN,
+        "time_steps": PHANTOM_TIME,
+        "tol": PHANTOM_TOL,
+        "dtype": "float64",
+        "backend": jax.default_backend(),
+        "rows": rows,
+    }
+
+
+def print_phantom(result: dict[str, Any]) -> None:
+    print(
+        f"\nphantom vs implicit gradients: batch {result['batch']}, hidden {result['hidden']}, "
+        f"{result['dtype']}, tol {result['tol']:g}, backend {result['backend']}"
+    )
+    cols = f"{'problem':<17} {'|W_zz|':>6} {'k':>3} | {'rel error':>9} {'cosine':>9} {'|W|^k':>9}"
+    print(f"{cols}\n{'-' * len(cols)}")
+    for r in result["rows"]:
+        print(
+            f"{r['problem']:<17} {r['feedback_norm']:>6} {r['phantom_steps']:>3} | "
+            f"{r['rel_error']:9.2e} {r['cosine']:9.6f} {r['bound']:9.2e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Equilibrium sections run on their own.")
+    parser.add_argument("--section", choices=["phantom"], default="phantom")
+    parser.add_argument("--out", default=None, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = section_phantom()
+    print_phantom(result)
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"phantom": result}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

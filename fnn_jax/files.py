@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -53,6 +54,16 @@ def workdir_lock(workdir: Path) -> Iterator[None]:
     """
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirUnusable(f"cannot use workdir {workdir}: it is a file, not a directory")
+    if workdir.is_symlink() and not workdir.exists():  # exists() follows the link
+        problem = f"a symbolic link to {os.readlink(workdir)}, which does not exist"
+        try:
+            workdir.resolve(strict=True)
+        except RuntimeError:  # Python 3.11's "Symlink loop from ..."
+            problem = "a symbolic link that loops back on itself"
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                problem = "a symbolic link that loops back on itself"
+        raise WorkdirUnusable(f"cannot use workdir {workdir}: it is {problem}")
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         handle = open(workdir / ".lock", "a+")  # noqa: SIM115 (closed below)

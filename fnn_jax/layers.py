@@ -53,7 +53,8 @@ class CellOptions(nn.Module):
     options: Any = None  # a mapping of the cell's declared options; None: its defaults
     output_size: int | None = None
     recurrent_dropout: float = 0.0  # variational: one mask per sequence (cells.regularize)
-    zoneout: float = 0.0  # lstm, gru: probability a unit keeps its previous value
+    zoneout: float = 0.0  # lstm, gru: probability a unit keeps its previous value (lstm:
+    # h and c each draw their own mask, at this rate)
     unroll: int | None = None  # lax.scan unroll; None: the cell's own (CellSpec.unroll)
     remat: bool = False
     hoist_inputs: bool | None = None  # None: hoist except on CPU (see hoists_inputs)
@@ -202,9 +203,10 @@ class Recurrent(CellOptions):
             step = regularize.with_state_dropout(step, mask)
         if self.zoneout:
             features = xs.shape[-1]
-            if zoneout_masks:
-                size = jnp.shape(carry[0])[-1]
-                xs = regularize.pack_zoneout_masks(self.make_rng("dropout"), xs, size, self.zoneout)
+            if zoneout_masks:  # one independent mask per carry leaf (lstm: h and c)
+                sizes = [jnp.shape(leaf)[-1] for leaf in jax.tree.leaves(carry)]
+                key = self.make_rng("dropout")
+                xs = regularize.pack_zoneout_masks(key, xs, sizes, self.zoneout)
             step = regularize.with_zoneout(step, self.zoneout, features if zoneout_masks else None)
         unroll = self.unroll or module.unroll
         run = dict(lengths=lengths, reverse=self.reverse, unroll=unroll, remat=self.remat)

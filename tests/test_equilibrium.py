@@ -274,9 +274,9 @@ def test_a_map_without_fixed_point_is_reported_never_returned_as_converged(name)
         jax.effects_barrier()
 
     loud = dataclasses.replace(ignore, on_nonconvergence="raise")
-    with pytest.raises(Exception, match=r"NonConvergenceError: forward .* residual"):
-        jax.block_until_ready(
-            jax.jit(fp.solve, static_argnums=(0, 3))(_shift, NO_FIXED_POINT, z0, loud)
+    with pytest.raises(fp.NonConvergenceError, match=r"^forward .* residual"):
+        fp.nonconvergence_errors()(jax.jit(fp.solve, static_argnums=(0, 3)))(
+            _shift, NO_FIXED_POINT, z0, loud
         )
 
 
@@ -297,8 +297,67 @@ def test_the_issue_case_feedback_norm_15_by_plain_iteration_raises_through_the_l
     layer = layers.Recurrent(cell="equilibrium", hidden_size=HIDDEN, options={"solver": solver})
     params = layer.init(key, xs)["params"]
     params["w_zz"] = params["w_zz"] * (1.5 / jnp.linalg.norm(params["w_zz"], 2)) * 4
-    with pytest.raises(Exception, match=r"did not converge: residual \d"):
-        jax.block_until_ready(layer.apply({"params": params}, xs))
+    with pytest.raises(fp.NonConvergenceError, match=r"did not converge: residual \d"):
+        layer.apply({"params": params}, xs)  # eager: checked on the host at once
+
+
+MISSES = fp.Solver(name="iterate", max_iter=2, tol=1e-9, rtol=0.0, on_nonconvergence="raise")
+TRANSFORMS = {
+    "jit": lambda f: jax.jit(f),
+    "vmap": lambda f: jax.jit(jax.vmap(f, in_axes=(None, 0))),
+    "grad": lambda f: jax.jit(jax.grad(lambda p, xs: jnp.sum(f(p, xs)))),
+}
+
+
+@pytest.mark.parametrize("transform", ["eager", *TRANSFORMS])
+def test_a_layer_that_misses_under_raise_is_caught_by_class(transform, key):
+    """``except NonConvergenceError`` catches the miss: an eager call raises it as is; a
+    compiled one (jit, vmap, grad) inside ``nonconvergence_errors()``, whose decorator
+    form waits for the result. Its message names the residual."""
+    xs = jax.random.normal(key, (BATCH, TIME, INPUT))
+    layer = layers.Recurrent(cell="equilibrium", hidden_size=HIDDEN, options={"solver": MISSES})
+    params = jax.eval_shape(layer.init, key, xs)["params"]
+    params = jax.tree.map(lambda p: jnp.full(p.shape, 0.3, p.dtype), params)
+    apply = lambda p, x: layer.apply({"params": p}, x)[1]
+    args = (params, xs[None] if transform == "vmap" else xs)
+    message = r"^(forward|adjoint) fixed-point solve did not converge: residual \d"
+    with pytest.raises(fp.NonConvergenceError, match=message) as caught:
+        if transform == "eager":
+            apply(*args)
+        else:
+            fp.nonconvergence_errors()(TRANSFORMS[transform](apply))(*args)
+    if transform != "eager":
+        assert isinstance(caught.value.__cause__, jax.errors.JaxRuntimeError)
+    with pytest.raises(fp.NonConvergenceError, match=message), fp.nonconvergence_errors():
+        jax.block_until_ready(jax.jit(apply)(params, xs))  # the block form
+
+
+def test_other_errors_pass_through_nonconvergence_errors_unchanged():
+    def fail(x):
+        raise ValueError("not a solver")
+
+    program = jax.jit(lambda x: jax.debug.callback(fail, x) or x)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="ValueError: not a solver"):
+        fp.nonconvergence_errors()(program)(jnp.ones(2))
+    with pytest.raises(KeyError), fp.nonconvergence_errors():
+        raise KeyError("x")
+
+
+def test_a_training_run_with_raise_fails_with_nonconvergence_error_naming_the_residual(
+    tmp_path,
+):
+    from fnn_jax.train import train_and_evaluate
+    from tests.test_reliability import _config
+
+    config = _config()
+    with config.unlocked():
+        config.model.cell = "equilibrium"
+        config.model.equilibrium.update(
+            solver="iterate", max_iter=1, tol=1e-9, rtol=0.0, on_nonconvergence="raise"
+        )
+    message = r"^(forward|adjoint) fixed-point solve did not converge: residual \d"
+    with pytest.raises(fp.NonConvergenceError, match=message):  # no helper needed
+        train_and_evaluate(config, tmp_path / "run")
 
 
 @pytest.mark.parametrize("policy", ["warn", "raise"])
@@ -317,7 +376,8 @@ def test_an_adjoint_that_misses_the_tolerance_is_reported(policy, key):
             jax.block_until_ready(loss(drive))
             jax.effects_barrier()
     else:
-        with pytest.raises(Exception, match=r"NonConvergenceError: adjoint"):
+        adjoint = r"^adjoint .* residual \d"
+        with pytest.raises(fp.NonConvergenceError, match=adjoint), fp.nonconvergence_errors():
             jax.block_until_ready(loss(drive))
 
 

@@ -117,6 +117,22 @@ def test_a_workdir_that_is_a_file_is_one_line_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_workdir_that_is_a_broken_symbolic_link_is_one_error_naming_it(kind, tmp_path):
+    from fnn_jax.files import WorkdirUnusable
+
+    path = tmp_path / "run"
+    if kind == "loop":
+        (tmp_path / "other").symlink_to(path)
+        path.symlink_to(tmp_path / "other")
+        want = "it is a symbolic link that loops back on itself"
+    else:
+        path.symlink_to(tmp_path / "gone")
+        want = f"it is a symbolic link to {tmp_path / 'gone'}, which does not exist"
+    with pytest.raises(WorkdirUnusable, match=f"cannot use workdir {path}: {want}"):
+        train_and_evaluate(_config(), path)
+
+
 @pytest.mark.slow
 def test_a_read_only_checkpoints_folder_is_one_line_in_seconds_and_writes_nothing():
     """As root, permissions do not stop writes: the run drops to user nobody (setpriv)."""

@@ -69,8 +69,8 @@ def test_evaluation_runs_the_plain_cell(options, key):
 
 
 def _lstm_loop(params, xs, keep_old=None, rate=None):
-    """A Python loop over lstm.step with zoneout: the given keep-old masks, or (rate) the
-    expectation."""
+    """A Python loop over lstm.step with zoneout: the given keep-old masks (h's then c's,
+    [batch, time, 2 * size]), or (rate) the expectation."""
     carry = cells.lstm.init_carry((xs.shape[0],), SIZE)
     ys = []
     for t in range(xs.shape[1]):
@@ -78,7 +78,10 @@ def _lstm_loop(params, xs, keep_old=None, rate=None):
         if keep_old is None:
             carry = jax.tree.map(lambda o, n: rate * o + (1 - rate) * n, carry, new)
         else:
-            carry = jax.tree.map(lambda o, n, t=t: jnp.where(keep_old[:, t] > 0, o, n), carry, new)
+            keep_h, keep_c = keep_old[:, t, :SIZE] > 0, keep_old[:, t, SIZE:] > 0
+            carry = cells.lstm.LSTMCarry(
+                jnp.where(keep_h, carry.h, new.h), jnp.where(keep_c, carry.c, new.c)
+            )
         ys.append(carry.h)
     return jnp.stack(ys, axis=1)
 
@@ -86,13 +89,59 @@ def _lstm_loop(params, xs, keep_old=None, rate=None):
 def test_zoneout_keeps_each_unit_where_its_step_mask_says(key):
     params = cells.lstm.init_params(key, 3, SIZE)
     xs = jax.random.normal(key, (BATCH, TIME, 3))
-    packed = regularize.pack_zoneout_masks(jax.random.key(5), xs, SIZE, RATE)
+    packed = regularize.pack_zoneout_masks(jax.random.key(5), xs, (SIZE, SIZE), RATE)
     keep_old = packed[..., 3:]
+    assert keep_old.shape == (BATCH, TIME, 2 * SIZE)  # h's mask, then c's
     assert 0.2 < float(keep_old.mean()) < 0.6  # about RATE, fresh at every step
     assert not np.array_equal(keep_old[:, 0], keep_old[:, 1])
     step = regularize.with_zoneout(cells.lstm.step, RATE, input_size=3)
     _, got = fnn_jax.scan(step, params, cells.lstm.init_carry((BATCH,), SIZE), packed)
     np.testing.assert_allclose(got, _lstm_loop(params, xs, keep_old=keep_old), atol=1e-6)
+
+
+def test_zoneout_masks_of_h_and_c_are_independent_draws():
+    """Rate 0.5 over 16 x 50 x 32 positions: independent masks differ at about half of
+    them (2 p (1 - p)), a shared one nowhere; per-leaf rates give each leaf its own."""
+    xs = jnp.zeros((16, 50, 3))
+    masks = regularize.pack_zoneout_masks(jax.random.key(0), xs, (32, 32), 0.5)[..., 3:]
+    keep_h, keep_c = np.asarray(masks[..., :32]), np.asarray(masks[..., 32:])
+    assert 0.45 < keep_h.mean() < 0.55 and 0.45 < keep_c.mean() < 0.55
+    assert 0.45 < np.mean(keep_h != keep_c) < 0.55
+    masks = regularize.pack_zoneout_masks(jax.random.key(0), xs, (32, 32), (0.05, 0.5))
+    assert 0.03 < float(masks[..., 3:35].mean()) < 0.07
+    assert 0.45 < float(masks[..., 35:].mean()) < 0.55
+
+
+def test_a_layer_in_training_zones_out_h_and_c_with_separate_masks(key):
+    """Which units of h and of c kept their previous value, read off the layer's own carry
+    at every step (runs over the first t steps share the masks: they are drawn for the
+    whole [batch, time] and lengths only pick where the final carry is read)."""
+    batch, time, size, rate = 8, 12, 16, 0.5
+    xs = jax.random.normal(key, (batch, time, 3))
+    layer = layers.Recurrent(cell="lstm", hidden_size=size, zoneout=rate)
+    variables = layer.init(key, xs)
+    carries = [layer.initial_carry(batch)]
+    for t in range(1, time + 1):
+        lengths = jnp.full((batch,), t, jnp.int32)
+        carry, _ = layer.apply(
+            variables, xs, lengths, deterministic=False, rngs={"dropout": jax.random.key(9)}
+        )
+        carries.append(carry)
+    h = np.stack([np.asarray(c.h) for c in carries])  # [time + 1, batch, size]
+    c = np.stack([np.asarray(c.c) for c in carries])
+    kept_h, kept_c = h[1:] == h[:-1], c[1:] == c[:-1]  # a new value never equals the old
+    assert 0.35 < kept_h.mean() < 0.65 and 0.35 < kept_c.mean() < 0.65
+    assert np.any(kept_h != kept_c), "h and c kept their values at the same units"
+    assert 0.35 < np.mean(kept_h != kept_c) < 0.65  # independent: 2 p (1 - p) = 0.5
+
+
+def test_a_mask_for_one_leaf_only_is_refused_for_the_lstm(key):
+    params = cells.lstm.init_params(key, 3, SIZE)
+    xs = jax.random.normal(key, (BATCH, TIME, 3))
+    packed = regularize.pack_zoneout_masks(jax.random.key(5), xs, SIZE, RATE)
+    step = regularize.with_zoneout(cells.lstm.step, RATE, input_size=3)
+    with pytest.raises(ValueError, match=r"one independent mask per leaf: .*\(5, 5\)"):
+        fnn_jax.scan(step, params, cells.lstm.init_carry((BATCH,), SIZE), packed)
 
 
 def test_zoneout_at_evaluation_takes_the_expectation(key):

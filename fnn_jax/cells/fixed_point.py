@@ -18,8 +18,10 @@ gradient's Neumann series, an approximation that is cheaper and never diverges.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,7 +40,14 @@ _GRAM_RIDGE = 1e-5  # Anderson: ridge on the residuals' Gram matrix, relative to
 
 
 class NonConvergenceError(RuntimeError):
-    """A fixed-point solve missed its tolerance under ``on_nonconvergence="raise"``."""
+    """A fixed-point solve missed its tolerance under ``on_nonconvergence="raise"``.
+
+    Raised as this class where the check runs on the host: outside ``jit`` (eager calls)
+    and inside ``nonconvergence_errors()``. Inside a compiled program the check is a host
+    callback, and JAX hands any exception a callback raises to the caller as a
+    ``jax.errors.JaxRuntimeError`` carrying only its text; ``nonconvergence_errors()``
+    turns that back into this class.
+    """
 
 
 class NonConvergenceWarning(RuntimeWarning):
@@ -201,18 +210,63 @@ def _on_host(where: str, solver: Solver, converged, residual, iterations) -> Non
 
 
 def check(diagnostics: Diagnostics, solver: Solver, where: str = "forward") -> None:
-    """Applies ``solver.on_nonconvergence`` to ``diagnostics`` (inside jit too): a warning
-    with the residual, or NonConvergenceError (raised when the computation runs)."""
+    """Applies ``solver.on_nonconvergence`` to ``diagnostics``: a warning with the residual,
+    or NonConvergenceError. On concrete values (an eager call) a "raise" raises at once;
+    inside jit, vmap or grad the check is a host callback that runs with the computation
+    (catch its error by class inside ``nonconvergence_errors()``)."""
     if solver.on_nonconvergence == "ignore":
         return
-    report = functools.partial(_on_host, where, solver)
     args = (diagnostics.converged, diagnostics.residual, diagnostics.iterations)
+    if solver.on_nonconvergence == "raise" and not any(
+        isinstance(a, jax.core.Tracer) for a in args
+    ):
+        _on_host(where, solver, *args)
+        return
+    report = functools.partial(_on_host, where, solver)
     jax.lax.cond(
         jnp.all(diagnostics.converged),
         lambda *_: None,
         lambda *a: jax.debug.callback(report, *a),
         *args,
     )
+
+
+_CARRIED = re.compile(rf"{NonConvergenceError.__name__}: ([^\n]+)")
+
+
+class _Reraise(contextlib.AbstractContextManager):
+    """See ``nonconvergence_errors``."""
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if isinstance(error, jax.errors.JaxRuntimeError):
+            found = _CARRIED.findall(str(error))
+            if found:
+                raise NonConvergenceError(found[-1]) from error
+
+    def __call__(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return jax.block_until_ready(function(*args, **kwargs))
+
+        return checked
+
+
+def nonconvergence_errors() -> _Reraise:
+    """Where a compiled solve's "raise" reaches you as ``NonConvergenceError``.
+
+    A context manager: an error that a ``jit``-ed (or vmapped, or differentiated) solve
+    raises inside the block is re-raised as NonConvergenceError with the same message
+    (the original chained as its ``__cause__``); other errors pass unchanged. JAX runs
+    programs asynchronously, so wait for the result inside the block::
+
+        with fixed_point.nonconvergence_errors():
+            ys = jax.block_until_ready(jax.jit(f)(xs))
+
+    Or a decorator, which waits for the result itself:
+    ``fixed_point.nonconvergence_errors()(jax.jit(f))(xs)``.
+    """
+    return _Reraise()
 
 
 # ----------------------------------------------------------------------------- gradients

@@ -21,6 +21,7 @@ import ml_collections
 
 from fnn_jax import config as config_lib
 from fnn_jax import finetune
+from fnn_jax.cells import fixed_point
 from fnn_jax.checkpoint import ArchitectureMismatch, CheckpointError, StateMismatch
 from fnn_jax.compilation import use_compilation_cache
 from fnn_jax.config import ConfigError
@@ -213,8 +214,10 @@ def train_and_evaluate(
     check_memory(config, plan)
     check_init_from(config, plan, [workdir])
     # One process owns the workdir; the others of a distributed run only join its saves.
-    with workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext():
+    # A compiled solve's on_nonconvergence="raise" arrives as JaxRuntimeError: its class.
+    lock = workdir_lock(workdir) if distributed.is_primary() else contextlib.nullcontext()
+    with lock, fixed_point.nonconvergence_errors():
         (outcome,) = open_engine([config], [workdir], plan, on_validation).run(stop_after_steps)
-    if isinstance(outcome, Exception):
-        raise outcome
+        if isinstance(outcome, Exception):
+            raise outcome
     return outcome
