@@ -257,7 +257,16 @@ def _per_class_lines(details: dict[str, Any]) -> list[str]:
         return []
     count = len(details["confusion"])
     names = details.get("class_names") or [str(c) for c in range(count)]
-    lines = [
+    rows = sum(map(sum, details["confusion"]))
+    lines = []
+    if details.get("accuracy_interval"):
+        low, high = details["accuracy_interval"]
+        lines += [
+            "",
+            f"Test accuracy, 95% interval: {low:.4f} to {high:.4f} (exact binomial, "
+            f"{rows} rows; fnn_jax.stats.binomial_interval).",
+        ]
+    lines += [
         "",
         "Test split per class (precision, recall and f1 in the table above are the "
         "unweighted means of these: macro averages):",

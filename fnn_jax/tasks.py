@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from fnn_jax import cells, metrics, models
+from fnn_jax import cells, metrics, models, stats
 
 Array = jax.Array
 IGNORE_LABEL = -1  # tagging targets at padded positions
@@ -235,7 +235,14 @@ class Classification(Task):
 
     def details(self, sums):
         confusion = np.asarray(sums["confusion"], np.float64)
-        return {"confusion": confusion.astype(int).tolist(), **metrics.per_class(confusion)}
+        correct, rows = int(np.trace(confusion)), int(confusion.sum())
+        # The accuracy's exact 95% interval: small test sets (360 digits) need one.
+        interval = list(stats.binomial_interval(correct, rows)) if rows else None
+        return {
+            "confusion": confusion.astype(int).tolist(),
+            **metrics.per_class(confusion),
+            "accuracy_interval": interval,
+        }
 
 
 @register

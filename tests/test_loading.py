@@ -27,6 +27,16 @@ def test_load_round_trips_the_reports_test_accuracy_and_the_exported_predictions
     logits = np.asarray(run(test.inputs, test.lengths))
     accuracy = float(np.mean(logits.argmax(-1) == test.targets))
     assert accuracy == pytest.approx(report["results"]["test"]["accuracy"], abs=1e-12)
+    # Its exact interval, against statsmodels' Clopper-Pearson on the same predictions.
+    from statsmodels.stats.proportion import proportion_confint
+
+    correct = int(np.sum(logits.argmax(-1) == test.targets))
+    want = proportion_confint(correct, len(test.targets), alpha=0.05, method="beta")
+    np.testing.assert_allclose(report["test_details"]["accuracy_interval"], want, rtol=1e-9)
+    low, high = report["test_details"]["accuracy_interval"]
+    rows = len(test.targets)
+    line = f"Test accuracy, 95% interval: {low:.4f} to {high:.4f} (exact binomial, {rows} rows"
+    assert line in (workdir / "report.md").read_text()
     exported = load_exported(workdir / "export")
     jax.tree.map(np.testing.assert_array_equal, run.params, exported)
     np.testing.assert_array_equal(
