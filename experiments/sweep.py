@@ -13,6 +13,9 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
     python experiments/sweep.py --config configs/test.py --workdir runs/v --seeds 8 --vectorize
         # trials that differ only in seed / lr / weight decay / momentum / l1 / l2 train
         # together in one vmapped program, each with its own early stopping and checkpoints
+    python experiments/sweep.py --config configs/test.py --workdir runs/sh --vectorize \
+        --sweep optimizer.learning_rate=1e-4,3e-3,1e-2,3e-2 --halving 2
+        # successive halving inside the vectorised program: 4 -> 2 -> 1 trials
     python experiments/sweep.py --config configs/test.py --workdir runs/tpe --search tpe \
         --trials 20 --pruner median --space 'optimizer.learning_rate=log_uniform(1e-4,1e-1)' \
         --space model.hidden_size=16,32,64
@@ -59,6 +62,12 @@ flags.DEFINE_bool(
     "vectorize",
     False,
     "Train trials that differ only in seed and scalar optimizer settings together (jax.vmap).",
+)
+flags.DEFINE_integer(
+    "halving",
+    0,
+    "With --vectorize: successive halving inside each group, keeping the best 1/ETA at "
+    "the validations numbered 1, ETA, ETA^2, ... (the program shrinks with them).",
 )
 flags.DEFINE_enum("search", None, list(sweep.SAMPLERS), "Adaptive search with this Optuna sampler.")
 flags.DEFINE_integer("trials", 20, "--search: trials in the study.")
@@ -155,7 +164,14 @@ def main(argv: list[str]) -> None:
             result = sweep.search(config, search_from_flags(config), FLAGS.workdir, **where)
         else:
             trials = trials_from_flags(config)
-            result = sweep.run(config, trials, FLAGS.workdir, vectorize=FLAGS.vectorize, **where)
+            result = sweep.run(
+                config,
+                trials,
+                FLAGS.workdir,
+                vectorize=FLAGS.vectorize,
+                halving=FLAGS.halving,
+                **where,
+            )
     except (ValueError, *REFUSALS) as e:  # a bad spec or a busy workdir: nothing ran
         sys.exit(f"error: {e}")
     except Preempted as stop:  # SIGTERM: the running trial saved its state

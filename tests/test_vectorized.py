@@ -252,3 +252,57 @@ def test_a_report_counts_only_the_trials_that_trained_together_in_its_process(tm
     assert all("vectorized_with" not in report for report in reports)
     fresh = train_together(configs, [tmp_path / "f0", tmp_path / "f1"])
     assert [report["vectorized_with"] for report in fresh] == [2, 2]
+
+
+@pytest.mark.slow
+def test_successive_halving_keeps_the_best_half_at_each_rung_and_repacks_the_program(
+    tmp_path, monkeypatch
+):
+    """Four learning rates, eta 2, validation every 8 of 24 steps: rungs at validations 1
+    and 2 keep the best 2, then the best 1 (ranked by validation accuracy); the program
+    shrinks 4 -> 2 -> 1 trials; the survivor ends as it would alone; a rerun leaves the
+    pruned trials pruned and their checkpoints as they were."""
+    from fnn_jax.checkpoint import Checkpoints
+    from fnn_jax.train import steppers
+
+    sizes = []
+    make = steppers.make_stepper
+
+    def recorded(spec, stage, members, **kwargs):
+        sizes.append(len(members))
+        return make(spec, stage, members, **kwargs)
+
+    monkeypatch.setattr(steppers, "make_stepper", recorded)
+    rates = [1e-4, 3e-3, 1e-2, 3e-2]
+    base = test_config.get_config()
+    configs = [sweep.apply_overrides(base, {"optimizer.learning_rate": r}) for r in rates]
+    dirs = [tmp_path / f"lr{k}" for k in range(len(rates))]
+    outcomes = train_together(configs, dirs, halving=2)
+    assert sizes == [4, 2, 1]
+
+    def accuracy_at(k, step):
+        (record,) = [r for r in _curve(dirs[k]) if r["step"] == step and r["split"] == "validation"]
+        return record["accuracy"]
+
+    first = sorted(range(4), key=lambda k: (-accuracy_at(k, 8), k))
+    assert {k for k in range(4) if outcomes[k].get("pruned_at") == 8} == set(first[2:])
+    second = sorted(first[:2], key=lambda k: (-accuracy_at(k, 16), k))
+    assert outcomes[second[1]] == {"pruned_at": 16}
+    survivor = second[0]
+    assert outcomes[survivor]["steps"] == 24
+    for k in range(4):
+        if k != survivor:
+            assert Checkpoints(dirs[k] / "checkpoints").steps()[-1] == outcomes[k]["pruned_at"]
+            assert not (dirs[k] / "report.json").exists()
+
+    monkeypatch.undo()
+    alone = tmp_path / "alone"
+    report = train_and_evaluate(configs[survivor], alone)
+    assert_same_run(report, alone, outcomes[survivor], dirs[survivor])
+
+    before = {k: Checkpoints(dirs[k] / "checkpoints").steps() for k in range(4)}
+    again = train_together(configs, dirs, halving=2)
+    for k in range(4):
+        if k != survivor:
+            assert again[k] == outcomes[k]
+            assert Checkpoints(dirs[k] / "checkpoints").steps() == before[k]

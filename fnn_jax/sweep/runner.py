@@ -60,6 +60,7 @@ def run(
     backend: str = "local",
     ray_address: str | None = None,
     vectorize: bool = False,
+    halving: int = 0,
 ) -> SweepResult:
     """Runs every trial of the sweep (``config`` with each trial's overrides) in ``workdir``.
 
@@ -70,9 +71,13 @@ def run(
     (``ray.init(address=ray_address)``; None starts a local one); the trial workdirs must then
     be on storage every node can reach. ``vectorize``: trials that differ only in seed and
     scalar optimizer settings train together as one vmapped program (a unit of work; see
-    ``vectorized.group_key``); the others run alone. KeyboardInterrupt stops the sweep;
-    running it again continues it.
+    ``vectorized.group_key``); the others run alone. ``halving`` (eta >= 2, with
+    ``vectorize``): successive halving inside each vectorised group (``train_together``);
+    a pruned trial keeps its checkpoint, shows as pruned and is not run again.
+    KeyboardInterrupt stops the sweep; running it again continues it.
     """
+    if halving and not vectorize:
+        raise ValueError("halving prunes inside a vectorised group: use it with vectorize")
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1; got {parallel}")
     config_lib.check_choice("backend", backend, BACKENDS)
@@ -93,7 +98,11 @@ def run(
         results_lib.write_tables(_summarise(workdir, trial_results), spec)
         units = _units(planned, todo, vectorize)
         work = [
-            ([planned[i].config for i in unit], [str(trial_results[i].workdir) for i in unit])
+            (
+                [planned[i].config for i in unit],
+                [str(trial_results[i].workdir) for i in unit],
+                halving,
+            )
             for unit in units
         ]
         if units:
@@ -200,7 +209,9 @@ class TrialOutcome:
     error: str = ""
 
 
-def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list[TrialOutcome]:
+def _run_unit(
+    configs: list[ml_collections.ConfigDict], dirs: list[str], halving: int = 0
+) -> list[TrialOutcome]:
     """One unit of work, in this process, a worker or a Ray task: one outcome per trial.
 
     Exceptions become a failed outcome (traceback to error.txt). Preempted (SIGTERM: the
@@ -215,7 +226,7 @@ def _run_unit(configs: list[ml_collections.ConfigDict], dirs: list[str]) -> list
         if len(configs) == 1:
             results = [train_and_evaluate(configs[0], paths[0])]
         else:
-            results = train_together(configs, paths)
+            results = train_together(configs, paths, halving=halving)
     except Preempted:
         raise
     except Exception as e:  # for a group: the whole program failed, so every trial did
@@ -230,6 +241,8 @@ def _outcome(result: dict[str, Any] | Exception, trial_dir: Path) -> TrialOutcom
         return TrialOutcome("failed", error=f"{type(result).__name__}: {result}")
     if "interrupted_at" in result:
         return TrialOutcome("pending")
+    if "pruned_at" in result:
+        return TrialOutcome("pruned", error=f"pruned at step {result['pruned_at']}")
     return TrialOutcome("done", report=result)
 
 

@@ -19,7 +19,9 @@ export and plots (from which parameters): fnn_jax.train.finish.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -87,12 +89,17 @@ class Engine:
         workdirs: Sequence[Path],
         plan: Setup | None = None,
         on_validation: Callable[[int, dict[str, float]], bool] | None = None,
+        halving: int = 0,
     ):
         """``on_validation(step, metrics)``, for a single run: called at every validation;
         True prunes the run there (it saves that step and returns ``{"pruned_at": step}``:
-        an adaptive search's pruner, fnn_jax.sweep.adaptive)."""
+        an adaptive search's pruner, fnn_jax.sweep.adaptive). ``halving`` (eta >= 2), for a
+        vectorised group: successive halving, at the validations numbered 1, eta, eta^2,
+        ... the best 1/eta of the trials go on and the others are pruned there; the
+        program is re-packed to the survivors, so the compute falls with them."""
         self.started = time.time()
         self.on_validation = on_validation
+        self.halving = halving
         self.plan = plan = plan or setup(configs[0])  # what the trials share
         self.config = configs[0]
         self.to_model = finetune.model_params(configs[0])
@@ -132,8 +139,10 @@ class Engine:
         )
         self.profile = Profile(configs[0].train.profile_steps, Path(workdirs[0]) / "profile")
         # The trials that train together in this process (a resumed group may hold some
-        # that had already finished their training).
-        self.group_size = sum(t.step < sum(s.num_steps for s in t.stages) for t in self.trials)
+        # that had already finished their training, or were pruned).
+        self.group_size = sum(
+            t.in_training and t.step < sum(s.num_steps for s in t.stages) for t in self.trials
+        )
 
     # ------------------------------------------------------------------------ set-up
 
@@ -179,6 +188,8 @@ class Engine:
             ft = config.finetune
             progress = Progress(lora_rank=ft.lora_rank, lora_alpha=ft.lora_alpha, init_step=loaded)
         return Trial(
+            # Pruned by an earlier run (a search's pruner or a halving rung): it stays so.
+            outcome=None if progress.pruned_at is None else {"pruned_at": progress.pruned_at},
             config=config,
             workdir=workdir,
             checkpoints=checkpoints,
@@ -319,7 +330,10 @@ class Engine:
                 due = group.due(action.every)
                 if any(due):
                     action.run(group, due, stepper)
-            self.profile.after_dispatch(self.ran, lambda: jax.block_until_ready(stepper.state))
+            if group.shrunk and group.training:  # a halving rung cut trials
+                group, stepper = self._repack(group, stepper)
+            wait = functools.partial(jax.block_until_ready, stepper.state)
+            self.profile.after_dispatch(self.ran, wait)
             self._show(bar, group)
             if interrupt:
                 states = stepper.host_states()
@@ -449,17 +463,24 @@ class Engine:
         stepper.reset_sums(due)
 
     def _validate(self, group: Group, due: list[bool], stepper: steppers.Stepper) -> None:
-        """Validation metrics, the best step and early stopping, the checkpoint and the
-        stage's end, for the rows ``due``."""
+        """Validation metrics, the best step and early stopping, pruning (a search's
+        pruner, a halving rung), the checkpoint and the stage's end, for the rows ``due``."""
         sums = stepper.evaluate_sums(self.validation_batches)
         states = stepper.host_states()
+        values = {
+            i: diagnostics.metrics(self.plan.task, sums[i]) for i, now in enumerate(due) if now
+        }
+        cut = self._halving_cut(group, values)
         for i, trial in enumerate(group.trials):
             if not due[i]:
                 continue
-            values = diagnostics.metrics(self.plan.task, sums[i])
-            trial.metrics_log.write(trial.step, "validation", values)
-            ends_stage = self._track_best(trial, values[self.plan.metric])
-            pruned = self.on_validation is not None and self.on_validation(trial.step, values)
+            trial.metrics_log.write(trial.step, "validation", values[i])
+            ends_stage = self._track_best(trial, values[i][self.plan.metric])
+            pruned = i in cut or (
+                self.on_validation is not None and self.on_validation(trial.step, values[i])
+            )
+            if pruned:
+                trial.progress.pruned_at = trial.step  # saved with the step: stays pruned
             if self._checkpoint(trial, states[i], stage_end=ends_stage, now=pruned):
                 group.saved.add(i)
             trial.metrics_log.flush()
@@ -471,6 +492,42 @@ class Engine:
                 trial.state = states[i]
                 self._end_stage(trial)
                 group.leave(i)
+        if cut:
+            group.shrunk = True
+
+    def _halving_cut(self, group: Group, values: dict[int, dict[str, float]]) -> set[int]:
+        """The rows successive halving cuts now: at a rung (the validations numbered 1,
+        eta, eta^2, ...) all but the best ceil(n / eta) of the n trials still training,
+        ranked by the validation metric (NaN last, ties to the earlier row)."""
+        training = [i for i, _ in group.training if i in values]
+        if self.halving < 2 or len(training) < 2:
+            return set()
+        number, on_rung = divmod(group.trials[training[0]].step, self.plan.eval_every)
+        if on_rung or number < 1 or self.halving ** round(math.log(number, self.halving)) != number:
+            return set()
+        sign = -1.0 if self.plan.mode == "max" else 1.0
+        score = lambda i: (math.isnan(v := values[i][self.plan.metric]), sign * v if v == v else 0)
+        ranked = sorted(training, key=lambda i: (*score(i), i))
+        keep = math.ceil(len(training) / self.halving)
+        log.info(
+            "successive halving at step %d: %d of %d trials go on",
+            group.trials[training[0]].step,
+            keep,
+            len(training),
+        )
+        return set(ranked[keep:])
+
+    def _repack(self, group: Group, stepper: steppers.Stepper) -> tuple[Group, steppers.Stepper]:
+        """The survivors of a halving rung in a new, smaller program (their states carried
+        over; which of them were saved at this point too)."""
+        states = stepper.host_states()
+        survivors = []
+        for i, trial in group.training:
+            trial.state = states[i]
+            survivors.append(trial)
+        smaller = Group(survivors)
+        smaller.saved = {k for k, (i, _) in enumerate(group.training) if i in group.saved}
+        return smaller, self._stepper(survivors)
 
     def _learning_rate(self, trial: Trial) -> float:
         """The base learning rate of the step just taken (its stage's schedule, counted

@@ -169,6 +169,7 @@ def open_engine(
     workdirs: Sequence[Path],
     plan: Setup,
     on_validation: Callable[[int, dict[str, float]], bool] | None = None,
+    halving: int = 0,
 ) -> Engine:
     """The engine over ``workdirs`` (each already locked), restored from their checkpoints;
     each config.json is written only once its trial opened, so a refused resume leaves the
@@ -178,7 +179,7 @@ def open_engine(
         check_data_file(workdir, config, plan)
     use_compilation_cache(configs[0].train.compilation_cache)
     try:
-        engine = Engine(configs, workdirs, plan, on_validation)
+        engine = Engine(configs, workdirs, plan, on_validation, halving)
     except StateMismatch as error:
         settings = sorted({d for ds in changed for d in ds})
         hint = "\n  ".join(settings) or "(none recorded in config.json)"

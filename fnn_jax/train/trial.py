@@ -158,6 +158,7 @@ class Progress:
     lora_rank: int = 0  # for fine-tuning from this run: how to merge its adapters
     lora_alpha: float = 0.0
     init_step: int | None = None  # the step of config.init_from this run started from
+    pruned_at: int | None = None  # cut by a pruner or a halving rung: trains no further
     stage_ends: list[int] = dataclasses.field(default_factory=list)  # last step of each
 
     @classmethod
@@ -211,7 +212,8 @@ class Trial:
 
     @property
     def in_training(self) -> bool:
-        return self.outcome is None and self.progress.stage < len(self.stages)
+        done = self.progress.pruned_at is not None or self.progress.stage >= len(self.stages)
+        return self.outcome is None and not done
 
     def patience_spent(self) -> bool:
         patience = self.stage.patience
@@ -227,6 +229,7 @@ class Group:
         self.trials = trials
         self.active = [True] * len(trials)
         self.saved: set[int] = set()  # the rows saved at the current point
+        self.shrunk = False  # trials were cut at a halving rung: re-pack the program
 
     @property
     def training(self) -> list[tuple[int, Trial]]:

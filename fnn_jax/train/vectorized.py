@@ -76,8 +76,13 @@ def train_together(
     workdirs: Sequence[str | Path],
     *,
     stop_after_steps: int | None = None,
+    halving: int = 0,
 ) -> list[dict[str, Any] | Exception]:
     """Trains (or resumes) each ``configs[k]`` in ``workdirs[k]``, all in one vmapped program.
+
+    ``halving`` (eta >= 2): successive halving over the group; at the validations numbered
+    1, eta, eta^2, ... only the best 1/eta go on, the others return ``{"pruned_at": step}``
+    (their last checkpoint kept), and the program is re-packed to the survivors.
 
     Returns, per trial, its report (as ``train_and_evaluate`` does), ``{"interrupted_at":
     step}`` after ``stop_after_steps`` steps, or the exception that stopped that trial alone
@@ -99,4 +104,6 @@ def train_together(
     with contextlib.ExitStack() as locks:
         for workdir in workdirs:
             locks.enter_context(workdir_lock(workdir))
-        return open_engine(configs, workdirs, plan).run(stop_after_steps)
+        if halving and halving < 2:
+            raise ValueError(f"halving must be an eta >= 2 (or 0: off); got {halving}")
+        return open_engine(configs, workdirs, plan, halving=halving).run(stop_after_steps)
