@@ -148,6 +148,68 @@ def test_processes_that_disagree_on_the_config_are_refused_before_the_workdir_is
     assert not (workdir / "checkpoints").exists()
 
 
+def _main_processes(workdir, address, tmp_path, tag, steps):
+    """Two experiments/main.py processes of one run (configs/test.py), their stderr in files."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    flags = [
+        f"--config.train.num_steps={steps}",
+        "--config.train.eval_every_steps=100",
+        "--config.train.checkpoint_every_s=3600",
+        "--config.train.compilation_cache=",
+        f"--config.distributed.coordinator_address={address}",
+        "--config.distributed.num_processes=2",
+    ]
+    command = [sys.executable, "experiments/main.py", "--config", "configs/test.py"]
+    errs = [tmp_path / f"{tag}{rank}.err" for rank in (0, 1)]
+    processes = [
+        subprocess.Popen(
+            [
+                *command,
+                "--workdir",
+                str(workdir),
+                *flags,
+                f"--config.distributed.process_id={rank}",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=errs[rank].open("w"),
+        )
+        for rank in (0, 1)
+    ]
+    return processes, errs
+
+
+def test_sigterm_to_one_process_saves_every_process_at_one_step_and_both_exit_75(tmp_path):
+    """A preempted host (SIGTERM to rank 1 only): the processes agree at the next dispatch
+    boundary that one of them was asked to stop, save the same step together and exit 75;
+    the same commands resume and finish."""
+    import signal
+    import time
+
+    workdir = tmp_path / "run"
+    processes, errs = _main_processes(workdir, f"127.0.0.1:{_free_port()}", tmp_path, "a", 2000)
+    log, deadline = workdir / "metrics.jsonl", time.time() + 240
+    while time.time() < deadline and not (log.exists() and '"train"' in log.read_text()):
+        time.sleep(0.2)  # until the first train record: training is under way
+    processes[1].send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(timeout=240)
+    messages = [e.read_text()[-3000:] for e in errs]
+    assert [p.returncode for p in processes] == [75, 75], messages
+    saved = Checkpoints(workdir / "checkpoints", read_only=True)
+    step = saved.latest_step()
+    saved.close()
+    assert 0 < step < 2000
+    assert all(f"saved step {step} in {workdir}" in m for m in messages), messages
+
+    processes, errs = _main_processes(workdir, f"127.0.0.1:{_free_port()}", tmp_path, "b", 2000)
+    for process in processes:
+        process.wait(timeout=600)
+    assert [p.returncode for p in processes] == [0, 0], [e.read_text()[-3000:] for e in errs]
+    assert json.loads((workdir / "report.json").read_text())["steps"] == 2000
+
+
 def test_a_process_id_outside_the_process_count_is_refused():
     config = default_config()
     config.distributed.coordinator_address = "127.0.0.1:1"

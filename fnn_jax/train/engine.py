@@ -1,9 +1,14 @@
 """The one training engine: K trials driven step by step, a single run being K = 1.
 
-Per step, for every trial: count a skipped non-finite step, log train metrics, evaluate,
-track the best step and early stopping, save, end the stage, honour preemption. This is
-written once here; only the stepper (``jit(step)`` or ``jit(vmap(step))``, see
-fnn_jax.train.steppers) differs between a run alone and a vectorised group.
+Read top to bottom: ``run`` trains every stage (``_train_stages``), then finishes each
+trial (``_finish``: report, export, plots). ``_train_stage`` is the loop: dispatch the
+steps up to the next point where something is due, count the non-finite steps skipped,
+run the periodic actions registered in ``__init__`` (log: train metrics with the gradient,
+parameter and update norms; validate: best step, early stopping, pruning, save, stage end),
+re-pack a group a halving rung shrank, start or stop the profile, and save and stop on an
+interruption. This is written once here; only the stepper (``jit(step)`` or
+``jit(vmap(step))``, see fnn_jax.train.steppers) differs between a run alone and a
+vectorised group, whose bookkeeping hides in ``trial.Group``.
 
 The trials of a group share the data, the model and the stage list; they differ only in
 seed and scalar settings (fnn_jax.train.vectorized.VECTORIZABLE). They go through the stages
@@ -30,11 +35,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
-from jax.experimental import multihost_utils
 
 from fnn_jax import finetune, reporting
-from fnn_jax.checkpoint import Checkpoints, StateMismatch
+from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
@@ -58,7 +61,7 @@ from fnn_jax.train.steps import (
     split_sums,
     zero_sums,
 )
-from fnn_jax.train.trial import Group, Progress, Setup, Trial, improves, setup
+from fnn_jax.train.trial import Group, Progress, Setup, Trial, improves, restore, setup
 from fnn_jax.tree import paths, require_matches
 
 log = logging.getLogger("fnn_jax")
@@ -173,7 +176,7 @@ class Engine:
             require_matches(paths(params), [reg.exclude], "config.regularization.exclude")
         stages = finetune.stages(config, plan.steps_per_epoch, params)
         checkpoints = Checkpoints(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-        restored = self._restore(
+        restored = restore(
             checkpoints,
             lambda record: self._fresh_state(params, stages[record["stage"]], 0),
             reset_optimizer=config.train.reset_optimizer,
@@ -203,34 +206,6 @@ class Engine:
             dropout_key=dropout_key,
             label=f"{workdir.name}: " if grouped else "",
         )
-
-    @staticmethod
-    def _restore(
-        checkpoints: Checkpoints, like_for: Any, *, reset_optimizer: bool
-    ) -> tuple[int, TrainState, dict] | None:
-        """The newest intact step; with ``reset_optimizer``, a step whose optimizer state no
-        longer fits the config resumes with its parameters and a fresh optimizer state."""
-        try:
-            return checkpoints.restore_good(like_for)
-        except StateMismatch:
-            if not reset_optimizer:
-                raise
-        step = checkpoints.latest_step()
-        saved, record = checkpoints.restore_saved(step)
-        fresh = like_for(record)
-        as_like = lambda like, value: np.asarray(value, like.dtype)
-        state = fresh.replace(
-            step=np.asarray(saved["step"], np.int32),
-            params=jax.tree.map(as_like, fresh.params, saved["params"]),
-            sums=jax.tree.map(as_like, fresh.sums, saved["sums"]),
-            carry=jax.tree.map(as_like, fresh.carry, saved.get("carry")),
-        )
-        log.warning(
-            "config.train.reset_optimizer: step %d resumes with its parameters and a fresh "
-            "optimizer state",
-            step,
-        )
-        return step, state, record
 
     # ------------------------------------------------------------------------ the loop
 
@@ -339,7 +314,7 @@ class Engine:
                 states = stepper.host_states()
                 for i, trial in group.training:
                     if i not in group.saved:
-                        self._checkpoint(trial, states[i], now=True)
+                        trial.checkpoint(states[i], self.plan.steps_per_epoch, now=True)
                 return True
         return False
 
@@ -449,7 +424,7 @@ class Engine:
                     f"config.train.max_nonfinite_steps={limit})"
                 )
                 group.leave(i)
-                self._write_unsaved_best(trial)  # the halted state itself is never saved
+                trial.write_unsaved_best()  # the halted state itself is never saved
 
     def _log_train(self, group: Group, due: list[bool], stepper: steppers.Stepper) -> None:
         """The train metrics since the last log line (with the mean global norms of the
@@ -481,7 +456,10 @@ class Engine:
             )
             if pruned:
                 trial.progress.pruned_at = trial.step  # saved with the step: stays pruned
-            if self._checkpoint(trial, states[i], stage_end=ends_stage, now=pruned):
+            saved = trial.checkpoint(
+                states[i], self.plan.steps_per_epoch, stage_end=ends_stage, now=pruned
+            )
+            if saved:
                 group.saved.add(i)
             trial.metrics_log.flush()
             if pruned:
@@ -564,53 +542,6 @@ class Engine:
                 "%searly stopping at step %d (stage %s)", trial.label, trial.step, trial.stage.name
             )
         return stop_early or trial.step == trial.stage_end
-
-    def _checkpoint(
-        self, trial: Trial, state: TrainState, *, stage_end: bool = False, now: bool = False
-    ) -> bool:
-        """Saves ``state`` (host copies) at a stage end, when asked (``now``: an
-        interruption) or when config.train.checkpoint_every_s have passed since the trial's
-        last save, the best state kept in memory since then first; else keeps it in memory
-        if it is a new best. True when it saved."""
-        due = now or stage_end
-        due = due or time.monotonic() - trial.saved_at >= trial.config.train.checkpoint_every_s
-        if jax.process_count() > 1:  # clocks differ: every process saves when process 0 does
-            due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
-        record = trial.progress.record(trial.step, self.plan.steps_per_epoch)
-        is_best = trial.progress.best_step == trial.step
-        if not due:
-            if is_best:
-                trial.unsaved_best = (trial.step, state, record)
-            return False
-        if is_best:  # this save supersedes the best in memory
-            trial.unsaved_best = None
-        self._write_unsaved_best(trial)
-        self._save(trial, trial.step, state, record, is_best=is_best, stage_end=stage_end)
-        trial.saved_at = time.monotonic()
-        return True
-
-    def _write_unsaved_best(self, trial: Trial) -> None:
-        """Saves the best state kept in memory since the trial's last save, if any."""
-        if trial.unsaved_best is not None:
-            self._save(trial, *trial.unsaved_best, is_best=True)
-            trial.unsaved_best = None
-
-    @staticmethod
-    def _save(
-        trial: Trial,
-        step: int,
-        state: TrainState,
-        record: dict[str, Any],
-        *,
-        is_best: bool,
-        stage_end: bool = False,
-    ) -> None:
-        trial.metrics_log.check_in_place()  # no save into a deleted workdir
-        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
-            raise FloatingPointError(
-                f"refusing to save step {step} of {trial.workdir}: parameters are not finite"
-            )
-        trial.checkpoints.save(step, state, record, is_best=is_best, stage_end=stage_end)
 
     def _end_stage(self, trial: Trial) -> None:
         """Moves a trial to its next stage (fresh optimizer state, fresh patience), or ends

@@ -1,11 +1,13 @@
-"""What a run is made of: the Setup its trials share (data, task, model, step budget), and
-each trial's typed state (Trial) with its bookkeeping (Progress, saved beside every
-checkpoint)."""
+"""What a run is made of: the Setup its trials share (data, task, model, step budget),
+each trial's typed state (Trial: its bookkeeping, Progress, saved beside every checkpoint,
+and how it saves and restores itself), and the Group of trials that train a stage
+together."""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,18 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from fnn_jax import data as data_lib
 from fnn_jax import reporting, tasks
-from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.checkpoint import Checkpoints, StateMismatch
 from fnn_jax.config import ConfigError
 from fnn_jax.data import augment, fingerprint
 from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
 from fnn_jax.train.steps import TrainState, build_model, to_device_batch
+
+log = logging.getLogger("fnn_jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +220,52 @@ class Trial:
         done = self.progress.pruned_at is not None or self.progress.stage >= len(self.stages)
         return self.outcome is None and not done
 
+    def checkpoint(
+        self, state: TrainState, steps_per_epoch: int, *, stage_end: bool = False, now: bool = False
+    ) -> bool:
+        """Saves ``state`` (host copies) at a stage end, when asked (``now``: an
+        interruption, a pruning) or when config.train.checkpoint_every_s have passed since
+        the last save, the best state kept in memory since then first; else keeps it in
+        memory if it is a new best. True when it saved."""
+        due = now or stage_end
+        due = due or time.monotonic() - self.saved_at >= self.config.train.checkpoint_every_s
+        if jax.process_count() > 1:  # clocks differ: every process saves when process 0 does
+            due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+        record = self.progress.record(self.step, steps_per_epoch)
+        is_best = self.progress.best_step == self.step
+        if not due:
+            if is_best:
+                self.unsaved_best = (self.step, state, record)
+            return False
+        if is_best:  # this save supersedes the best in memory
+            self.unsaved_best = None
+        self.write_unsaved_best()
+        self._save(self.step, state, record, is_best=is_best, stage_end=stage_end)
+        self.saved_at = time.monotonic()
+        return True
+
+    def write_unsaved_best(self) -> None:
+        """Saves the best state kept in memory since the last save, if any."""
+        if self.unsaved_best is not None:
+            self._save(*self.unsaved_best, is_best=True)
+            self.unsaved_best = None
+
+    def _save(
+        self,
+        step: int,
+        state: TrainState,
+        record: dict[str, Any],
+        *,
+        is_best: bool,
+        stage_end: bool = False,
+    ) -> None:
+        self.metrics_log.check_in_place()  # no save into a deleted workdir
+        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
+            raise FloatingPointError(
+                f"refusing to save step {step} of {self.workdir}: parameters are not finite"
+            )
+        self.checkpoints.save(step, state, record, is_best=is_best, stage_end=stage_end)
+
     def patience_spent(self) -> bool:
         patience = self.stage.patience
         return bool(patience and self.progress.bad_evals >= patience)
@@ -257,3 +308,31 @@ class Group:
         """The trials still training took ``count`` steps."""
         for trial, on in zip(self.trials, self.active, strict=True):
             trial.step += count if on else 0
+
+
+def restore(
+    checkpoints: Checkpoints, like_for: Any, *, reset_optimizer: bool
+) -> tuple[int, TrainState, dict] | None:
+    """The newest intact step; with ``reset_optimizer``, a step whose optimizer state no
+    longer fits the config resumes with its parameters and a fresh optimizer state."""
+    try:
+        return checkpoints.restore_good(like_for)
+    except StateMismatch:
+        if not reset_optimizer:
+            raise
+    step = checkpoints.latest_step()
+    saved, record = checkpoints.restore_saved(step)
+    fresh = like_for(record)
+    as_like = lambda like, value: np.asarray(value, like.dtype)
+    state = fresh.replace(
+        step=np.asarray(saved["step"], np.int32),
+        params=jax.tree.map(as_like, fresh.params, saved["params"]),
+        sums=jax.tree.map(as_like, fresh.sums, saved["sums"]),
+        carry=jax.tree.map(as_like, fresh.carry, saved.get("carry")),
+    )
+    log.warning(
+        "config.train.reset_optimizer: step %d resumes with its parameters and a fresh "
+        "optimizer state",
+        step,
+    )
+    return step, state, record
