@@ -78,6 +78,17 @@ def is_primary() -> bool:
     return not jax.distributed.is_initialized() or jax.process_index() == 0
 
 
+def on_any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on any process, agreed by all (alone: ``flag``). One
+    process's SIGTERM must stop every process at the same step: each asks at the same
+    dispatch boundary (a gather of one bool through the collectives)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.bool_(flag))).any())
+
+
 def check_agreement(config: ml_collections.ConfigDict, data: dict[str, Any]) -> None:
     """Several processes must train one experiment: the same config (but
     ``distributed.process_id``), the same data (``data``: its description and fingerprint,

@@ -46,6 +46,7 @@ from fnn_jax.train.preemption import (
     Preempted,
     PreemptionFlag,
     clear_preemption,
+    request_preemption,
     requested_by,
 )
 from fnn_jax.train.profile import Profile
@@ -295,9 +296,7 @@ class Engine:
             stepper.run(group.batch_indices(self.plan, count), count)
             group.advance(count)
             self.ran += count
-            # Read once: a signal arriving later in this pass is honoured at the next one,
-            # so no trial is saved before its non-finite count is read.
-            interrupt = self.ran == stop_after_steps or preemption.requested
+            interrupt = self._interrupted(stop_after_steps, preemption)
             if interrupt or any(any(group.due(action.every)) for action in self.periodic):
                 self._read_health(group, stepper)
             group.saved = set()
@@ -317,6 +316,17 @@ class Engine:
                         trial.checkpoint(states[i], self.plan.steps_per_epoch, now=True)
                 return True
         return False
+
+    def _interrupted(self, stop_after_steps: int | None, preemption: PreemptionFlag) -> bool:
+        """Whether to save and stop here: ``stop_after_steps`` reached, or SIGTERM or
+        Ctrl-C on any process (all processes stop at this same step). Read once a pass: a
+        signal arriving later is honoured at the next, so no trial is saved before its
+        non-finite count is read."""
+        asked, reached = preemption.requested, self.ran == stop_after_steps
+        interrupt = distributed.on_any_process(asked or reached)
+        if interrupt and not (asked or reached):
+            request_preemption()  # another process was asked to stop: so is this one
+        return interrupt
 
     def _steps_to_next_point(
         self, group: Group, stop_after_steps: int | None, dispatch_size: int
