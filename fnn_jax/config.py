@@ -246,6 +246,9 @@ def default_config() -> ml_collections.ConfigDict:
     # > 0: a jax.profiler trace of this many steps from the end of the first dispatch, in
     # <workdir>/profile (TensorBoard's profile plugin, or Perfetto; fnn_jax.train.profile).
     c.train.profile_steps = 0
+    # The global norms of the gradients, parameters and updates in the train logs (their
+    # means since the last record): three reductions over the parameters a step.
+    c.train.log_norms = True
     return c
 
 

@@ -124,6 +124,13 @@ def test_logged_norms_are_the_steps_gradient_parameter_and_update_norms(tmp_path
             mean = (pair[0][name] + pair[1][name]) / 2
             assert record[name] == pytest.approx(mean, rel=1e-6), name
 
+    # Off (config.train.log_norms): no norms logged, and the training is the same, bit for bit.
+    off = _sgd_run(tmp_path / "off", **{"train.log_every_steps": 2, "train.log_norms": False})
+    assert not any("grad_norm" in r for r in off)
+    unlogged = Checkpoints(tmp_path / "off" / "checkpoints").restore_saved(4)[0]["params"]
+    for got, want in zip(_leaves(unlogged), _leaves(final), strict=True):
+        np.testing.assert_array_equal(got, want)
+
 
 def _diff(a, b):
     if isinstance(a, dict):

@@ -378,6 +378,7 @@ class Engine:
             augment=augment.Augment.from_config(self.config.data.augment),
             window=plan.window,
             windows=plan.windows,
+            norms=self.config.train.log_norms,
         )
         batch_size = self.config.data.eval_batch_size
         train = plan.dataset.train

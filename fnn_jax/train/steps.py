@@ -115,6 +115,8 @@ class StepSpec:
     exclude: regex of parameter paths the L1/L2 penalty skips.
     window: truncated BPTT's window length k (0: off). Step s trains window s % windows
         of its rows (steps [s*k, (s+1)*k), rows padded to windows*k), from state.carry.
+    norms: add up each step's gradient, parameter and update norms (diagnostics.NORMS;
+        config.train.log_norms): three reductions over the parameters a step.
     """
 
     model: nn.Module
@@ -126,6 +128,7 @@ class StepSpec:
     augment: augment_lib.Augment = augment_lib.Augment()
     window: int = 0
     windows: int = 1
+    norms: bool = True
 
 
 def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
@@ -179,7 +182,8 @@ def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & all_finite(grads)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-        sums = {**sums, diagnostics.NORMS: diagnostics.step_norms(grads, params, updates)}
+        norms = diagnostics.step_norms(grads, params, updates) if spec.norms else None
+        sums = {**sums, diagnostics.NORMS: norms or diagnostics.zero_norms()}
         new_sums = diagnostics.add(state.sums, sums)
         return (
             TrainState(
