@@ -84,6 +84,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "mesh.model": (1, None),
     "distributed.num_processes": (1, None),
     "distributed.process_id": (0, None),
+    "distributed.timeout_s": (0.0, None),
 }
 # Sections whose differences make a checkpoint meaningless for this config, and the keys in
 # them that change only how the model runs (a change resumes, with a warning).
@@ -198,6 +199,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.distributed.coordinator_address = ""  # "host:port" of process 0, or "auto"
     c.distributed.num_processes = 1
     c.distributed.process_id = 0
+    # Seconds process 0 waits for the others to report (on the coordinator's port + 1)
+    # before naming the missing ranks (fnn_jax.train.rendezvous); 0: leave it to JAX.
+    c.distributed.timeout_s = 30.0
 
     c.regularization = ml_collections.ConfigDict()
     c.regularization.l1 = 0.0

@@ -224,3 +224,62 @@ def test_a_single_process_run_does_not_start_jax_distributed():
     assert config.distributed.coordinator_address == ""
     distributed.initialize(config)
     assert not jax.distributed.is_initialized() and distributed.is_primary()
+
+
+def _start(address, processes, rank, tmp_path, tag, *, timeout_s=5):
+    """A process that only joins the run (configs/test.py's distributed section)."""
+    code = (
+        "import sys; from fnn_jax.config import default_config; "
+        "from fnn_jax.train import distributed; c = default_config(); "
+        f"c.distributed.coordinator_address = {address!r}; "
+        f"c.distributed.num_processes = {processes}; c.distributed.process_id = {rank}; "
+        f"c.distributed.timeout_s = {timeout_s}; distributed.initialize(c); print('joined')"
+    )
+    err = tmp_path / f"{tag}.err"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=err.open("w"),
+        text=True,
+    )
+    return process, err
+
+
+def _last_line(err):
+    return err.read_text().strip().splitlines()[-1]
+
+
+def test_a_missing_process_is_named_within_the_timeout(tmp_path):
+    import time
+
+    start = time.monotonic()
+    process, err = _start(f"127.0.0.1:{_free_port()}", 2, 0, tmp_path, "alone", timeout_s=3)
+    process.wait(timeout=120)
+    assert process.returncode == 1
+    assert _last_line(err) == (
+        "fnn_jax.config.ConfigError: the run's processes do not fit together: process(es) "
+        "[1] of 2 did not join within 3 s (config.distributed.timeout_s)"
+    )
+    assert time.monotonic() - start < 60
+
+
+def test_a_rank_given_twice_or_a_wrong_count_is_named_on_every_process(tmp_path):
+    address = f"127.0.0.1:{_free_port()}"
+    started = [_start(address, 3, 0, tmp_path, "p0", timeout_s=60)]
+    started += [_start(address, 3, 1, tmp_path, f"p1_{k}", timeout_s=60) for k in range(2)]
+    for process, _ in started:
+        process.wait(timeout=120)
+    assert [p.returncode for p, _ in started] == [1, 1, 1]
+    for _, err in started:
+        assert _last_line(err).endswith("process_id 1 is given to two processes"), err.read_text()
+
+    address = f"127.0.0.1:{_free_port()}"
+    first, err0 = _start(address, 2, 0, tmp_path, "count0", timeout_s=60)
+    second, err1 = _start(address, 3, 1, tmp_path, "count1", timeout_s=60)
+    for process in (first, second):
+        process.wait(timeout=120)
+    assert _last_line(err0).endswith("process 1 has num_processes=3; process 0 has 2")
+    assert _last_line(err1).endswith("process 1 has num_processes=3; process 0 has 2")

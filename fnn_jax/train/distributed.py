@@ -27,6 +27,7 @@ import numpy as np
 
 from fnn_jax import config as config_lib
 from fnn_jax.config import ConfigError
+from fnn_jax.train.rendezvous import rendezvous
 
 log = logging.getLogger("fnn_jax")
 
@@ -47,6 +48,13 @@ def initialize(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"config.distributed.process_id={options.process_id} must lie in "
                 f"[0, config.distributed.num_processes={options.num_processes})"
+            )
+        if options.timeout_s:  # a missing, duplicated or miscounted rank, named
+            rendezvous(
+                options.coordinator_address,
+                options.num_processes,
+                options.process_id,
+                options.timeout_s,
             )
         jax.distributed.initialize(
             options.coordinator_address, options.num_processes, options.process_id
