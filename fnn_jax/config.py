@@ -531,6 +531,7 @@ def in_current_schema(saved: dict[str, Any]) -> dict[str, Any]:
     """A config dict saved by an earlier version, read in today's schema: keys added since
     take their defaults (which is what that version did), keys since removed are dropped."""
     defaults = to_dict(default_config())
+    saved = _cell_options_moved(saved, defaults)
 
     def fill(old: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
         out = {}
@@ -541,6 +542,20 @@ def in_current_schema(saved: dict[str, Any]) -> dict[str, Any]:
         return out
 
     return fill(saved, defaults)
+
+
+def _cell_options_moved(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """model.activation and model.output_activation, from before cells declared their
+    options, moved into the running cell's section where it declares them (dropping them
+    would silently load an Elman run trained with relu as tanh)."""
+    model = dict(saved.get("model") or {})
+    moved = {k: model.pop(k) for k in ("activation", "output_activation") if k in model}
+    section = defaults["model"].get(model.get("cell"))
+    if moved and isinstance(section, dict):
+        own = dict(model.get(model["cell"]) or {})
+        own |= {k: v for k, v in moved.items() if k in section and k not in own}
+        model[model["cell"]] = own
+    return {**saved, "model": model} if moved else saved
 
 
 def split_differences(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:

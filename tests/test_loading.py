@@ -96,3 +96,21 @@ def test_load_of_a_run_with_no_committed_step_names_load_and_the_unfinished_save
     (tmp_path / "config.json").write_text(json.dumps(_config().to_dict(), default=list))
     with pytest.raises(FileNotFoundError, match=r"fnn_jax.load\(.*\): no committed checkpoint"):
         fnn_jax.load(tmp_path)
+
+
+@pytest.mark.parametrize(("cell", "want"), [("elman", {"activation": "relu"}), ("lstm", None)])
+def test_an_activation_saved_before_cells_declared_options_moves_into_the_cells_section(cell, want):
+    """A config.json of the old schema (model.activation): read into the running cell's
+    section, so an Elman run trained with relu is not rebuilt with tanh."""
+    from fnn_jax import config as config_lib
+
+    saved = config_lib.to_dict(config_lib.default_config())
+    for name in ("elman", "jordan"):
+        del saved["model"][name]
+    del saved["model"]["equilibrium"]["activation"]
+    saved["model"] |= {"cell": cell, "activation": "relu", "output_activation": "identity"}
+    model = config_lib.in_current_schema(saved)["model"]
+    assert "activation" not in model and "output_activation" not in model
+    if want:
+        assert model[cell] == want
+    assert model["jordan"] == {"activation": "tanh", "output_activation": "tanh"}

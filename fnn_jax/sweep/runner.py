@@ -92,7 +92,7 @@ def run(
         def record(i: int, outcome: TrialOutcome) -> None:
             trial = trial_results[i]
             trial.status, trial.report, trial.error = outcome.status, outcome.report, outcome.error
-            log.info("trial %s: %s %s", trial.name, trial.status, trial.error)
+            log.info("trial %s: %s", trial.name, trial.error or trial.status)
             results_lib.write_tables(_summarise(workdir, trial_results), spec)
 
         results_lib.write_tables(_summarise(workdir, trial_results), spec)
