@@ -375,13 +375,13 @@ def _validate(config: ml_collections.ConfigDict) -> None:
             continue
         check_value(path, value)
     # Late imports: reading a config must not pull in Flax or the dataset loaders.
-    from fnn_jax import cells, data
+    from fnn_jax import cells, data, tasks
 
     check_choice("model.cell", config.model.cell, cells.REGISTRY)
     check_choice("model.scan_impl", config.model.scan_impl, cells.SCAN_IMPLS)
     check_choice("model.dtype", config.model.dtype, DTYPES)
     check_equilibrium(config.model.equilibrium)
-    check_cell_options(config.model, cells.get(config.model.cell))
+    tasks.cell_options(config.model)  # config.model.<cell>: the options the cell declares
     try:
         cells.resolve_scan_impl(cells.get(config.model.cell), config.model.scan_impl)
     except ValueError as error:
@@ -413,14 +413,6 @@ def check_metric_name(name: str) -> None:
     choices = [n for n, m in tasks.declared_metrics().items() if m.selects]
     if name:
         check_choice("train.early_stopping_metric", name, choices)
-
-
-def check_cell_options(model: ml_collections.ConfigDict, spec: Any) -> None:
-    """config.model.<cell>: each option the running cell declares has a valid value."""
-    section = model.get(spec.name)
-    for option in spec.options:
-        if section is not None and option.from_section is None and option.name in section:
-            option.check(section[option.name], f"config.model.{spec.name}.{option.name}")
 
 
 def check_regularization(model: ml_collections.ConfigDict, spec: Any) -> None:

@@ -4,6 +4,7 @@ that TensorBoard's own reader loads, and the curves."""
 import math
 import time
 
+import jax
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -62,15 +63,7 @@ def test_the_report_table_shows_a_small_residual_instead_of_zero():
 
 
 def _flat_norm(tree) -> float:
-    return float(np.sqrt(sum(np.sum(np.square(np.asarray(a, np.float64))) for a in _leaves(tree))))
-
-
-def _leaves(tree):
-    return [
-        v
-        for value in tree.values()
-        for v in (_leaves(value) if isinstance(value, dict) else [value])
-    ]
+    return float(np.sqrt(sum(np.sum(np.square(np.float64(a))) for a in jax.tree.leaves(tree))))
 
 
 def _sgd_run(workdir, **overrides):
@@ -107,7 +100,9 @@ def test_logged_norms_are_the_steps_gradient_parameter_and_update_norms(tmp_path
     for record in every_step[1:]:
         step = record["step"]
         assert record["param_norm"] == pytest.approx(_flat_norm(params[step]), rel=1e-5)
-        delta = {k: _diff(params[step][k], params[step - 1][k]) for k in params[step]}
+        delta = jax.tree.map(
+            lambda a, b: np.float64(a) - np.float64(b), params[step], params[step - 1]
+        )
         assert record["update_norm"] == pytest.approx(_flat_norm(delta), rel=1e-3)
         assert record["grad_norm"] == pytest.approx(record["update_norm"] / 0.5, rel=1e-5)
     traces = list((tmp_path / "every" / "profile").rglob("*.xplane.pb"))
@@ -116,7 +111,7 @@ def test_logged_norms_are_the_steps_gradient_parameter_and_update_norms(tmp_path
     every_two = _sgd_run(tmp_path / "two", **{"train.log_every_steps": 2})
     assert not (tmp_path / "two" / "profile").exists()
     final = Checkpoints(tmp_path / "two" / "checkpoints").restore_saved(4)[0]["params"]
-    for got, want in zip(_leaves(final), _leaves(params[4]), strict=True):
+    for got, want in zip(jax.tree.leaves(final), jax.tree.leaves(params[4]), strict=True):
         np.testing.assert_array_equal(got, want)
     for record in every_two:
         pair = [r for r in every_step if r["step"] in (record["step"] - 1, record["step"])]
@@ -128,11 +123,5 @@ def test_logged_norms_are_the_steps_gradient_parameter_and_update_norms(tmp_path
     off = _sgd_run(tmp_path / "off", **{"train.log_every_steps": 2, "train.log_norms": False})
     assert not any("grad_norm" in r for r in off)
     unlogged = Checkpoints(tmp_path / "off" / "checkpoints").restore_saved(4)[0]["params"]
-    for got, want in zip(_leaves(unlogged), _leaves(final), strict=True):
+    for got, want in zip(jax.tree.leaves(unlogged), jax.tree.leaves(final), strict=True):
         np.testing.assert_array_equal(got, want)
-
-
-def _diff(a, b):
-    if isinstance(a, dict):
-        return {k: _diff(a[k], b[k]) for k in a}
-    return np.asarray(a, np.float64) - np.asarray(b, np.float64)

@@ -4,6 +4,7 @@ an interrupted trial resumes with its values, bad specs are refused before any w
 
 import json
 
+import jax
 import numpy as np
 import optuna
 import pytest
@@ -29,14 +30,8 @@ def _study(workdir):
     return optuna.load_study(study_name=search_lib.STUDY, storage=storage)
 
 
-def _leaves(tree):
-    if isinstance(tree, dict):
-        return [leaf for value in tree.values() for leaf in _leaves(value)]
-    return [np.asarray(tree)]
-
-
 def _final_params(workdir, step=16):
-    return _leaves(Checkpoints(workdir / "checkpoints").restore_saved(step)[0]["params"])
+    return jax.tree.leaves(Checkpoints(workdir / "checkpoints").restore_saved(step)[0]["params"])
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ from fnn_jax.sweep import results as results_lib
 from fnn_jax.sweep import runner
 from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
-from fnn_jax.sweep.spec import apply_overrides, trial_name, validate_sweep
+from fnn_jax.sweep.spec import _field, apply_overrides, trial_name, validate_sweep
 from fnn_jax.train import Preempted, train_and_evaluate
 
 log = logging.getLogger("fnn_jax")
@@ -225,7 +225,7 @@ def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positiona
     study = _study(workdir, spec, mode, worker)
     while (trial := _next_trial(study, spec, workdir)) is not None:
         overrides = {
-            key: _suggest(trial, key, space, _current(config, key))
+            key: _suggest(trial, key, space, _field(config, key)[1])
             for key, space in spec.space.items()
         }
         name = trial_name(overrides)
@@ -261,13 +261,6 @@ def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positiona
             log.info("trial %s: validation %s %.4f", name, metric, value)
 
 
-def _current(config: ml_collections.ConfigDict, key: str) -> Any:
-    node: Any = config
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
-    return node
-
-
 # ---------------------------------------------------------------------------- checks
 
 
@@ -284,7 +277,7 @@ def _check_spec(config: ml_collections.ConfigDict, spec: SearchSpec) -> None:
     for key, space in spec.space.items():
         if isinstance(space, tuple | list) and space and space[0] in ("uniform", "log_uniform"):
             values = list(space[1:])
-            if isinstance(_current(config, key), int):
+            if isinstance(_field(config, key)[1], int):
                 values = [math.ceil(space[1]), math.floor(space[2])]
         else:
             values = list(space)

@@ -111,9 +111,7 @@ class Engine:
         self.log_every = configs[0].train.log_every_steps
         self._schedules: dict[int, Any] = {}  # id(stage) -> its jitted schedule
         # Zero train sums, shaped by the task (from abstract parameters: nothing is computed).
-        abstract_params = jax.eval_shape(
-            lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
-        )
+        abstract_params = plan.abstract_params
         # The devices (config.mesh), then the train rows and the validation batches, sent
         # to them once.
         self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)

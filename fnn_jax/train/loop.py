@@ -30,7 +30,6 @@ from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_js
 from fnn_jax.optim import make_optimizer
 from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
-from fnn_jax.train.steps import init_params
 from fnn_jax.train.trial import Setup, setup
 
 log = logging.getLogger("fnn_jax")
@@ -62,9 +61,7 @@ def check_init_from(
     workdir that already holds checkpoints resumes from them, not from init_from."""
     if not config.init_from or all(has_checkpoints(Path(w)) for w in workdirs):
         return
-    abstract = jax.eval_shape(
-        lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
-    )
+    abstract = plan.abstract_params
     try:
         loaded, step, folder = finetune.pretrained_params(config.init_from, config.init_step)
         finetune.merge_pretrained(
@@ -83,9 +80,7 @@ def check_memory(config: ml_collections.ConfigDict, plan: Setup) -> None:
     shapes: nothing is allocated) must fit the memory of this process's devices, or the
     host's where a device does not report its own: else ConfigError with the estimate,
     before the workdir is created."""
-    abstract = jax.eval_shape(
-        lambda key: init_params(plan.model, key, plan.sample), jax.random.key(0)
-    )
+    abstract = plan.abstract_params
     opt_state = jax.eval_shape(make_optimizer(config.optimizer, 1, params=abstract).init, abstract)
     nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
     params = nbytes(abstract)

@@ -24,7 +24,7 @@ from fnn_jax.config import ConfigError
 from fnn_jax.data import augment, fingerprint
 from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
-from fnn_jax.train.steps import TrainState, build_model, to_device_batch
+from fnn_jax.train.steps import TrainState, build_model, init_params, to_device_batch
 
 log = logging.getLogger("fnn_jax")
 
@@ -45,6 +45,14 @@ class Setup:
     window: int = 0  # truncated BPTT's window length (config.train.tbptt_length); 0: off
     windows: int = 1  # steps per batch of rows: one per window
     data_description: dict = dataclasses.field(default_factory=dict)  # data.json's content
+
+    @functools.cached_property
+    def abstract_params(self) -> Any:
+        """The model's parameters as shapes and dtypes (jax.eval_shape: nothing computed),
+        for what is sized before any is allocated: zero sums, the mesh, start-up checks."""
+        return jax.eval_shape(
+            lambda key: init_params(self.model, key, self.sample), jax.random.key(0)
+        )
 
     def train_indices(self, seed: int, start: int, count: int) -> np.ndarray:
         """[count, batch] int32: the train rows of global steps start..start+count-1, across
