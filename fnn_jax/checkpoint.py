@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import json
@@ -67,6 +68,31 @@ def _absl_quiet():
         yield
     finally:
         logger.setLevel(level)
+
+
+class _OrbaxTracebacksDropped(logging.Filter):
+    """Orbax logs a failed background save with its whole traceback, twice (the save thread,
+    then the wait), before the CheckpointError naming the step, the folder and the cause
+    reaches the caller: a disk-full run printed about 300 lines with the cause in the middle.
+    Orbax's records keep their message; the traceback is the CheckpointError's (chained)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+logging.getLogger("absl").addFilter(_OrbaxTracebacksDropped())  # Orbax logs through absl
+
+
+def _write_error(step: int | None, directory: Path, error: BaseException) -> CheckpointError:
+    text = str(error)
+    full = "No space left on device" in text or getattr(error, "errno", None) == errno.ENOSPC
+    hint = "the disk is full: free space, then" if full else "once the cause is fixed,"
+    return CheckpointError(
+        f"could not write checkpoint step {step} to {directory}: {text}\n"
+        f"the steps saved before it are intact; {hint} run the same command to resume"
+    )
 
 
 def _best_rank(metrics: dict[str, float]) -> float:
@@ -271,9 +297,7 @@ class Checkpoints:
         try:
             self._manager.save(step, args=args, metrics=metrics, force=True)  # not .manager
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
-            raise CheckpointError(
-                f"could not write checkpoint step {step} to {self.directory}: {error}"
-            ) from error
+            raise _write_error(step, self.directory, error) from error
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
         """The state at ``step`` shaped like ``like``, checked against its stored hashes.
@@ -423,9 +447,7 @@ class Checkpoints:
         try:
             self._manager.wait_until_finished()
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
-            raise CheckpointError(
-                f"could not write checkpoint step {self._pending} to {self.directory}: {error}"
-            ) from error
+            raise _write_error(self._pending, self.directory, error) from error
 
     def close(self) -> None:
         """Finishes pending saves; always call before the process exits. A failed save's

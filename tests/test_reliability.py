@@ -224,6 +224,11 @@ def test_full_disk_is_a_clear_error_and_the_previous_step_survives(tmp_path):
     )
     assert result.returncode == 3, result.stderr[-2000:]
     assert f"could not write checkpoint step 2 to {tmp_path / 'ckpt'}" in result.stdout
+    assert "File too large" in result.stdout and "run the same command to resume" in result.stdout
+    # Orbax's own log records of the failed save keep their line, not their tracebacks
+    # (issue 29: the cause sat at line 261 of a 394-line log).
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(result.stderr.splitlines()) < 10, result.stderr
     checkpoints = Checkpoints(tmp_path / "ckpt")
     assert checkpoints.steps() == [1]
     state, _ = checkpoints.restore(1, {"w": jnp.zeros(4)})
@@ -245,8 +250,9 @@ def test_close_raises_the_failed_save_even_when_orbax_then_fails_to_close(tmp_pa
     monkeypatch.setattr(manager, "save", no_space)
     monkeypatch.setattr(manager, "close", close_fails)
     checkpoints.save(2, {"w": jnp.ones(4)}, {})
-    with pytest.raises(CheckpointError, match="could not write checkpoint step 2 to .*ckpt"):
+    with pytest.raises(CheckpointError, match="could not write checkpoint step 2 to .*ckpt") as e:
         checkpoints.close()
+    assert "the disk is full: free space, then run the same command to resume" in str(e.value)
 
 
 def test_nonfinite_loss_stops_the_run_naming_the_step_and_saves_nothing_bad(tmp_path):
