@@ -132,6 +132,29 @@ def test_label_budget_is_a_stratified_subset_of_the_asked_size(budget):
     assert not np.array_equal(other.info["source_index"]["train"], ds.info["source_index"]["train"])
 
 
+def test_resample_draws_a_new_stratified_bootstrap_of_all_train_reviews_per_seed():
+    """The "all labels" rows of a study vary the data too (issue 28): each seed's train
+    split is a bootstrap resample (with replacement, each class as often as in the split);
+    validation and test stay whole and fixed."""
+    _, labels = reviews.source()
+    rows = reviews.split_rows()
+    whole = data.load("reviews", max_len=8)
+    one, again, two = (data.load("reviews", max_len=8, seed=s, resample=True) for s in (1, 1, 2))
+    train = lambda ds: ds.info["source_index"]["train"]
+    assert np.array_equal(train(whole), rows["train"])
+    assert np.array_equal(train(one), train(again))
+    assert not np.array_equal(train(one), train(two))
+    for ds in (one, two):
+        picked = train(ds)
+        assert len(picked) == len(rows["train"]) and set(picked) <= set(rows["train"])
+        assert len(set(picked)) < len(picked)  # drawn with replacement
+        np.testing.assert_array_equal(  # stratified: each class's count kept
+            np.bincount(labels[picked]), np.bincount(labels[rows["train"]])
+        )
+        np.testing.assert_array_equal(ds.test.inputs, whole.test.inputs)
+        np.testing.assert_array_equal(ds.validation.inputs, whole.validation.inputs)
+
+
 @pytest.mark.parametrize(
     ("name", "options", "words"),
     [

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from fnn_jax import stats
 from fnn_jax.stats import binomial_interval, bootstrap_interval, paired_bootstrap
 
 
@@ -88,3 +89,26 @@ def test_paired_bootstrap_separates_a_real_difference_and_not_noise():
 def test_paired_bootstrap_refuses_different_rows():
     with pytest.raises(ValueError, match="same rows"):
         paired_bootstrap(np.zeros(3), np.zeros(4))
+
+
+def test_paired_seeds_is_the_t_interval_of_the_per_seed_differences():
+    """mean ± t(0.975, 4) * sd / sqrt(5), with t from a printed table (2.7764)."""
+    a = np.array([0.70, 0.72, 0.69, 0.71, 0.73])
+    b = np.array([0.66, 0.70, 0.68, 0.65, 0.69])
+    d = a - b  # 0.04, 0.02, 0.01, 0.06, 0.04
+    half = 2.7764 * d.std(ddof=1) / np.sqrt(5)
+    out = stats.paired_seeds(a, b)
+    assert out["mean_difference"] == pytest.approx(0.034, abs=1e-12)
+    assert (out["low"], out["high"]) == pytest.approx((0.034 - half, 0.034 + half), abs=1e-4)
+    assert out["seeds"] == 5 and 0.0 < out["p_value"] < 0.05
+    swapped = stats.paired_seeds(b, a)
+    assert (swapped["low"], swapped["high"]) == pytest.approx((-out["high"], -out["low"]))
+
+
+def test_paired_seeds_of_a_constant_difference_is_that_difference_and_refuses_one_seed():
+    out = stats.paired_seeds([0.5, 0.6, 0.7], [0.4, 0.5, 0.6])
+    assert out["low"] == out["high"] == pytest.approx(0.1)
+    same = stats.paired_seeds([0.5, 0.6], [0.5, 0.6])
+    assert same["mean_difference"] == same["low"] == same["high"] == 0.0
+    with pytest.raises(ValueError, match="same seeds"):
+        stats.paired_seeds([0.5], [0.4])

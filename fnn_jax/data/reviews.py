@@ -36,6 +36,7 @@ CLASSES = ("other", "great")  # class ids 0 and 1
 SPLIT_SEED = 20240  # fixed: both datasets, every run, the same three sets of reviews
 VALIDATION, TEST = 0.2, 0.2
 _LABELS, _VALIDATION_LABELS = 7, 8  # stream tags for the label-budget subsets
+_RESAMPLE = 9  # stream tag of the bootstrap resample of the train rows
 
 
 def source() -> tuple[tuple[str, ...], np.ndarray]:
@@ -176,6 +177,14 @@ def _budget_rows(
     return out
 
 
+def _bootstrap_rows(labels: np.ndarray, rows: np.ndarray, seed: int) -> np.ndarray:
+    """A stratified bootstrap resample of ``rows``: as many rows of each class, drawn with
+    replacement (sorted), so that seeds vary the training data as well as the model."""
+    rng = stream(seed, _RESAMPLE)
+    drawn = [rng.choice(rows[labels[rows] == c], np.sum(labels[rows] == c)) for c in range(2)]
+    return np.sort(np.concatenate(drawn))
+
+
 def _stratified_subset(
     labels: np.ndarray, rows: np.ndarray, size: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -194,7 +203,9 @@ def _stratified_subset(
 
 
 @register("reviews")
-def reviews(*, max_len: int = 512, num_labels: int | None = None, seed: int = 0) -> Dataset:
+def reviews(
+    *, max_len: int = 512, num_labels: int | None = None, seed: int = 0, resample: bool = False
+) -> Dataset:
     """Sentiment: is a review "great" (1) or "other" (0)? One review per row.
 
     inputs [n, max_len] int32: the separator, then the review's tokens (the language model
@@ -202,11 +213,16 @@ def reviews(*, max_len: int = 512, num_labels: int | None = None, seed: int = 0)
     int32; targets [n] int32. max_len 512 keeps the whole text of over 75% of the reviews.
     ``num_labels`` keeps a stratified subset of that many train reviews and as many
     validation reviews (``seed`` draws them); the test split is always all 800 test reviews.
+    ``resample``: the train rows (after the budget) are a stratified bootstrap resample of
+    themselves drawn by ``seed`` (with all labels, the seeds otherwise change only the
+    initialisation, and their spread understates the variance).
     info["source_index"][split] holds the reviews' row numbers in the source.
     """
     check_positive("max_len", max_len)
     texts, labels = source()
     rows = _budget_rows(labels, split_rows(), num_labels, seed)
+    if resample:
+        rows = {**rows, "train": _bootstrap_rows(labels, rows["train"], seed)}
     splits, unknown, truncated = {}, {}, {}
     for split, idx in rows.items():
         inputs = np.zeros((len(idx), max_len), np.int32)
