@@ -16,6 +16,10 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
     python experiments/sweep.py --config configs/test.py --workdir runs/sh --vectorize \
         --sweep optimizer.learning_rate=1e-4,3e-3,1e-2,3e-2 --halving 2
         # successive halving inside the vectorised program: 4 -> 2 -> 1 trials
+    python experiments/sweep.py --config configs/test.py --workdir runs/pbt --vectorize \
+        --sweep optimizer.learning_rate=1e-4,3e-3,1e-2,3e-2 --pbt 8 --pbt_quantile 0.25
+        # population-based training inside the vectorised program: every 8 steps the worst
+        # quarter copies the best quarter and perturbs its learning rate / weight decay
     python experiments/sweep.py --config configs/test.py --workdir runs/tpe --search tpe \
         --trials 20 --pruner median --space 'optimizer.learning_rate=log_uniform(1e-4,1e-1)' \
         --space model.hidden_size=16,32,64
@@ -42,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ import 
 
 from fnn_jax import cli, sweep  # noqa: E402
 from fnn_jax.train import EXIT_PREEMPTED, REFUSALS, Preempted  # noqa: E402
+from fnn_jax.train.pbt import PBTSpec  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Sweep directory: trials/, sweep.{json,csv,md,png}.")
@@ -69,6 +74,21 @@ flags.DEFINE_integer(
     "With --vectorize: successive halving inside each group, keeping the best 1/ETA at "
     "the validations numbered 1, ETA, ETA^2, ... (the program shrinks with them).",
 )
+flags.DEFINE_integer(
+    "pbt",
+    0,
+    "With --vectorize: population-based training inside each group every PBT steps (a "
+    "multiple of config.train.eval_every_steps): the bottom --pbt_quantile of the trials "
+    "copy a top trial's parameters and optimizer state, then perturb its --pbt_keys.",
+)
+flags.DEFINE_float("pbt_quantile", 0.25, "--pbt: the fraction exploiting (and exploited), <= 0.5.")
+flags.DEFINE_list("pbt_perturb", ["0.8", "1.25"], "--pbt: the factors explore draws from.")
+flags.DEFINE_list(
+    "pbt_keys",
+    ["learning_rate", "weight_decay"],
+    "--pbt: the settings perturbed (learning_rate, weight_decay, momentum, l1, l2).",
+)
+flags.DEFINE_integer("pbt_seed", 0, "--pbt: the seed of the copies' sources and factors.")
 flags.DEFINE_enum("search", None, list(sweep.SAMPLERS), "Adaptive search with this Optuna sampler.")
 flags.DEFINE_integer("trials", 20, "--search: trials in the study.")
 flags.DEFINE_multi_string(
@@ -134,6 +154,27 @@ def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
     )
 
 
+def pbt_from_flags() -> PBTSpec | None:
+    """--pbt's spec (None without it); a ValueError naming a bad value."""
+    options = ("pbt_quantile", "pbt_perturb", "pbt_keys", "pbt_seed")
+    if not FLAGS.pbt:
+        given = [f"--{name}" for name in options if FLAGS[name].present]
+        if given:
+            raise app.UsageError(f"{', '.join(given)} without --pbt INTERVAL")
+        return None
+    try:
+        perturb = tuple(float(f) for f in FLAGS.pbt_perturb)
+    except ValueError:
+        raise ValueError(f"--pbt_perturb takes numbers; got {FLAGS.pbt_perturb}") from None
+    return PBTSpec(
+        interval=FLAGS.pbt,
+        quantile=FLAGS.pbt_quantile,
+        perturb=perturb,
+        keys=tuple(FLAGS.pbt_keys),
+        seed=FLAGS.pbt_seed,
+    )
+
+
 def print_summary(result: sweep.SweepResult) -> None:
     print()
     print(result.table())
@@ -160,6 +201,8 @@ def main(argv: list[str]) -> None:
     config = cli.with_options(FLAGS.config, DATASET_OPTIONS)
     where = dict(parallel=FLAGS.parallel, backend=FLAGS.backend, ray_address=FLAGS.ray_address)
     try:
+        if FLAGS.search and FLAGS.pbt:
+            raise app.UsageError("--pbt trains a vectorised group, not an adaptive --search")
         if FLAGS.search:
             result = sweep.search(config, search_from_flags(config), FLAGS.workdir, **where)
         else:
@@ -170,6 +213,7 @@ def main(argv: list[str]) -> None:
                 FLAGS.workdir,
                 vectorize=FLAGS.vectorize,
                 halving=FLAGS.halving,
+                pbt=pbt_from_flags(),
                 **where,
             )
     except (ValueError, *REFUSALS) as e:  # a bad spec or a busy workdir: nothing ran

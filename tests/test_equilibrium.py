@@ -381,6 +381,24 @@ def test_an_adjoint_that_misses_the_tolerance_is_reported(policy, key):
             jax.block_until_ready(loss(drive))
 
 
+def test_halt_makes_an_adjoint_miss_a_nan_gradient_and_leaves_a_converged_one(key):
+    """fixed_point.HALT (a vectorised group's "raise"): no callback, so one trial's miss
+    cannot fail the whole program; a missed adjoint makes the gradient NaN (the step is
+    non-finite and the engine stops that trial), a converged one is the plain gradient."""
+    w = _symmetric_feedback(key, 0.97)
+    drive = jax.random.normal(key, (2, 16))
+    z_star, _ = fp.solve(_tanh_map, (w, drive), jnp.zeros((2, 16)), fp.Solver(max_iter=500))
+
+    def gradient(max_iter, policy):
+        solver = fp.Solver(name="iterate", max_iter=max_iter, on_nonconvergence=policy)
+        solve = lambda d: jnp.sum(fp.solve(_tanh_map, (w, d), z_star, solver)[0])
+        return jax.jit(jax.grad(solve))(drive)
+
+    assert np.all(np.isnan(gradient(3, fp.HALT)))
+    np.testing.assert_array_equal(gradient(500, fp.HALT), gradient(500, "ignore"))
+    assert np.all(np.isfinite(gradient(500, fp.HALT)))
+
+
 def test_gradient_memory_does_not_grow_with_the_iterations(key):
     theta = (_symmetric_feedback(key, 0.9), jax.random.normal(key, (64, 16)))
     z0 = jnp.zeros((64, 16))

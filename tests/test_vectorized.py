@@ -306,3 +306,32 @@ def test_successive_halving_keeps_the_best_half_at_each_rung_and_repacks_the_pro
         if k != survivor:
             assert again[k] == outcomes[k]
             assert Checkpoints(dirs[k] / "checkpoints").steps() == before[k]
+
+
+def test_a_trial_that_misses_its_fixed_point_under_raise_stops_alone(tmp_path):
+    """on_nonconvergence="raise" in a group: the trial whose solve missed (lr 3 blows up
+    an unbounded feedback matrix) fails alone with NonConvergenceError at that step; its
+    partner ends as it would alone (issue 29: both used to fail, on every rerun)."""
+    from fnn_jax.cells.fixed_point import NonConvergenceError
+
+    def config(lr):
+        return _tiny(
+            **{
+                "model.cell": "equilibrium",
+                "model.hidden_size": 16,
+                "model.equilibrium.on_nonconvergence": "raise",
+                "model.equilibrium.max_feedback_norm": 0.0,  # no bound on the feedback
+                "optimizer.learning_rate": lr,
+            }
+        )
+
+    calm, wild = train_together([config(1e-3), config(3.0)], [tmp_path / "a", tmp_path / "b"])
+    assert isinstance(wild, NonConvergenceError), wild
+    assert str(wild).startswith("forward fixed-point solve did not converge at step 2 ")
+    with pytest.raises(NonConvergenceError):  # alone it fails too (by the host callback)
+        train_and_evaluate(config(3.0), tmp_path / "wild_alone")
+    alone = train_and_evaluate(config(1e-3), tmp_path / "calm_alone")
+    # (a batched product rounds differently: a solve may take one iteration more)
+    task = lambda report: {k: v for k, v in _results(report).items() if "iterations" not in k}
+    assert task(calm) == pytest.approx(task(alone), 1e-5, 1e-6)
+    assert calm["results"]["validation"]["solver_converged_fraction"] == 1.0

@@ -36,6 +36,11 @@ Map = Callable[[Any, Array], Array]  # f(theta, z) -> z, row by row
 SOLVERS = ("anderson", "iterate")
 GRADIENTS = ("implicit", "phantom")
 POLICIES = ("warn", "raise", "ignore")
+# What "raise" becomes inside a vectorised group (fnn_jax.train.vectorized), where one trial's
+# miss must stop that trial alone: no host callback (it would fail the whole program); the
+# forward misses reach the step through the sown statistics, an adjoint miss makes the
+# gradient NaN, and the engine stops the trial that missed.
+HALT = "halt"
 _GRAM_RIDGE = 1e-5  # Anderson: ridge on the residuals' Gram matrix, relative to its diagonal
 
 
@@ -62,7 +67,8 @@ class Solver:
     tol, rtol: a row has converged when ||f(z) - z||_inf <= tol + rtol * ||z||_inf (tol > 0).
     memory: iterates Anderson mixes (>= 1; 1 is plain iteration).
     gradient: "implicit" or "phantom"; phantom_steps: unrolled steps of the latter (>= 1).
-    on_nonconvergence: "warn", "raise" or "ignore", for the forward and the adjoint solve.
+    on_nonconvergence: "warn", "raise" or "ignore", for the forward and the adjoint solve
+        ("halt": see HALT).
     """
 
     name: str = "anderson"
@@ -78,7 +84,7 @@ class Solver:
         for field, allowed in (
             ("name", SOLVERS),
             ("gradient", GRADIENTS),
-            ("on_nonconvergence", POLICIES),
+            ("on_nonconvergence", (*POLICIES, HALT)),
         ):
             if getattr(self, field) not in allowed:
                 raise ValueError(
@@ -214,7 +220,7 @@ def check(diagnostics: Diagnostics, solver: Solver, where: str = "forward") -> N
     or NonConvergenceError. On concrete values (an eager call) a "raise" raises at once;
     inside jit, vmap or grad the check is a host callback that runs with the computation
     (catch its error by class inside ``nonconvergence_errors()``)."""
-    if solver.on_nonconvergence == "ignore":
+    if solver.on_nonconvergence in ("ignore", HALT):
         return
     args = (diagnostics.converged, diagnostics.residual, diagnostics.iterations)
     if solver.on_nonconvergence == "raise" and not any(
@@ -295,6 +301,9 @@ def _implicit_bwd(f, solver, residuals, cotangents):
     u, diagnostics = find(lambda u: unit + vjp(u)[1], unit, solver)
     check(diagnostics, solver, "adjoint")
     theta_bar, _ = vjp(u * size)
+    if solver.on_nonconvergence == HALT:  # a non-finite step: the engine stops the trial
+        missed = ~jnp.all(diagnostics.converged)
+        theta_bar = jax.tree.map(lambda g: jnp.where(missed, jnp.nan, g), theta_bar)
     return theta_bar, jnp.zeros_like(z)  # z0 (shaped as z) does not move the fixed point
 
 

@@ -44,6 +44,7 @@ from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
 from fnn_jax.sweep.spec import Overrides, Trial, validate_sweep
 from fnn_jax.train import Preempted, train_and_evaluate, train_together
+from fnn_jax.train import pbt as pbt_lib
 from fnn_jax.train.preemption import clear_preemption, interrupt, request_preemption
 from fnn_jax.train.vectorized import group_key
 
@@ -51,7 +52,7 @@ log = logging.getLogger("fnn_jax")
 BACKENDS = ("local", "ray")
 
 
-def run(
+def run(  # noqa: PLR0913 (the sweep's options, all keywords)
     config: ml_collections.ConfigDict,
     trials: Sequence[Overrides],
     workdir: str | os.PathLike,
@@ -61,6 +62,7 @@ def run(
     ray_address: str | None = None,
     vectorize: bool = False,
     halving: int = 0,
+    pbt: pbt_lib.PBTSpec | None = None,
 ) -> SweepResult:
     """Runs every trial of the sweep (``config`` with each trial's overrides) in ``workdir``.
 
@@ -73,7 +75,10 @@ def run(
     scalar optimizer settings train together as one vmapped program (a unit of work; see
     ``vectorized.group_key``); the others run alone. ``halving`` (eta >= 2, with
     ``vectorize``): successive halving inside each vectorised group (``train_together``);
-    a pruned trial keeps its checkpoint, shows as pruned and is not run again.
+    a pruned trial keeps its checkpoint, shows as pruned and is not run again. ``pbt``
+    (with ``vectorize``): population-based training inside each vectorised group
+    (fnn_jax.train.pbt); each group's lineage is ``pbt.jsonl`` / ``pbt.png`` in its first
+    trial's workdir, named in the result's paths.
     KeyboardInterrupt stops the sweep; running it again continues it.
     """
     if halving and not vectorize:
@@ -82,6 +87,8 @@ def run(
         raise ValueError(f"parallel must be >= 1; got {parallel}")
     config_lib.check_choice("backend", backend, BACKENDS)
     planned = validate_sweep(config, trials)
+    if pbt is not None:
+        _check_pbt(pbt, planned, vectorize, halving)
     workdir = Path(workdir).absolute()
     with workdir_lock(workdir):
         spec = _check_spec(workdir, config, planned)
@@ -102,6 +109,7 @@ def run(
                 [planned[i].config for i in unit],
                 [str(trial_results[i].workdir) for i in unit],
                 halving,
+                pbt,
             )
             for unit in units
         ]
@@ -118,6 +126,9 @@ def run(
         result = _summarise(workdir, trial_results)
         result.paths["plot"] = workdir / "sweep.png"
         plot_sweep(result, result.paths["plot"])
+        lineages = sorted((workdir / "trials").glob(f"*/{pbt_lib.PLOT}")) if pbt else []
+        for n, path in enumerate(lineages):
+            result.paths["pbt" if n == 0 else f"pbt{n + 1}"] = path
         results_lib.write_tables(result, spec)
         return result
 
@@ -133,6 +144,22 @@ def _summarise(workdir: Path, trials: list[TrialResult]) -> SweepResult:
         seed_groups=results_lib.seed_groups(trials, metric),
         paths={name: workdir / f"sweep.{name}" for name in ("json", "csv", "md")},
     )
+
+
+def _check_pbt(spec: pbt_lib.PBTSpec, planned: list[Trial], vectorize: bool, halving: int) -> None:
+    """PBT's refusals, before any trial runs: without ``vectorize``, with halving, in a
+    group of one trial (named), or (where the config says) between validations."""
+    if not vectorize:
+        raise ValueError("pbt exploits and explores inside a vectorised group: use vectorize")
+    groups: dict[str, list[Trial]] = {}
+    for trial in planned:
+        groups.setdefault(group_key(trial.config), []).append(trial)
+    for members in groups.values():
+        try:
+            pbt_lib.check(spec, [t.config for t in members], halving=halving)
+        except ValueError as error:
+            names = ", ".join(t.name for t in members)
+            raise ValueError(f"trials [{names}]: {error}") from None
 
 
 def _check_spec(
@@ -210,7 +237,10 @@ class TrialOutcome:
 
 
 def _run_unit(
-    configs: list[ml_collections.ConfigDict], dirs: list[str], halving: int = 0
+    configs: list[ml_collections.ConfigDict],
+    dirs: list[str],
+    halving: int = 0,
+    pbt: pbt_lib.PBTSpec | None = None,
 ) -> list[TrialOutcome]:
     """One unit of work, in this process, a worker or a Ray task: one outcome per trial.
 
@@ -226,7 +256,7 @@ def _run_unit(
         if len(configs) == 1:
             results = [train_and_evaluate(configs[0], paths[0])]
         else:
-            results = train_together(configs, paths, halving=halving)
+            results = train_together(configs, paths, halving=halving, pbt=pbt)
     except Preempted:
         raise
     except Exception as e:  # for a group: the whole program failed, so every trial did

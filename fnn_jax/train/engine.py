@@ -4,7 +4,8 @@ Read top to bottom: ``run`` trains every stage (``_train_stages``), then finishe
 trial (``_finish``: report, export, plots). ``_train_stage`` is the loop: dispatch the
 steps up to the next point where something is due, count the non-finite steps skipped,
 run the periodic actions registered in ``__init__`` (log: train metrics with the gradient,
-parameter and update norms; validate: best step, early stopping, pruning, save, stage end),
+parameter and update norms; validate: best step, early stopping, pruning, PBT's exploit
+and explore (fnn_jax.train.pbt), save, stage end),
 re-pack a group a halving rung shrank, start or stop the profile, and save and stop on an
 interruption. This is written once here; only the stepper (``jit(step)`` or
 ``jit(vmap(step))``, see fnn_jax.train.steppers) differs between a run alone and a
@@ -35,13 +36,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from fnn_jax import finetune, reporting
+from fnn_jax.cells import fixed_point
 from fnn_jax.checkpoint import Checkpoints
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
 from fnn_jax.train import diagnostics, distributed, finish, mesh, steppers
+from fnn_jax.train import pbt as pbt_lib
 from fnn_jax.train.preemption import (
     Preempted,
     PreemptionFlag,
@@ -53,6 +57,7 @@ from fnn_jax.train.profile import Profile
 from fnn_jax.train.steps import (
     StepSpec,
     TrainState,
+    build_model,
     compute_features,
     device_eval_batches,
     eval_batches,
@@ -78,6 +83,19 @@ class Periodic:
     run: Callable[[Group, list[bool], steppers.Stepper], None]
 
 
+def _raises_on_nonconvergence(config: ml_collections.ConfigDict) -> bool:
+    return config.model.cell == "equilibrium" and (
+        config.model.equilibrium.on_nonconvergence == "raise"
+    )
+
+
+def _with_policy(model: ml_collections.ConfigDict, policy: str) -> ml_collections.ConfigDict:
+    """config.model with the equilibrium cell's on_nonconvergence set to ``policy``."""
+    model = ml_collections.ConfigDict(model.to_dict())
+    model.equilibrium.on_nonconvergence = policy
+    return model
+
+
 def rows_on_host() -> bool:
     """Whether the train rows stay on the host (several processes: each sends its devices
     only their slice of every batch) rather than on every device."""
@@ -94,22 +112,33 @@ class Engine:
         plan: Setup | None = None,
         on_validation: Callable[[int, dict[str, float]], bool] | None = None,
         halving: int = 0,
+        *,
+        pbt: pbt_lib.PBTSpec | None = None,
     ):
         """``on_validation(step, metrics)``, for a single run: called at every validation;
         True prunes the run there (it saves that step and returns ``{"pruned_at": step}``:
         an adaptive search's pruner, fnn_jax.sweep.adaptive). ``halving`` (eta >= 2), for a
         vectorised group: successive halving, at the validations numbered 1, eta, eta^2,
         ... the best 1/eta of the trials go on and the others are pruned there; the
-        program is re-packed to the survivors, so the compute falls with them."""
+        program is re-packed to the survivors, so the compute falls with them. ``pbt``,
+        for a vectorised group: population-based training at its validations
+        (fnn_jax.train.pbt; checked by ``pbt.check`` before the engine opens)."""
         self.started = time.time()
         self.on_validation = on_validation
         self.halving = halving
+        self.pbt = pbt
+        self.lineage: pbt_lib.Lineage | None = None  # pbt.jsonl, opened by ``run``
         self.plan = plan = plan or setup(configs[0])  # what the trials share
         self.config = configs[0]
+        # "raise" on a missed fixed point stops only the trial that missed, in a group.
+        self.halts_alone = len(configs) > 1 and _raises_on_nonconvergence(configs[0])
+        if self.halts_alone:
+            model = build_model(_with_policy(configs[0].model, fixed_point.HALT), plan.dataset)
+            self.plan = plan = dataclasses.replace(plan, model=model)
         self.to_model = finetune.model_params(configs[0])
         self.eval_step = make_eval_step(plan.model, plan.task, self.to_model)
         self.log_every = configs[0].train.log_every_steps
-        self._schedules: dict[int, Any] = {}  # id(stage) -> its jitted schedule
+        self._schedules: dict[tuple, Any] = {}  # (id(stage), unit) -> its jitted schedule
         # Zero train sums, shaped by the task (from abstract parameters: nothing is computed).
         abstract_params = plan.abstract_params
         # The devices (config.mesh), then the train rows and the validation batches, sent
@@ -214,8 +243,12 @@ class Engine:
         SIGTERM or Ctrl-C saves every trial and raises Preempted; in the final evaluation
         too, once the trial being finished is (the next run finishes the others)."""
         preemption = PreemptionFlag()
+        if self.pbt is not None:
+            self._open_lineage()
         try:
             interrupted = self._train_stages(stop_after_steps, preemption)
+            if self.lineage is not None and self.lineage.writes:
+                pbt_lib.plot(self.trials[0].workdir, max(t.step for t in self.trials))
             if not preemption.requested:
                 self._finish(interrupted, preemption)
         finally:
@@ -262,14 +295,24 @@ class Engine:
             if interrupted and trial.outcome is None:
                 trial.outcome = {"interrupted_at": trial.step}
             elif trial.outcome is None:
-                trial.outcome = finish.finish_trial(
-                    trial,
-                    self.plan,
-                    self._evaluate,
-                    self.to_model,
-                    wall_time_s=trained - self.started,
-                    group_size=self.group_size,
-                )
+                trial.outcome = self._finish_trial(trial, trained)
+
+    def _finish_trial(self, trial: Trial, trained: float) -> dict[str, Any] | Exception:
+        """The trial's report; in a group, a final evaluation that missed its fixed point
+        under "raise" is that trial's outcome alone."""
+        try:
+            return finish.finish_trial(
+                trial,
+                self.plan,
+                self._evaluate,
+                self.to_model,
+                wall_time_s=trained - self.started,
+                group_size=self.group_size,
+            )
+        except fixed_point.NonConvergenceError as error:
+            if not self.halts_alone:
+                raise
+            return error
 
     def _train_stage(
         self,
@@ -377,6 +420,7 @@ class Engine:
             window=plan.window,
             windows=plan.windows,
             norms=self.config.train.log_norms,
+            halt_on_nonconvergence=self.halts_alone,
         )
         batch_size = self.config.data.eval_batch_size
         train = plan.dataset.train
@@ -386,9 +430,7 @@ class Engine:
             [
                 steppers.Member(
                     state=t.state,
-                    settings=steppers.trial_settings(
-                        t.stage.optimizer, t.config.regularization, self.penalties
-                    ),
+                    settings=self._settings(t),
                     dropout_key=t.dropout_key,
                     nonfinite_steps=t.progress.nonfinite_steps,
                     max_nonfinite_steps=t.config.train.max_nonfinite_steps,
@@ -406,6 +448,26 @@ class Engine:
             layout=self.layout,
         )
 
+    def _settings(self, trial: Trial) -> steppers.Settings:
+        """The trial's scalar settings: its stage's, except those PBT set since (saved in
+        its Progress with every checkpoint, so a resumed trial goes on with them)."""
+        settings = steppers.trial_settings(
+            trial.stage.optimizer, trial.config.regularization, self.penalties
+        )
+        saved = trial.progress.settings or {}
+        return {key: np.float32(saved.get(key, value)) for key, value in settings.items()}
+
+    def _open_lineage(self) -> None:
+        """pbt.jsonl in the first trial's workdir, cut back to the step the group resumes
+        from (a PBT point is saved by every trial it ranked)."""
+        if any(len(t.stages) > 1 for t in self.trials):
+            raise ValueError("pbt with fine-tuning stages is not supported (one stage)")
+        self.lineage = pbt_lib.Lineage(
+            self.trials[0].workdir,
+            max(t.step for t in self.trials),
+            writes=distributed.is_primary(),
+        )
+
     # ------------------------------------------------------------------------ the actions
 
     def _read_health(self, group: Group, stepper: steppers.Stepper) -> None:
@@ -413,6 +475,16 @@ class Engine:
         went past config.train.max_nonfinite_steps stops there, alone, with that error."""
         health = stepper.health()
         for i, trial in group.training:
+            if health[i].nonconverged_at:
+                trial.step = health[i].nonconverged_at
+                trial.outcome = fixed_point.NonConvergenceError(
+                    f"forward fixed-point solve did not converge at step {trial.step} "
+                    f"(config.model.equilibrium.on_nonconvergence='raise'; this trial "
+                    "stopped there, the rest of its vectorised group goes on)"
+                )
+                group.leave(i)
+                trial.write_unsaved_best()
+                continue
             skipped = health[i].nonfinite_steps - trial.progress.nonfinite_steps
             if not skipped:
                 continue
@@ -427,10 +499,15 @@ class Engine:
             if health[i].halted_at:
                 limit = trial.config.train.max_nonfinite_steps
                 trial.step = health[i].halted_at
+                adjoint = (  # fixed_point.HALT: an adjoint miss makes the gradient NaN
+                    "; or an adjoint fixed-point solve that missed its tolerance"
+                    if self.halts_alone
+                    else ""
+                )
                 trial.outcome = FloatingPointError(
                     f"non-finite loss or gradient at step {trial.step} "
                     f"({health[i].nonfinite_steps} such steps; "
-                    f"config.train.max_nonfinite_steps={limit})"
+                    f"config.train.max_nonfinite_steps={limit}{adjoint})"
                 )
                 group.leave(i)
                 trial.write_unsaved_best()  # the halted state itself is never saved
@@ -455,18 +532,30 @@ class Engine:
             i: diagnostics.metrics(self.plan.task, sums[i]) for i, now in enumerate(due) if now
         }
         cut = self._halving_cut(group, values)
+        # PBT: the copies change ``states`` and the stepper before anything is saved, so
+        # the checkpoint of a PBT point resumes after it. Its trials save together.
+        sources, lineage = self._exploit_explore(group, values, states, stepper)
+        together = bool(sources) or self._group_save_due(group, due)
         for i, trial in enumerate(group.trials):
             if not due[i]:
                 continue
             trial.metrics_log.write(trial.step, "validation", values[i])
-            ends_stage = self._track_best(trial, values[i][self.plan.metric])
+            if i in lineage:
+                trial.metrics_log.write(trial.step, "pbt", lineage[i])
+            if self.halts_alone and values[i].get("solver_converged_fraction", 1.0) < 1.0:
+                trial.outcome = self._missed(values[i], f"validation at step {trial.step}")
+                group.leave(i)
+                trial.write_unsaved_best()
+                continue
+            # A trial that copied another holds its state now, and so its validation value.
+            ends_stage = self._track_best(trial, values[sources.get(i, i)][self.plan.metric])
             pruned = i in cut or (
                 self.on_validation is not None and self.on_validation(trial.step, values[i])
             )
             if pruned:
                 trial.progress.pruned_at = trial.step  # saved with the step: stays pruned
             saved = trial.checkpoint(
-                states[i], self.plan.steps_per_epoch, stage_end=ends_stage, now=pruned
+                states[i], self.plan.steps_per_epoch, stage_end=ends_stage, now=pruned or together
             )
             if saved:
                 group.saved.add(i)
@@ -504,6 +593,99 @@ class Engine:
         )
         return set(ranked[keep:])
 
+    def _exploit_explore(
+        self,
+        group: Group,
+        values: dict[int, dict[str, float]],
+        states: list[TrainState],
+        stepper: steppers.Stepper,
+    ) -> tuple[dict[int, int], dict[int, dict[str, float]]]:
+        """PBT at a point (fnn_jax.train.pbt): the trials still training, ranked by the
+        validation metric; the bottom ones take a top one's parameters, optimizer state
+        (in ``states`` and on the devices) and perturbed settings. Returns the row each
+        ranked trial's state now comes from, and each one's metrics-log record."""
+        spec = self.pbt
+        if spec is None:
+            return {}, {}
+        rows = [
+            i
+            for i, t in group.training
+            if i in values and t.step % spec.interval == 0 and t.step < t.stage_end
+        ]
+        steps = {group.trials[i].step for i in rows}
+        if len(rows) < 2 or len(steps) > 1:
+            if len(steps) > 1:
+                log.warning("pbt: the trials are at different steps %s; no PBT", sorted(steps))
+            return {}, {}
+        step = steps.pop()
+        scores = {i: values[i][self.plan.metric] for i in rows}
+        ranked = pbt_lib.rank(rows, scores, self.plan.mode)
+        copies = pbt_lib.plan(spec, ranked, step)
+        before = stepper.settings
+        after, sources = list(before), list(range(len(group.trials)))
+        for copy in copies:
+            sources[copy.target] = copy.source
+            after[copy.target] = pbt_lib.explored(
+                before[copy.source], before[copy.target], copy.factors
+            )
+            source = states[copy.source]
+            states[copy.target] = states[copy.target].replace(
+                params=source.params, opt_state=source.opt_state
+            )
+        stepper.exploit(sources, after)
+        factors = {copy.target: copy.factors for copy in copies}
+        entries, records = [], {}
+        for i in rows:
+            trial, source = group.trials[i], group.trials[sources[i]]
+            trial.progress.settings = {k: float(v) for k, v in after[i].items()}
+            settings_before = {k: float(v) for k, v in before[i].items()}
+            entries.append(
+                {
+                    "trial": trial.workdir.name,
+                    "row": i,
+                    "value": scores[i],
+                    "rank": ranked.index(i),
+                    "source": source.workdir.name,
+                    "source_row": sources[i],
+                    "factors": factors.get(i, {}),
+                    "settings_before": settings_before,
+                    "settings_after": trial.progress.settings,
+                }
+            )
+            records[i] = {
+                "rank": ranked.index(i),
+                "source": sources[i],
+                "copied": int(sources[i] != i),
+                **{f"{k}_before": v for k, v in settings_before.items()},
+                **trial.progress.settings,
+            }
+            if sources[i] != i:
+                log.info(
+                    "%spbt at step %d: copied %s, settings %s -> %s",
+                    trial.label,
+                    step,
+                    source.workdir.name,
+                    settings_before,
+                    trial.progress.settings,
+                )
+        if self.lineage is not None:
+            point = {"step": step, "metric": self.plan.metric, "mode": self.plan.mode}
+            self.lineage.append({**point, "trials": entries})
+        return {i: sources[i] for i in rows}, records
+
+    def _group_save_due(self, group: Group, due: list[bool]) -> bool:
+        """PBT: whether any trial validating now is due to save by the clock, so all save
+        (a group resumes from one step, so its PBT points fall where they would have)."""
+        if self.pbt is None:
+            return False
+        now = time.monotonic()
+        late = any(
+            now - t.saved_at >= t.config.train.checkpoint_every_s
+            for t, on in zip(group.trials, due, strict=True)
+            if on
+        )
+        return distributed.on_any_process(late)
+
     def _repack(self, group: Group, stepper: steppers.Stepper) -> tuple[Group, steppers.Stepper]:
         """The survivors of a halving rung in a new, smaller program (their states carried
         over; which of them were saved at this point too)."""
@@ -520,10 +702,14 @@ class Engine:
         """The base learning rate of the step just taken (its stage's schedule, counted
         from the stage's start; per-group ``lr_mults`` scale it further)."""
         stage = trial.stage
-        if id(stage) not in self._schedules:  # jitted: op by op, a call takes ~8 ms
-            self._schedules[id(stage)] = jax.jit(schedule(stage.optimizer, stage.num_steps))
+        peak = (trial.progress.settings or {}).get("learning_rate")  # PBT's, once it set one
+        key = (id(stage), peak is not None)
+        if key not in self._schedules:  # jitted: op by op, a call takes ~8 ms
+            unit = None if peak is None else 1.0  # PBT's: its peak times the unit schedule
+            self._schedules[key] = jax.jit(schedule(stage.optimizer, stage.num_steps, unit))
         count = trial.step - 1 - trial.progress.stage_start
-        return float(self._schedules[id(stage)](count))
+        rate = self._schedules[key](count)
+        return float(rate) if peak is None else float(np.float32(peak) * np.float32(rate))
 
     def _show(self, bar: reporting.Progress, group: Group) -> None:
         """Alone: this step's loss and validation metric; in a group: how many still train."""
@@ -581,7 +767,20 @@ class Engine:
             batches = map(layout.put_rows, eval_batches(whole, rows, layout.data_size, rows=rows))
         placed = layout.put(params, layout.state_shardings(params))
         sums = mesh.host(split_sums(self.eval_step, placed, batches))
-        return diagnostics.metrics(self.plan.task, sums), self.plan.task.details(sums)
+        values = diagnostics.metrics(self.plan.task, sums)
+        if self.halts_alone and values.get("solver_converged_fraction", 1.0) < 1.0:
+            raise self._missed(values, f"the {split} split")
+        return values, self.plan.task.details(sums)
+
+    @staticmethod
+    def _missed(values: dict[str, float], where: str) -> fixed_point.NonConvergenceError:
+        """A vectorised trial's "raise" (fixed_point.HALT), from its evaluation's metrics."""
+        return fixed_point.NonConvergenceError(
+            f"forward fixed-point solve did not converge on {where}: residual "
+            f"{values['solver_residual_max']:.3g}, converged fraction "
+            f"{values['solver_converged_fraction']:.4f} "
+            "(config.model.equilibrium.on_nonconvergence='raise'; this trial stopped alone)"
+        )
 
     @staticmethod
     def _close(trials: list[Trial]) -> None:

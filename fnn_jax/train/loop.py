@@ -30,6 +30,7 @@ from fnn_jax.files import WorkdirLocked, WorkdirUnusable, workdir_lock, write_js
 from fnn_jax.optim import make_optimizer
 from fnn_jax.train import distributed
 from fnn_jax.train.engine import Engine
+from fnn_jax.train.pbt import PBTSpec
 from fnn_jax.train.trial import Setup, setup
 
 log = logging.getLogger("fnn_jax")
@@ -165,6 +166,8 @@ def open_engine(
     plan: Setup,
     on_validation: Callable[[int, dict[str, float]], bool] | None = None,
     halving: int = 0,
+    *,
+    pbt: PBTSpec | None = None,
 ) -> Engine:
     """The engine over ``workdirs`` (each already locked), restored from their checkpoints;
     each config.json is written only once its trial opened, so a refused resume leaves the
@@ -174,7 +177,7 @@ def open_engine(
         check_data_file(workdir, config, plan)
     use_compilation_cache(configs[0].train.compilation_cache)
     try:
-        engine = Engine(configs, workdirs, plan, on_validation, halving)
+        engine = Engine(configs, workdirs, plan, on_validation, halving, pbt=pbt)
     except StateMismatch as error:
         settings = sorted({d for ds in changed for d in ds})
         hint = "\n  ".join(settings) or "(none recorded in config.json)"

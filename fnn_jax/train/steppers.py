@@ -41,7 +41,7 @@ from fnn_jax.config import OPTIMIZERS
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import TRIAL_SETTINGS, make_optimizer
 from fnn_jax.tasks import IGNORE_LABEL
-from fnn_jax.train import mesh
+from fnn_jax.train import diagnostics, mesh
 from fnn_jax.train.steps import StepSpec, TrainState, split_sums, train_step_body
 
 log = logging.getLogger("fnn_jax")
@@ -60,6 +60,7 @@ class Health:
     nonfinite_steps: int
     last_nonfinite: int  # the last such step (its number once taken), 0 if none
     halted_at: int  # the step that went past max_nonfinite_steps, 0 while training
+    nonconverged_at: int = 0  # the step whose fixed-point solve missed (StepSpec), 0 if none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,12 +187,16 @@ def _dispatch_fn(
         live = active & (health["halted_at"] == 0)
         bad = live & ~finite
         nonfinite = health["nonfinite_steps"] + bad.astype(jnp.int32)
-        halt = bad & (nonfinite > limit)
+        missed = False
+        if spec.halt_on_nonconvergence:
+            missed = live & _missed_solves(state.sums, new.sums)
+        halt = (bad & (nonfinite > limit)) | missed
         taken = state.step + 1
         health = {
             "nonfinite_steps": nonfinite,
             "last_nonfinite": jnp.where(bad, taken, health["last_nonfinite"]),
             "halted_at": jnp.where(halt, taken, health["halted_at"]),
+            "nonconverged_at": jnp.where(missed, taken, health["nonconverged_at"]),
         }
         keep = live & ~halt
         state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), new, state)
@@ -210,6 +215,12 @@ def _dispatch_fn(
     return dispatch
 
 
+def _missed_solves(before: Any, after: Any) -> jax.Array:
+    """Whether the step from train sums ``before`` to ``after`` added unconverged solves."""
+    count = lambda sums: sums[diagnostics.COLLECTION]["unconverged"]
+    return count(after) > count(before)
+
+
 def _limits(members: Sequence[Member]) -> np.ndarray:
     """[K] int32 max_nonfinite_steps (a larger limit, "never stop", is int32's largest)."""
     largest = np.iinfo(np.int32).max
@@ -219,7 +230,12 @@ def _limits(members: Sequence[Member]) -> np.ndarray:
 def _health0(members: Sequence[Member]) -> dict[str, np.ndarray]:
     zeros = np.zeros(len(members), np.int32)
     counts = np.asarray([m.nonfinite_steps for m in members], np.int32)
-    return {"nonfinite_steps": counts, "last_nonfinite": zeros, "halted_at": zeros.copy()}
+    return {
+        "nonfinite_steps": counts,
+        "last_nonfinite": zeros,
+        "halted_at": zeros.copy(),
+        "nonconverged_at": zeros.copy(),
+    }
 
 
 def _stack(trees: Sequence[Any]) -> Any:
@@ -381,6 +397,13 @@ def _zero_rows(rows: jax.Array, tree: Any) -> Any:
     )
 
 
+def _copy_rows(state: TrainState, sources: jax.Array) -> TrainState:
+    """``state`` [trials, ...] whose parameters and optimizer state of trial k are trial
+    ``sources[k]``'s."""
+    take = lambda tree: jax.tree.map(lambda x: x[sources], tree)
+    return state.replace(params=take(state.params), opt_state=take(state.opt_state))
+
+
 class VectorizedStepper(Stepper):
     """K trials: ``jit(vmap(dispatch))`` over states stacked on a leading trial axis."""
 
@@ -413,6 +436,7 @@ class VectorizedStepper(Stepper):
         own = {"features": jnp.stack([m.features for m in members])} if cached else {}
         self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
         settings = [m.settings for m in members]
+        self.settings = [dict(s) for s in settings]  # host copies of the program's inputs
         trials = {
             "dropout_key": jnp.stack([m.dropout_key for m in members]),
             "settings": {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]},
@@ -425,6 +449,9 @@ class VectorizedStepper(Stepper):
         out = (shardings, jax.tree.map(lambda _: layout.replicated, health))
         self._run = jax.jit(jax.vmap(dispatch, in_axes=axes), donate_argnums=0, out_shardings=out)
         self._eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
+        # PBT's exploit: every trial's parameters and optimizer state from the row
+        # ``sources[k]`` (its own row: unchanged), placed as the dispatch expects them.
+        self._gather = jax.jit(_copy_rows, donate_argnums=0, out_shardings=shardings)
 
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         active = np.array([rows is not None for rows in indices])
@@ -434,6 +461,17 @@ class VectorizedStepper(Stepper):
         self.state, self._health = self._run(
             (self.state, self._health), self._table, rows, np.int32(count), trials
         )
+
+    def exploit(self, sources: Sequence[int], settings: Sequence[Settings]) -> None:
+        """PBT: trial k takes the parameters and optimizer state of trial ``sources[k]``
+        (one gather over the trial axis; its step, sums and carry stay its own) and
+        ``settings[k]``, new inputs of the same program: nothing recompiles."""
+        index = self._layout.put(np.asarray(sources, np.int32), self._layout.replicated)
+        self.state = self._gather(self.state, index)
+        self.settings = [dict(s) for s in settings]
+        values = {k: np.asarray([s[k] for s in settings], np.float32) for k in settings[0]}
+        placed = self._layout.put(values, self._layout.replicated)
+        self.trials = {**self.trials, "settings": placed}
 
     def host_states(self) -> list[TrainState]:
         return host_slices(self.state, self.size)

@@ -117,6 +117,9 @@ class StepSpec:
         of its rows (steps [s*k, (s+1)*k), rows padded to windows*k), from state.carry.
     norms: add up each step's gradient, parameter and update norms (diagnostics.NORMS;
         config.train.log_norms): three reductions over the parameters a step.
+    halt_on_nonconvergence: a step whose forward fixed-point solves missed their tolerance
+        (the sown solver statistics) halts its trial (fixed_point.HALT: a vectorised
+        group's "raise").
     """
 
     model: nn.Module
@@ -129,6 +132,7 @@ class StepSpec:
     window: int = 0
     windows: int = 1
     norms: bool = True
+    halt_on_nonconvergence: bool = False
 
 
 def train_step_body(spec: StepSpec) -> Callable[..., tuple[TrainState, Array]]:

@@ -173,6 +173,9 @@ class Progress:
     init_step: int | None = None  # the step of config.init_from this run started from
     pruned_at: int | None = None  # cut by a pruner or a halving rung: trains no further
     stage_ends: list[int] = dataclasses.field(default_factory=list)  # last step of each
+    # The scalar settings PBT gave the trial (learning_rate, weight_decay, ...: its float32
+    # values, exact as JSON numbers); None: its config's. Restored on resume.
+    settings: dict[str, float] | None = None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Progress:

@@ -25,6 +25,8 @@ import ml_collections
 from fnn_jax import config as config_lib
 from fnn_jax.files import workdir_lock
 from fnn_jax.train.loop import check_init_from, check_memory, open_engine
+from fnn_jax.train.pbt import PBTSpec
+from fnn_jax.train.pbt import check as check_pbt
 from fnn_jax.train.trial import setup
 
 # The config keys in which trials of one group may differ.
@@ -77,12 +79,18 @@ def train_together(
     *,
     stop_after_steps: int | None = None,
     halving: int = 0,
+    pbt: PBTSpec | None = None,
 ) -> list[dict[str, Any] | Exception]:
     """Trains (or resumes) each ``configs[k]`` in ``workdirs[k]``, all in one vmapped program.
 
     ``halving`` (eta >= 2): successive halving over the group; at the validations numbered
     1, eta, eta^2, ... only the best 1/eta go on, the others return ``{"pruned_at": step}``
     (their last checkpoint kept), and the program is re-packed to the survivors.
+
+    ``pbt``: population-based training over the group (fnn_jax.train.pbt): at every
+    ``pbt.interval`` steps the bottom trials copy a top trial's parameters and optimizer
+    state and take its settings, perturbed; the lineage goes to ``pbt.jsonl`` and
+    ``pbt.png`` in ``workdirs[0]`` and to each trial's metrics.jsonl (split "pbt").
 
     Returns, per trial, its report (as ``train_and_evaluate`` does), ``{"interrupted_at":
     step}`` after ``stop_after_steps`` steps, or the exception that stopped that trial alone
@@ -94,10 +102,14 @@ def train_together(
     for config in configs:
         config_lib.validate(config)
     check_group(configs)
+    if pbt is not None:
+        check_pbt(pbt, configs, halving=halving)
     workdirs = [Path(w).absolute() for w in workdirs]
     if len(set(workdirs)) != len(workdirs):
         raise ValueError(f"two trials share a workdir: {[str(w) for w in workdirs]}")
     plan = setup(configs[0])  # the data and model the group shares
+    if pbt is not None:  # an interval of whole epochs: known once the data is
+        check_pbt(pbt, configs, halving=halving, eval_every=plan.eval_every)
     check_memory(configs[0], plan)
     for config in configs:
         check_init_from(config, plan, workdirs)
@@ -106,4 +118,4 @@ def train_together(
             locks.enter_context(workdir_lock(workdir))
         if halving and halving < 2:
             raise ValueError(f"halving must be an eta >= 2 (or 0: off); got {halving}")
-        return open_engine(configs, workdirs, plan, halving=halving).run(stop_after_steps)
+        return open_engine(configs, workdirs, plan, halving=halving, pbt=pbt).run(stop_after_steps)
