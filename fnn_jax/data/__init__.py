@@ -8,6 +8,7 @@ for batch in batches(ds.train, 32, seed=0, epoch=epoch):
 # Importing the loader modules registers their datasets.
 from fnn_jax.data import (  # noqa: F401
     classification,
+    corpus,
     forecasting,
     reviews,
     series,
