@@ -95,6 +95,10 @@ def _write_error(step: int | None, directory: Path, error: BaseException) -> Che
     )
 
 
+def _json_sha256(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
 
@@ -271,8 +275,11 @@ class Checkpoints:
         *,
         is_best: bool = False,
         stage_end: bool = False,
+        data: dict | None = None,
     ) -> None:
-        """Starts an async save; ``wait`` (or the next save) finishes it.
+        """Starts an async save; ``wait`` (or the next save) finishes it. ``data``: a data
+        reader's position at this step (a streamed dataset's grain iterator state), saved
+        as the item "data" with its SHA-256 in the progress (``restore_data``).
 
         Raises CheckpointError naming the folder when the write fails (e.g. a full disk);
         the previous steps stay intact because Orbax renames a step into place only once
@@ -285,15 +292,21 @@ class Checkpoints:
         metrics["stage_end"] = float(stage_end)
         self._pending = step
         if self._writer is None:
-            self._start_save(step, state, progress, metrics)
+            self._start_save(step, state, progress, metrics, data)
         else:
-            self._started = self._writer.submit(self._start_save, step, state, progress, metrics)
+            self._started = self._writer.submit(
+                self._start_save, step, state, progress, metrics, data
+            )
 
-    def _start_save(self, step: int, state: Any, progress: dict, metrics: dict) -> None:
+    def _start_save(
+        self, step: int, state: Any, progress: dict, metrics: dict, data: dict | None = None
+    ) -> None:
         progress = {**progress, "hashes": leaf_hashes(state)}
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state), progress=ocp.args.JsonSave(progress)
-        )
+        items = {"state": ocp.args.StandardSave(state)}
+        if data is not None:
+            progress["data_sha256"] = _json_sha256(data)
+            items["data"] = ocp.args.JsonSave(data)
+        args = ocp.args.Composite(progress=ocp.args.JsonSave(progress), **items)
         try:
             self._manager.save(step, args=args, metrics=metrics, force=True)  # not .manager
         except Exception as error:  # Orbax and TensorStore wrap OS errors in their own types
@@ -433,6 +446,27 @@ class Checkpoints:
         log.warning("checkpoint step %d is unusable, moving it aside: %s", step, reason)
         if (self.directory / str(step)).exists():
             self._move_aside(step)
+
+    def restore_data(self, step: int) -> dict | None:
+        """The data reader's position saved with ``step`` (``save(data=...)``), checked
+        against its SHA-256; None for a step saved without one."""
+        progress = self.restore_progress(step)
+        if "data_sha256" not in progress:
+            return None
+        try:
+            data = self.manager.restore(
+                step, args=ocp.args.Composite(data=ocp.args.JsonRestore())
+            ).data
+        except Exception as error:
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory}: its data position could not be read: {error}"
+            ) from error
+        if _json_sha256(data) != progress["data_sha256"]:
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory}: its data position does not match its "
+                f"stored SHA-256 (files under {self.directory / str(step) / 'data'})"
+            )
+        return data
 
     def restore_progress(self, step: int) -> dict:
         return self.manager.restore(

@@ -36,6 +36,8 @@ RULE_LABELS = ("train", "frozen")
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "data.batch_size": (1, None),
     "data.eval_batch_size": (1, None),
+    "data.stream_workers": (0, None),
+    "data.stream_prefetch": (0, None),
     "data.augment.jitter": (0.0, None),
     "data.augment.scale": (0.0, None),
     "data.augment.max_shift": (0, None),
@@ -104,6 +106,8 @@ EQUILIBRIUM_SOLVER_KEYS = (
 )
 EXECUTION_KEYS = (
     "data.allow_changed",
+    "data.stream_workers",
+    "data.stream_prefetch",
     "model.unroll",
     "model.remat",
     "model.scan_impl",
@@ -125,6 +129,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Resume even though the data differs from what the run's checkpoints were trained on
     # (data.json's fingerprint): rows, shapes or file hashes. Otherwise such a resume is refused.
     c.data.allow_changed = False
+    # A streamed dataset (data.options.stream, fnn_jax.data.corpus): worker processes that
+    # read and pack its rows (0: threads of this process) and batches read ahead.
+    c.data.stream_workers = 0
+    c.data.stream_prefetch = 2
     # Training batches only (fnn_jax.data.augment); 0 = off.
     c.data.augment = ml_collections.ConfigDict()
     c.data.augment.jitter = 0.0  # std of Gaussian noise on every step

@@ -191,7 +191,7 @@ def test_epoch_order_is_the_engines_train_order(prepared):
             steps_per_epoch=(n // 5) * windows,
             windows=windows,
             batch_size=5,
-            dataset=types.SimpleNamespace(train=range(n)),
+            dataset=types.SimpleNamespace(num_rows={"train": n}.get),
         )
         order = stream.EpochOrder(n, 5, seed=7, windows=windows)
         want = Setup.train_indices(fake, 7, 0, 3 * (n // 5) * windows)

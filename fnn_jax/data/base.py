@@ -113,6 +113,10 @@ class Dataset:
     num_classes: number of classes (classification) or label vocabulary size (tagging).
     baselines: reference metric values, e.g. {"mse_predict_one": 0.1667}.
     info: anything else (normalisation mean/std, class names, vocab, split bookkeeping).
+    streams: a dataset larger than memory (fnn_jax.data.corpus): {split: its rows on disk,
+        read on demand}; ``train``, ``validation`` and ``test`` then hold only each
+        split's first rows (shapes, checks, a sample), and the engine reads the streams
+        (fnn_jax.train.feeds). ``num_rows`` counts either.
 
     Construction validates every split against ``batch_spec(self)``, so a loader bug (wrong
     dtype, NaN, label out of range, splits with different shapes) fails at load time.
@@ -126,6 +130,7 @@ class Dataset:
     num_classes: int | None = None
     baselines: dict[str, float] = dataclasses.field(default_factory=dict)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    streams: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -147,6 +152,12 @@ class Dataset:
         if name not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}; got {name!r}")
         return getattr(self, name)
+
+    def num_rows(self, name: str) -> int:
+        """Rows of the split called ``name``: on disk when it streams, else in memory."""
+        if self.streams is not None:
+            return len(self.streams[name])
+        return len(self.split(name))
 
 
 def batch_spec(dataset: Dataset) -> dict[str, FieldSpec]:

@@ -37,9 +37,9 @@ import numpy as np
 
 from fnn_jax.data.arrays import DataError
 from fnn_jax.data.base import SPLITS, Dataset, Split
-from fnn_jax.data.registry import check_positive, register
+from fnn_jax.data.registry import check_positive, register, require
 from fnn_jax.data.sources import sha256_file
-from fnn_jax.data.text import unigram_cross_entropy
+from fnn_jax.data.text import unigram_cross_entropy_of_counts
 from fnn_jax.data.text_sources import _split_of_file
 from fnn_jax.tasks import IGNORE_LABEL
 
@@ -229,15 +229,29 @@ def num_rows(tokens: int, row_length: int) -> int:
 class CorpusSplit:
     """One split's rows, read from ``path`` on demand (picklable: grain workers get it).
 
-    path: the split's token file; tokens: its length in tokens; row_length: T."""
+    path: the split's token file; tokens: its length in tokens; row_length: T;
+    max_rows: only the first rows (None: all)."""
 
     name: str
     path: Path
     tokens: int
     row_length: int
+    max_rows: int | None = None
 
     def __len__(self) -> int:
-        return num_rows(self.tokens, self.row_length)
+        rows = num_rows(self.tokens, self.row_length)
+        return rows if self.max_rows is None else min(rows, self.max_rows)
+
+    def token_counts(self, chunk: int = 1 << 22) -> np.ndarray:
+        """[VOCAB_SIZE] int64 counts of the tokens that are targets of its rows, read in
+        chunks (memory stays bounded): a unigram model's counts."""
+        end = min(self.tokens, len(self) * self.row_length + 1)
+        counts = np.zeros(VOCAB_SIZE, np.int64)
+        with _Reader(self.path, self.tokens) as reader:
+            for start in range(1, end, chunk):
+                block = reader.read(start, min(chunk, end - start))
+                counts += np.bincount(block, minlength=VOCAB_SIZE)
+        return counts
 
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """Rows ``indices`` [k]: {"inputs": int32 [k, T], "targets": int32 [k, T],
@@ -435,24 +449,38 @@ def unpack(rows: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [piece[1:].astype(np.uint8) for piece in np.split(tokens, cuts)[1:]]
 
 
+SAMPLE_ROWS = 1024  # rows of each split a streamed dataset holds in memory (a sample)
+
+
 @register("corpus")
-def corpus_rows(*, path: str, max_rows: int | None = None, seed: int = 0) -> Dataset:
-    """A prepared corpus's rows held in memory (next-byte prediction, tagging, 257
-    classes): for a corpus that fits, and the in-memory twin of a streamed run. ``path``:
-    the folder ``prepare`` wrote; ``max_rows``: each split's first rows only. The files
-    are hashed again first (``Corpus.verify``). ``seed`` is accepted for a uniform loader
-    interface; nothing here is random."""
+def corpus_rows(
+    *, path: str, max_rows: int | None = None, stream: bool = False, seed: int = 0
+) -> Dataset:
+    """A prepared corpus (next-byte prediction, tagging, 257 classes). ``path``: the
+    folder ``prepare`` wrote; ``max_rows``: each split's first rows only. ``stream``: the
+    splits stay on disk and the engine reads their rows as it goes (``Dataset.streams``;
+    each split's first SAMPLE_ROWS rows are held as a sample); else they are held in
+    memory (the in-memory twin of a streamed run: the same rows, the same batches). The
+    files are hashed again first (``Corpus.verify``), so a changed corpus is refused on
+    resume. ``seed`` is accepted for a uniform loader interface; nothing here is random."""
     check_positive("max_rows", max_rows, allow_none=True)
+    if stream:
+        require("grain", "grain", "corpus (stream=True)")
     try:
         corpus = open_corpus(path, verify=True)
     except CorpusError as error:
         raise DataError(str(error)) from None
-    splits = {}
+    splits, streams = {}, {}
     for name in SPLITS:
         part = corpus.split(name)
-        rows = part.rows(np.arange(min(len(part), max_rows or len(part))))
+        part = dataclasses.replace(part, max_rows=max_rows)
+        streams[name] = part
+        held = min(len(part), SAMPLE_ROWS) if stream else len(part)
+        rows = part.rows(np.arange(held))
         splits[name] = Split(rows["inputs"], rows["targets"], rows["lengths"], rows["resets"])
-    train, test = (splits[s].targets[splits[s].targets != IGNORE_LABEL] for s in ("train", "test"))
+    # The unigram model of the whole splits, counted in chunks (streamed or not).
+    counts = (streams[s].token_counts() for s in ("train", "test"))
+    unigram = unigram_cross_entropy_of_counts(*counts)
     return Dataset(
         name="corpus",
         task="tagging",
@@ -460,7 +488,8 @@ def corpus_rows(*, path: str, max_rows: int | None = None, seed: int = 0) -> Dat
         num_classes=VOCAB_SIZE,
         baselines={
             "cross_entropy_uniform": math.log(VOCAB_SIZE),
-            "cross_entropy_unigram": unigram_cross_entropy(train, test, VOCAB_SIZE),
+            "cross_entropy_unigram": unigram,
         },
         info={"files": corpus.fingerprint()["files"], "root": str(corpus.root)},
+        streams=streams if stream else None,
     )

@@ -40,7 +40,7 @@ def fingerprint(dataset: Dataset) -> dict[str, Any]:
             shapes[field] = f"{a.dtype}{list(a.shape)}"
             digest.update(f"{field}:{shapes[field]};".encode())
             digest.update(a.tobytes())
-        out["rows"][split] = len(s)
+        out["rows"][split] = dataset.num_rows(split)  # on disk for a streamed dataset
         out["arrays"][split] = shapes
         out["sha256"][split] = digest.hexdigest()
     out["files"] = dict(dataset.info.get("files", {}))

@@ -29,10 +29,18 @@ def split_bounds(n: int) -> dict[str, tuple[int, int]]:
 
 def unigram_cross_entropy(train: np.ndarray, test: np.ndarray, vocab_size: int) -> float:
     """Cross-entropy (nats) of the ``test`` tokens under the ``train`` tokens' frequencies."""
+    return unigram_cross_entropy_of_counts(
+        np.bincount(train, minlength=vocab_size), np.bincount(test, minlength=vocab_size)
+    )
+
+
+def unigram_cross_entropy_of_counts(train: np.ndarray, test: np.ndarray) -> float:
+    """``unigram_cross_entropy`` from token counts [vocab] (of a corpus read in chunks)."""
     # Add-one smoothing so characters unseen in train have finite loss.
-    counts = np.bincount(train, minlength=vocab_size) + 1.0
+    counts = np.asarray(train, np.float64) + 1.0
     logp = np.log(counts / counts.sum())
-    return float(-logp[test].mean())
+    test = np.asarray(test, np.float64)
+    return float(-(test * logp).sum() / test.sum())
 
 
 @register("text")

@@ -41,10 +41,11 @@ import numpy as np
 from fnn_jax import finetune, reporting
 from fnn_jax.cells import fixed_point
 from fnn_jax.checkpoint import Checkpoints
+from fnn_jax.config import ConfigError
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
-from fnn_jax.train import diagnostics, distributed, finish, mesh, steppers
+from fnn_jax.train import diagnostics, distributed, feeds, finish, mesh, steppers
 from fnn_jax.train import pbt as pbt_lib
 from fnn_jax.train.preemption import (
     Preempted,
@@ -59,8 +60,6 @@ from fnn_jax.train.steps import (
     TrainState,
     build_model,
     compute_features,
-    device_eval_batches,
-    eval_batches,
     init_params,
     initial_carry,
     make_eval_step,
@@ -144,13 +143,9 @@ class Engine:
         # The devices (config.mesh), then the train rows and the validation batches, sent
         # to them once.
         self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)
-        table = steppers.host_train_table(plan.dataset.train, plan.window * plan.windows)
-        if rows_on_host():  # each process sends only its slice of every batch
-            self.train_table = steppers.RowsOnHost(table)
-        else:
-            self.train_table = self.layout.put(table, self.layout.replicated)
-        self.validation_batches = device_eval_batches(
-            plan.dataset.validation, configs[0].data.eval_batch_size, self.layout
+        self.train_table = self._in_memory_feed()  # a streamed dataset's: with its trial
+        self.validation_batches = feeds.eval_batches(
+            plan.dataset, "validation", configs[0].data.eval_batch_size, self.layout
         )
         self.sums0 = zero_sums(plan.model, plan.task, abstract_params, plan.sample)
         # An L1/L2 term that is 0 in every trial stays out of the loss.
@@ -160,6 +155,8 @@ class Engine:
         self.trials = [
             self._open(c, Path(w), len(configs) > 1) for c, w in zip(configs, workdirs, strict=True)
         ]
+        if plan.dataset.streams is not None:
+            self.train_table = self._open_stream()
         # What happens between dispatches, in this order, for each trial whose step calls
         # for it (a multiple of ``every``, or its stage's last step); a dispatch ends at
         # the nearest such step. Non-finite steps are counted first (_read_health), an
@@ -176,6 +173,53 @@ class Engine:
         )
 
     # ------------------------------------------------------------------------ set-up
+
+    def _in_memory_feed(self) -> Any:
+        """The train rows on every device (a dispatch sends indices), or on the host
+        (several processes: each sends only its slice of every batch); None for a
+        streamed dataset (``_open_stream``)."""
+        plan = self.plan
+        if plan.dataset.streams is not None:
+            return None
+        table = steppers.host_train_table(plan.dataset.train, plan.window * plan.windows)
+        if rows_on_host():
+            return steppers.RowsOnHost(table)
+        return self.layout.put(table, self.layout.replicated)
+
+    def _open_stream(self) -> feeds.StreamedRows:
+        """A streamed dataset's reader for the run's one trial, at the step it resumes from
+        and at the position saved with that step (every save keeps the position)."""
+        if len(self.trials) > 1:
+            raise ConfigError(
+                f"config.data.options.stream: a vectorised group of {len(self.trials)} "
+                "trials cannot share one streamed reader (each reads in its own order); "
+                "run the trials apart (without --vectorize)"
+            )
+        from fnn_jax.data.stream import EpochOrder  # grain: the stream extra
+
+        (trial,) = self.trials
+        plan, config = self.plan, trial.config
+        order = EpochOrder(
+            plan.dataset.num_rows("train"), plan.batch_size, seed=config.seed, windows=plan.windows
+        )
+        feed = feeds.StreamedRows(
+            plan.dataset.streams["train"],
+            order,
+            sum(stage.num_steps for stage in trial.stages),
+            workers=config.data.stream_workers,
+            prefetch=config.data.stream_prefetch,
+        )
+        if trial.step in trial.checkpoints.steps():
+            saved = trial.checkpoints.restore_data(trial.step)
+            if saved is None:
+                log.info(
+                    "step %d was saved without a data position: reading on from it", trial.step
+                )
+            feed.seek(trial.step, saved)
+        elif trial.step:
+            feed.seek(trial.step)
+        trial.data_position = feed.position
+        return feed
 
     def _fresh_state(self, params: Any, stage: Stage, step: int, carry: Any = None) -> TrainState:
         """A stage's first state; truncated BPTT's ``carry`` (default zeros) passes on."""
@@ -761,10 +805,9 @@ class Engine:
         compiles nothing (a vectorised group's, one program for all its trials)."""
         layout = self.layout
         batches: Iterable[dict] = self.validation_batches
-        if split != "validation":  # sent a batch at a time: evaluated once
-            rows = self.validation_batches[0]["weights"].shape[0]
-            whole = self.plan.dataset.split(split)
-            batches = map(layout.put_rows, eval_batches(whole, rows, layout.data_size, rows=rows))
+        if split != "validation":  # in the validation batches' size: no new compile
+            rows = feeds.batch_rows(self.validation_batches)
+            batches = feeds.eval_batches(self.plan.dataset, split, rows, layout, rows=rows)
         placed = layout.put(params, layout.state_shardings(params))
         sums = mesh.host(split_sums(self.eval_step, placed, batches))
         values = diagnostics.metrics(self.plan.task, sums)

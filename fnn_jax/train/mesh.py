@@ -111,6 +111,20 @@ class Layout:
 
         return {name: place(values) for name, values in table.items()}
 
+    def put_local_rows(self, tree: Any, global_rows: int, axis: int = 0) -> Any:
+        """Global arrays of ``global_rows`` rows (along ``axis``: 0 for a batch, 1 for
+        [steps, batch, ...]) split over ``data``, from this process's own rows only (its
+        contiguous slice, as ``fnn_jax.data.stream`` reads it)."""
+        spec = (None,) * axis + ("data",)
+
+        def place(local: np.ndarray) -> jax.Array:
+            shape = list(local.shape)
+            shape[axis] = global_rows
+            sharding = NamedSharding(self.mesh, PartitionSpec(*spec))
+            return jax.make_array_from_process_local_data(sharding, local, tuple(shape))
+
+        return jax.tree.map(place, tree)
+
     def put_rows(self, tree: Any) -> Any:
         """Every leaf split by rows over ``data`` (batches)."""
         return jax.tree.map(lambda x: self.put(x, self.rows(np.ndim(x))), tree)

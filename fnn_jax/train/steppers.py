@@ -136,9 +136,14 @@ def host_train_table(split: data_lib.Split, time: int | None = None) -> dict[str
 class RowsOnHost:
     """A train table ({"inputs", ...} [rows, ...] NumPy) kept on the host: each dispatch
     sends its batches, every process only its slice of them (``Layout.gather_rows``),
-    instead of holding the whole table on every device. What a multi-process run uses."""
+    instead of holding the whole table on every device. What a multi-process run uses.
+    A host feed (fnn_jax.train.feeds), like ``feeds.StreamedRows``."""
 
     table: dict[str, np.ndarray]
+
+    def sent(self, layout: mesh.Layout, rows: np.ndarray, count: int) -> dict[str, jax.Array]:
+        """The batches of ``rows`` [capacity, batch], [capacity, batch, ...] global arrays."""
+        return layout.gather_rows(self.table, rows)
 
 
 def _gather(table: dict, rows: jax.Array, sent: dict | None = None) -> dict:
@@ -335,7 +340,7 @@ class SingleStepper(Stepper):
         stage: Stage,
         members: Sequence[Member],
         *,
-        table: dict[str, jax.Array] | RowsOnHost,
+        table: dict[str, jax.Array] | Any,
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
         layout: mesh.Layout | None = None,
@@ -350,8 +355,9 @@ class SingleStepper(Stepper):
         health = {k: v[0] for k, v in _health0(members).items()}
         self._health = layout.put(health, layout.replicated)
         own = {} if member.features is None else {"features": member.features}
-        self._host_rows = table.table if isinstance(table, RowsOnHost) else None
-        shared = {} if self._host_rows is not None else table
+        # A host feed (RowsOnHost, feeds.StreamedRows) sends each dispatch's batches.
+        self._host_feed = table if hasattr(table, "sent") else None
+        shared = {} if self._host_feed is not None else table
         self._table = {"shared": shared, "own": layout.put(own, layout.replicated)}
         trial = {
             "dropout_key": member.dropout_key,
@@ -368,8 +374,8 @@ class SingleStepper(Stepper):
     def _dispatch(self, indices: list[np.ndarray | None], count: int) -> None:
         (rows,) = indices
         table = self._table
-        if self._host_rows is not None:
-            table = {**table, "sent": self._layout.gather_rows(self._host_rows, rows)}
+        if self._host_feed is not None:
+            table = {**table, "sent": self._host_feed.sent(self._layout, rows, count)}
         self.state, self._health = self._run(
             (self.state, self._health), table, rows, np.int32(count), self.trial
         )
@@ -413,7 +419,7 @@ class VectorizedStepper(Stepper):
         stage: Stage,
         members: Sequence[Member],
         *,
-        table: dict[str, jax.Array] | RowsOnHost,
+        table: dict[str, jax.Array] | Any,
         eval_step: Callable[[Any, dict], Any],
         steps_per_dispatch: int | str = 1,
         layout: mesh.Layout | None = None,
@@ -491,14 +497,15 @@ def make_stepper(
     stage: Stage,
     members: Sequence[Member],
     *,
-    table: dict[str, jax.Array] | RowsOnHost,
+    table: dict[str, jax.Array] | Any,
     eval_step: Callable[[Any, dict], Any],
     steps_per_dispatch: int | str = 1,
     layout: mesh.Layout | None = None,
 ) -> Stepper:
     """The stepper for ``len(members)`` trials: ``jit(dispatch)`` for one,
     ``jit(vmap(dispatch))`` for more. ``table`` holds the train rows every member shares
-    (``train_table``, or RowsOnHost); ``eval_step(params, batch) -> sums`` is one
+    (``train_table``), or a host feed that sends each dispatch's batches (RowsOnHost,
+    fnn_jax.train.feeds.StreamedRows); ``eval_step(params, batch) -> sums`` is one
     trial's evaluation.
     ``layout`` (default: the first device) places the state and splits each batch."""
     cls = SingleStepper if len(members) == 1 else VectorizedStepper

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ class Setup:
         batches_per_epoch = self.steps_per_epoch // self.windows
         for step in range(start, start + count):
             epoch, position = divmod(step // self.windows, batches_per_epoch)
-            order = _epoch_rows(len(self.dataset.train), seed, epoch, self.batch_size)
+            order = _epoch_rows(self.dataset.num_rows("train"), seed, epoch, self.batch_size)
             rows.append(order[position])
         return np.stack(rows)
 
@@ -87,11 +88,13 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     except ValueError as error:
         raise ConfigError(f"{error} (dataset {dataset.name!r})") from None
     batch_size = config.data.batch_size
-    steps_per_epoch = data_lib.num_batches(dataset.train, batch_size)
+    if batch_size < 1:
+        raise ConfigError(f"config.data.batch_size must be >= 1; got {batch_size}")
+    steps_per_epoch = dataset.num_rows("train") // batch_size
     if steps_per_epoch == 0:
         raise ConfigError(
             f"config.data.batch_size={batch_size} is larger than the training split "
-            f"of {dataset.name!r} ({len(dataset.train)} rows)"
+            f"of {dataset.name!r} ({dataset.num_rows('train')} rows)"
         )
     try:
         augment.check(augment.Augment.from_config(config.data.augment), *_inputs_of(dataset))
@@ -100,7 +103,10 @@ def setup(config: ml_collections.ConfigDict) -> Setup:
     window = config.train.tbptt_length
     windows = _check_tbptt(config, dataset, task) if window else 1
     steps_per_epoch *= windows
-    first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
+    if dataset.streams is not None:  # the first rows: shapes for the model's init
+        first = dataset.streams["train"].rows(np.arange(batch_size))
+    else:
+        first = next(data_lib.batches(dataset.train, batch_size, seed=0, epoch=0))
     return Setup(
         dataset=dataset,
         task=task,
@@ -134,6 +140,11 @@ def _check_tbptt(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, t
     the key and the numbers when truncated BPTT cannot apply."""
     window, time = config.train.tbptt_length, int(dataset.train.inputs.shape[1])
     where = f"config.train.tbptt_length={window}"
+    if dataset.streams is not None:
+        raise ConfigError(
+            f"{where}: a streamed dataset ({dataset.name!r}) trains whole rows; choose the "
+            "row length when preparing it (experiments/prepare_corpus.py --row_length)"
+        )
     if window > time:
         raise ConfigError(
             f"{where} is longer than the sequences of {dataset.name!r} ({time} steps); "
@@ -217,6 +228,9 @@ class Trial:
     # A new best (step, host state, progress record) not yet written: it goes to disk
     # before the next save, so every saved record's best step is on disk too.
     unsaved_best: tuple[int, Any, dict[str, Any]] | None = None
+    # A streamed dataset's reader position at a step (feeds.StreamedRows.position): saved
+    # as an item of that step's checkpoint.
+    data_position: Callable[[int], dict | None] | None = None
 
     @property
     def stage(self) -> Stage:
@@ -275,7 +289,10 @@ class Trial:
             raise FloatingPointError(
                 f"refusing to save step {step} of {self.workdir}: parameters are not finite"
             )
-        self.checkpoints.save(step, state, record, is_best=is_best, stage_end=stage_end)
+        position = None if self.data_position is None else self.data_position(step)
+        self.checkpoints.save(
+            step, state, record, is_best=is_best, stage_end=stage_end, data=position
+        )
 
     def patience_spent(self) -> bool:
         patience = self.stage.patience
