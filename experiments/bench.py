@@ -76,6 +76,7 @@ from absl import app, flags
 from bench_devices import print_devices, section_devices
 from bench_equilibrium import print_equilibrium, section_equilibrium
 from bench_finetune import section_finetune  # experiments/ is on sys.path as the script's dir
+from bench_input import section_input
 from bench_memory import section_memory
 from bench_runner import section_checkpoint, section_demo, section_runner
 from bench_scan import print_scan, section_scan
@@ -431,6 +432,7 @@ SECTIONS: dict[str, Callable[[Config], dict[str, Any]]] = {
         cfg, time_implementations, Timed, quick=FLAGS.quick
     ),
     "devices": lambda cfg: section_devices(FLAGS),
+    "input": section_input,
 }
 
 

@@ -6,7 +6,12 @@ model: a 16-unit GRU language model, 12 steps of 4 rows.
 """
 
 import json
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -130,3 +135,143 @@ def test_a_vectorised_group_cannot_stream(prepared, tmp_path):
     configs = [_config(prepared, stream=True, seed=s) for s in (0, 1)]
     with pytest.raises(ConfigError, match="vectorised group of 2 trials cannot share"):
         train_together(configs, [tmp_path / "a", tmp_path / "b"])
+
+
+def _command(prepared: Path, workdir: Path, stream: bool) -> list[str]:
+    overrides = {
+        "data.name": "corpus",
+        "data.options.path": str(prepared),
+        "data.options.stream": str(stream),
+        "data.batch_size": "4",
+        "model.cell": "gru",
+        "model.hidden_size": "16",
+        "train.num_steps": "80",
+        "train.eval_every_steps": "4",
+        "train.log_every_steps": "4",
+        "train.checkpoint_every_s": "0",  # a checkpoint at every validation
+        "train.steps_per_dispatch": "1",
+    }
+    root = Path(__file__).resolve().parents[1]
+    return [
+        sys.executable,
+        str(root / "experiments/main.py"),
+        f"--config={root / 'configs/test.py'}",
+        f"--workdir={workdir}",
+        *(f"--config.{k}={v}" for k, v in overrides.items()),
+    ]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_resume_reads_the_same_batches_as_an_uninterrupted_run(
+    prepared, tmp_path
+):
+    """kill -9 at random moments of a streamed run (each attempt timed from its first
+    progress line), until one finishes: parameters and logs equal the run held in memory,
+    which never stopped."""
+    reference = tmp_path / "memory"
+    assert subprocess.run(_command(prepared, reference, False), capture_output=True).returncode == 0
+    rng, kills = np.random.default_rng(0), 0
+    for _ in range(6):
+        process = subprocess.Popen(
+            _command(prepared, tmp_path / "s", True),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for line in process.stdout:
+            if line.startswith("step "):
+                break
+        try:
+            process.wait(timeout=rng.uniform(0.2, 1.5))
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+            continue
+        finally:
+            process.stdout.close()
+        assert process.returncode == 0
+        break
+    else:
+        done = subprocess.run(_command(prepared, tmp_path / "s", True), capture_output=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert kills >= 1, "the run finished before any kill: make it longer"
+    steps = Checkpoints(tmp_path / "s/checkpoints", read_only=True).steps()
+    assert steps, "no checkpoint: nothing was resumed"
+    _same_run(reference, tmp_path / "s")
+
+
+STREAM_WORKER = """
+import json, sys
+from configs import test as test_config
+from fnn_jax import sweep
+from fnn_jax.data import corpus
+from fnn_jax.train import train_and_evaluate
+
+address, processes, rank, workdir, path = sys.argv[1:6]
+c = sweep.apply_overrides(test_config.get_config(), {
+    "data.name": "corpus", "data.options": {"path": path, "stream": True},
+    "data.batch_size": 8, "data.eval_batch_size": 16, "model.cell": "gru",
+    "model.hidden_size": 16, "train.num_steps": 10, "train.eval_every_steps": 5,
+    "train.log_every_steps": 5, "train.compilation_cache": ""})
+if int(processes) > 1:
+    with c.unlocked():
+        c.distributed.coordinator_address = address
+        c.distributed.num_processes = int(processes)
+        c.distributed.process_id = int(rank)
+read = []  # the train rows this process read, in order
+rows = corpus.CorpusSplit.rows
+def recording(self, indices):
+    if self.name == "train":
+        read.append([int(i) for i in indices])
+    return rows(self, indices)
+corpus.CorpusSplit.rows = recording
+report = train_and_evaluate(c, workdir)
+print(json.dumps({"read": read, "results": report["results"]}, default=float))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stream_disjoint_halves_and_train_as_one_process(prepared, tmp_path):
+    """Each process reads only its half of every global batch of 8 rows from disk; the
+    halves make the batch one process reads, and the model equals one process's (1e-6:
+    the batch's sums split over two devices)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device each
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    root = Path(__file__).resolve().parents[1]
+
+    def start(processes: int, rank: int, workdir: Path) -> subprocess.Popen:
+        argv = [address, str(processes), str(rank), str(workdir), str(prepared)]
+        return subprocess.Popen(
+            [sys.executable, "-c", STREAM_WORKER, *argv],
+            cwd=root,
+            env=env,
+            stdout=(tmp_path / f"{workdir.name}{rank}.out").open("w"),
+            stderr=(tmp_path / f"{workdir.name}{rank}.err").open("w"),
+        )
+
+    def output(workdir: Path, rank: int, process: subprocess.Popen) -> dict:
+        process.wait(timeout=300)
+        err = (tmp_path / f"{workdir.name}{rank}.err").read_text()
+        assert process.returncode == 0, err[-3000:]
+        out = (tmp_path / f"{workdir.name}{rank}.out").read_text()
+        return json.loads(out.strip().splitlines()[-1])
+
+    together = [start(2, rank, tmp_path / "together") for rank in (0, 1)]
+    halves = [output(tmp_path / "together", r, p) for r, p in enumerate(together)]
+    alone = output(tmp_path / "alone", 0, start(1, 0, tmp_path / "alone"))
+    # Each process first reads the loader's sample and the first batch's shapes, then its
+    # half of each of the 10 steps' batches.
+    first, second = (h["read"][2:] for h in halves)
+    batches = alone["read"][2:]
+    assert len(first) == len(second) == len(batches) == 10
+    for a, b, whole in zip(first, second, batches, strict=True):
+        assert a + b == whole and not set(a) & set(b)
+    np.testing.assert_allclose(
+        halves[0]["results"]["test"]["loss"], alone["results"]["test"]["loss"], rtol=1e-5
+    )
+    pa, pb = load_exported(tmp_path / "together/export"), load_exported(tmp_path / "alone/export")
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
