@@ -1,4 +1,6 @@
-"""Few-label MNIST (rows as steps, all 10 classes, K labelled train images per class) from
+"""python experiments/main.py --config configs/mnist_rows_finetune.py --workdir runs/mnist_rows_finetune
+
+Few-label MNIST (rows as steps, all 10 classes, K labelled train images per class) from
 the next-row forecaster of configs/mnist_rows_pretrain.py (experiments/transfer_study.py,
 issue 28).
 

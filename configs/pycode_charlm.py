@@ -1,5 +1,7 @@
-"""python experiments/prepare_corpus.py --stdlib --out runs/pycode_corpus --row_length 256
-python experiments/main.py --config configs/pycode_charlm.py --workdir runs/pycode_charlm
+"""python experiments/main.py --config configs/pycode_charlm.py --workdir runs/pycode_charlm
+
+Prepare the corpus first (once, about 5 s):
+python experiments/prepare_corpus.py --stdlib --out runs/pycode_corpus --row_length 256
 
 A byte-level language model of Python source, streamed from disk (pip install '.[stream]'
 for grain): the standard library's own .py files (1790 files, about 31 MB on every machine

@@ -275,3 +275,26 @@ def test_two_processes_stream_disjoint_halves_and_train_as_one_process(prepared,
     pa, pb = load_exported(tmp_path / "together/export"), load_exported(tmp_path / "alone/export")
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
         np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+def test_pycode_charlm_streams_its_corpus_and_reports_the_unigram_baseline(prepared, tmp_path):
+    """configs/pycode_charlm.py, shrunk, on the test corpus: it streams (the train rows
+    are read from disk), and its unigram baseline is experiments/pycode_baselines.py's."""
+    import importlib.util
+
+    from configs import pycode_charlm
+
+    config = sweep.apply_overrides(
+        pycode_charlm.get_config("4"),
+        {"data.options.path": str(prepared), "model.hidden_size": 8, "data.batch_size": 4},
+    )
+    assert config.data.options.stream and config.model.num_layers == 2
+    report = train_and_evaluate(config, tmp_path / "run")
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("pb", root / "experiments/pycode_baselines.py")
+    baselines = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baselines)
+    opened = corpus.open_corpus(prepared)
+    train, test = (baselines.tokens_of(opened.split(s)) for s in ("train", "test"))
+    bits = baselines.unigram_bits(train[1:], test[1:])  # every token but the first: targets
+    assert report["baselines"]["cross_entropy_unigram"] / np.log(2) == pytest.approx(bits, 1e-9)
