@@ -83,19 +83,21 @@ def _lm_config(path: Path, stream_rows: bool):
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import resource, sys
-    import numpy as np
+    import sys
+    import psutil
     from fnn_jax.data import corpus, stream
     split = corpus.open_corpus(sys.argv[1]).split("train")
     order = stream.EpochOrder(len(split), 256, seed=0)
     steps = len(split) // 256
     it = stream.train_stream(split, row_indices=order, start_step=0, num_steps=steps, prefetch=4)
+    me = psutil.Process()
     next(it)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for _ in range(steps - 1):
+    before = peak = me.memory_info().rss
+    for step in range(1, steps):
         next(it)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(before / 1024, after / 1024, steps * 256)
+        if step % 32 == 0:
+            peak = max(peak, me.memory_info().rss)
+    print(before / 2**20, max(peak, me.memory_info().rss) / 2**20, steps * 256)
     """
 )
 
@@ -142,7 +144,7 @@ def section_input(cfg: Any) -> dict[str, Any]:
         result["memory"] = {
             "token_file_mb": tokens_mb,
             "rss_after_first_batch_mb": float(before),
-            "peak_rss_mb": float(after),
+            "peak_rss_mb": float(after),  # resident memory, sampled every 32 batches
             "growth_mb": growth,
             "rows_streamed": int(rows),
             "allowed_growth_mb": ALLOWED_GROWTH_MB,

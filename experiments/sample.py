@@ -65,15 +65,18 @@ def sample(
     run: Any, prompt: str, *, temperature: float, length: int, seed: int
 ) -> tuple[str, list[int]]:
     """(prompt + sampled text, the sampled token ids) from ``run`` (``fnn_jax.load`` of a
-    language model on reviews_text)."""
+    language model on reviews_text, or on a byte corpus)."""
     if temperature < 0 or length < 0:
         raise ValueError(f"temperature and length must be >= 0; got {temperature}, {length}")
     info = run.dataset.info
-    vocab, separator = info["vocab"], info["separator_id"]
+    separator, byte_level = info["separator_id"], info.get("byte_level", False)
     model, params = run.model, jax.tree.map(jnp.asarray, run.params)  # restored as numpy
     if model.bidirectional:
         raise ValueError("sampling needs a unidirectional model; this one is bidirectional")
-    prompt_ids = [separator, *encode_prompt(prompt, vocab, info["unknown_id"])]
+    if byte_level:  # a corpus of bytes (fnn_jax.data.corpus): the prompt's UTF-8
+        prompt_ids = [separator, *prompt.encode("utf-8")]
+    else:
+        prompt_ids = [separator, *encode_prompt(prompt, info["vocab"], info["unknown_id"])]
     carries, logits = read(model, params, None, jnp.asarray(prompt_ids, jnp.int32))
     key, out = jax.random.key(seed), []
     for i in range(length):
@@ -85,8 +88,10 @@ def sample(
             break
         out.append(token)
         carries, logits = read(model, params, carries, jnp.asarray([token], jnp.int32))
+    if byte_level:
+        return prompt + bytes(out).decode("utf-8", errors="replace"), out
     shown = {info["unknown_id"]: "\ufffd"}
-    return prompt + "".join(shown.get(t, vocab[t]) for t in out), out
+    return prompt + "".join(shown.get(t, info["vocab"][t]) for t in out), out
 
 
 def main(argv: list[str]) -> None:
@@ -95,7 +100,7 @@ def main(argv: list[str]) -> None:
     step = int(FLAGS.step) if FLAGS.step.isdigit() else FLAGS.step
     run = fnn_jax.load(FLAGS.workdir, step=step)
     if "separator_id" not in run.dataset.info:
-        sys.exit(f"error: {FLAGS.workdir} is not a reviews_text language model")
+        sys.exit(f"error: {FLAGS.workdir} is not a language model (reviews_text or corpus)")
     text, _ = sample(
         run, FLAGS.prompt, temperature=FLAGS.temperature, length=FLAGS.length, seed=FLAGS.seed
     )

@@ -5,6 +5,7 @@ The corpus: 40 small text files prepared into rows of 32 bytes (fnn_jax.data.cor
 model: a 16-unit GRU language model, 12 steps of 4 rows.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -298,3 +300,30 @@ def test_pycode_charlm_streams_its_corpus_and_reports_the_unigram_baseline(prepa
     train, test = (baselines.tokens_of(opened.split(s)) for s in ("train", "test"))
     bits = baselines.unigram_bits(train[1:], test[1:])  # every token but the first: targets
     assert report["baselines"]["cross_entropy_unigram"] / np.log(2) == pytest.approx(bits, 1e-9)
+
+
+def test_a_byte_model_samples_utf8_text_its_greedy_bytes_the_whole_models_argmax(
+    prepared, tmp_path
+):
+    """experiments/sample.py on a byte corpus: the prompt is read as its UTF-8 bytes after
+    the separator, and the greedy bytes are those the whole model picks, one prefix at a
+    time (an independent reference)."""
+    import fnn_jax
+    from tests.test_reviews import _sampler  # the command's flags are defined once
+
+    config = sweep.apply_overrides(
+        _config(prepared, stream=True), {"train.num_steps": 4, "model.num_layers": 2}
+    )
+    train_and_evaluate(config, tmp_path / "run")
+    run = fnn_jax.load(tmp_path / "run")
+    fresh = run.model.init(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))["params"]
+    run = dataclasses.replace(run, params=fresh)  # random weights: a varied greedy text
+    text, ids = _sampler().sample(run, "déf ", temperature=0.0, length=10, seed=0)
+    tokens = [corpus.SEPARATOR, *"déf ".encode()]
+    expected = []
+    for _ in range(len(ids)):
+        logits = run(jnp.asarray([tokens], jnp.int32))[0, -1]
+        expected.append(int(jnp.argmax(logits)))
+        tokens.append(expected[-1])
+    assert ids == expected and len(ids) == 10 and len(set(ids)) > 2
+    assert text == "déf " + bytes(ids).decode("utf-8", errors="replace")

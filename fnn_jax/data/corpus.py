@@ -490,6 +490,11 @@ def corpus_rows(
             "cross_entropy_uniform": math.log(VOCAB_SIZE),
             "cross_entropy_unigram": unigram,
         },
-        info={"files": corpus.fingerprint()["files"], "root": str(corpus.root)},
+        info={
+            "files": corpus.fingerprint()["files"],
+            "root": str(corpus.root),
+            "byte_level": True,  # tokens 0-255 are bytes (experiments/sample.py decodes UTF-8)
+            "separator_id": SEPARATOR,
+        },
         streams=streams if stream else None,
     )
