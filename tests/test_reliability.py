@@ -28,6 +28,7 @@ from fnn_jax.train.preemption import (
     requested_by,
 )
 from fnn_jax.train.trial import improves
+from tests.kill9 import kill_until_finished
 
 # A failed checkpoint read must leave no traceback behind (Orbax's closed-loop callbacks and
 # unfinished read coroutines are quieted by fnn_jax.checkpoint).
@@ -85,28 +86,7 @@ def reference(tmp_path_factory):
 def test_kill_9_at_random_moments_then_resume_equals_uninterrupted_run(reference, tmp_path):
     """Each attempt is killed at a random moment of its training (timed from its first
     progress line, so start-up speed does not matter), until one finishes."""
-    rng = np.random.default_rng(0)
-    kills = 0
-    for _ in range(8):
-        process = subprocess.Popen(
-            _command(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-        )
-        for line in process.stdout:
-            if line.startswith("step "):
-                break
-        try:
-            process.wait(timeout=rng.uniform(0.0, 0.6))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            continue
-        finally:
-            process.stdout.close()
-        assert process.returncode == 0
-        break
-    else:
-        assert subprocess.run(_command(tmp_path), capture_output=True).returncode == 0
+    kills = kill_until_finished(_command(tmp_path), attempts=8, window=(0.0, 0.6))
     assert kills >= 1, "the run finished before any kill: make it longer"
     _assert_same_run(tmp_path, reference)
 

@@ -9,7 +9,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from fnn_jax.config import ConfigError
 from fnn_jax.data import corpus
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.vectorized import train_together
+from tests.kill9 import kill_until_finished
 
 pytest.importorskip("grain")
 
@@ -172,31 +172,8 @@ def test_kill_9_mid_epoch_then_resume_reads_the_same_batches_as_an_uninterrupted
     which never stopped."""
     reference = tmp_path / "memory"
     assert subprocess.run(_command(prepared, reference, False), capture_output=True).returncode == 0
-    rng, kills = np.random.default_rng(0), 0
-    for _ in range(6):
-        process = subprocess.Popen(
-            _command(prepared, tmp_path / "s", True),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for line in process.stdout:
-            if line.startswith("step "):
-                break
-        try:
-            process.wait(timeout=rng.uniform(0.2, 1.5))
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-            kills += 1
-            continue
-        finally:
-            process.stdout.close()
-        assert process.returncode == 0
-        break
-    else:
-        done = subprocess.run(_command(prepared, tmp_path / "s", True), capture_output=True)
-        assert done.returncode == 0, done.stderr[-2000:]
+    command = _command(prepared, tmp_path / "s", True)
+    kills = kill_until_finished(command, attempts=6, window=(0.2, 1.5))
     assert kills >= 1, "the run finished before any kill: make it longer"
     steps = Checkpoints(tmp_path / "s/checkpoints", read_only=True).steps()
     assert steps, "no checkpoint: nothing was resumed"
