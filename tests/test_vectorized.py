@@ -335,3 +335,26 @@ def test_a_trial_that_misses_its_fixed_point_under_raise_stops_alone(tmp_path):
     task = lambda report: {k: v for k, v in _results(report).items() if "iterations" not in k}
     assert task(calm) == pytest.approx(task(alone), 1e-5, 1e-6)
     assert calm["results"]["validation"]["solver_converged_fraction"] == 1.0
+
+
+def test_a_halving_rung_on_the_last_validation_prunes_no_finished_trial():
+    """eta 2 with validations every 6 of 24 steps: validation 4 (step 24, the end of
+    training) is a rung by number, but the trials there have finished: none is cut. At
+    validation 2 (step 12) the worse half is."""
+    import types
+
+    from fnn_jax.train.engine import Engine
+    from fnn_jax.train.trial import Group
+
+    def trial(step):
+        progress = types.SimpleNamespace(stage=0)
+        return types.SimpleNamespace(step=step, stage_end=24, stages=[None], progress=progress)
+
+    engine = types.SimpleNamespace(
+        halving=2, plan=types.SimpleNamespace(eval_every=6, mode="max", metric="accuracy")
+    )
+    values = {i: {"accuracy": a} for i, a in enumerate([0.5, 0.9, 0.7, 0.6])}
+    at_the_end = Group([trial(24) for _ in range(4)])
+    assert Engine._halving_cut(engine, at_the_end, values) == set()
+    midway = Group([trial(12) for _ in range(4)])
+    assert Engine._halving_cut(engine, midway, values) == {0, 3}

@@ -622,6 +622,9 @@ class Engine:
         training = [i for i, _ in group.training if i in values]
         if self.halving < 2 or len(training) < 2:
             return set()
+        trials = [group.trials[i] for i in training]
+        if all(t.progress.stage == len(t.stages) - 1 and t.step >= t.stage_end for t in trials):
+            return set()  # their training is over: a rung here would prune finished trials
         number, on_rung = divmod(group.trials[training[0]].step, self.plan.eval_every)
         if on_rung or number < 1 or self.halving ** round(math.log(number, self.halving)) != number:
             return set()
