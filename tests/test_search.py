@@ -154,3 +154,21 @@ def test_parallel_workers_draw_from_one_study_and_start_exactly_the_trials_asked
     assert [t.status for t in result.trials] == ["done"] * 3
     assert len(_study(tmp_path).trials) == 3
     assert len({t.name for t in result.trials}) == 3
+
+
+@pytest.mark.slow
+def test_ray_workers_draw_from_one_study_each_trial_recorded_once(tmp_path):
+    """--backend ray: two Ray tasks ask the study in the sweep folder's journal under its
+    lock, as worker processes do: three trials, numbered 0, 1, 2, each run once."""
+    ray = pytest.importorskip("ray")
+    spec = sweep.SearchSpec(SPACE, trials=3, sampler="random")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = sweep.search(_small(), spec, tmp_path, parallel=2, backend="ray")
+    finally:
+        ray.shutdown()
+    assert [t.status for t in result.trials] == ["done"] * 3
+    study = _study(tmp_path).trials
+    assert sorted(t.number for t in study) == [0, 1, 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study)
+    assert len({t.name for t in result.trials}) == 3

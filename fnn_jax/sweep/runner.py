@@ -447,11 +447,14 @@ def _ray_executor(address: str | None) -> Iterator[Any]:
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(_run_unit)
-    executor = types.SimpleNamespace(
-        submit=lambda fn, *args: remote.remote(*args).future(),
-        as_completed=futures.as_completed,
-    )
+    remotes: dict[Any, Any] = {}  # fn -> its Ray task (a sweep's units, a search's workers)
+
+    def submit(fn, *args) -> futures.Future:
+        if fn not in remotes:
+            remotes[fn] = ray.remote(num_cpus=1)(fn)
+        return remotes[fn].remote(*args).future()
+
+    executor = types.SimpleNamespace(submit=submit, as_completed=futures.as_completed)
     try:
         yield executor
     finally:
