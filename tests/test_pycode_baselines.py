@@ -2,7 +2,6 @@
 written out with Python dicts, and lzma's figure is its compressed size."""
 
 import collections
-import importlib.util
 import lzma
 import math
 from pathlib import Path
@@ -10,16 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.scripts import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
 V = 257
 
 
 @pytest.fixture(scope="module")
 def baselines():
-    spec = importlib.util.spec_from_file_location("pb", ROOT / "experiments/pycode_baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pycode_baselines")
 
 
 def _reference_bits(train: list[int], test: list[int], order: int) -> float:

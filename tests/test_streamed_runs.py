@@ -27,6 +27,7 @@ from fnn_jax.data import corpus
 from fnn_jax.train import train_and_evaluate
 from fnn_jax.train.vectorized import train_together
 from tests.kill9 import kill_until_finished
+from tests.scripts import load_script
 
 pytest.importorskip("grain")
 
@@ -259,8 +260,6 @@ def test_two_processes_stream_disjoint_halves_and_train_as_one_process(prepared,
 def test_pycode_charlm_streams_its_corpus_and_reports_the_unigram_baseline(prepared, tmp_path):
     """configs/pycode_charlm.py, shrunk, on the test corpus: it streams (the train rows
     are read from disk), and its unigram baseline is experiments/pycode_baselines.py's."""
-    import importlib.util
-
     from configs import pycode_charlm
 
     config = sweep.apply_overrides(
@@ -269,10 +268,7 @@ def test_pycode_charlm_streams_its_corpus_and_reports_the_unigram_baseline(prepa
     )
     assert config.data.options.stream and config.model.num_layers == 2
     report = train_and_evaluate(config, tmp_path / "run")
-    root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("pb", root / "experiments/pycode_baselines.py")
-    baselines = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(baselines)
+    baselines = load_script("pycode_baselines")
     opened = corpus.open_corpus(prepared)
     train, test = (baselines.tokens_of(opened.split(s)) for s in ("train", "test"))
     bits = baselines.unigram_bits(train[1:], test[1:])  # every token but the first: targets

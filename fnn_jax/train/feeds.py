@@ -16,7 +16,6 @@ validation / test side: batches on the devices once, or read from disk at every 
 from __future__ import annotations
 
 import collections
-import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -27,8 +26,6 @@ from fnn_jax import data as data_lib
 from fnn_jax.train import mesh
 from fnn_jax.train.steps import device_eval_batches, eval_batch_rows
 from fnn_jax.train.steps import eval_batches as host_eval_batches
-
-log = logging.getLogger("fnn_jax")
 
 FIELDS = ("inputs", "targets", "lengths", "resets")  # a train batch's fields
 _POSITIONS_KEPT = 256  # recent positions: a best step saved late finds its own
