@@ -20,6 +20,7 @@ device, one jitted ``lax.scan`` per epoch, validation each epoch, no checkpoints
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import statistics
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from fnn_jax.config import default_config  # noqa: E402
 from fnn_jax.optim import make_optimizer  # noqa: E402
 from fnn_jax.train import engine as engine_lib  # noqa: E402
 from fnn_jax.train.loop import train_and_evaluate  # noqa: E402
-from fnn_jax.train.steppers import train_table  # noqa: E402
+from fnn_jax.train.steppers import host_copy, train_table  # noqa: E402
 from fnn_jax.train.steps import (  # noqa: E402
     StepSpec,
     TrainState,
@@ -176,37 +178,60 @@ def section_runner(cfg: Any) -> dict[str, Any]:
 def section_checkpoint(cfg: Any) -> dict[str, Any]:
     """Wall and CPU milliseconds of one Orbax save (``Checkpoints.save`` then ``wait``) of
     the demo's train state, host copies, median of 20 after 3 warm-ups: what a save costs
-    the 2 cores whether or not the loop waits for it."""
+    the 2 cores whether or not the loop waits for it. And how long the training loop waits
+    for a save to start (the save call alone, median of 20): from host copies (a copy off
+    the device, then Orbax on the writer thread) and from the arrays on the device (Orbax
+    started on the loop's thread: how a state split over devices is saved)."""
     del cfg
     plan = setup(_demo_config())
     params = init_params(plan.model, jax.random.key(0), plan.sample)
     tx = make_optimizer(_demo_config().optimizer, 1000)
     sums = zero_sums(plan.model, plan.task, params, plan.sample)
-    state = jax.device_get(TrainState(np.int32(0), params, tx.init(params), sums))
-    folder = Path(tempfile.mkdtemp(prefix="bench_checkpoint_"))
-    checkpoints = Checkpoints(folder)
+    on_device = jax.device_put(TrainState(np.int32(0), params, tx.init(params), sums))
+    state = jax.device_get(on_device)
     walls, cpus = [], []
-    try:
+    with _checkpoints() as checkpoints:
         for step in range(23):
             wall, cpu = time.perf_counter(), time.process_time()
             checkpoints.save(step, state, {"step": step})
             checkpoints.wait()
             walls.append(1e3 * (time.perf_counter() - wall))
             cpus.append(1e3 * (time.process_time() - cpu))
-    finally:
-        checkpoints.close()
-        shutil.rmtree(folder, ignore_errors=True)
+    waits = {}
+    for name, copy in {"host": host_copy, "device": lambda tree: tree}.items():
+        waits[name] = []
+        with _checkpoints() as checkpoints:
+            for step in range(23):
+                wall = time.perf_counter()
+                checkpoints.save(step, copy(on_device), {"step": step})
+                waits[name].append(1e3 * (time.perf_counter() - wall))
+                checkpoints.wait()
     size = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state))
     result = {
         "state_mb": size / 2**20,
         "save_wall_ms": statistics.median(walls[3:]),
         "save_cpu_ms": statistics.median(cpus[3:]),
+        "loop_waits_ms_host_copies": statistics.median(waits["host"][3:]),
+        "loop_waits_ms_on_device": statistics.median(waits["device"][3:]),
     }
     print(
         f"\ncheckpoint: one save of the demo's state ({result['state_mb']:.2f} MB): "
-        f"{result['save_wall_ms']:.1f} ms wall, {result['save_cpu_ms']:.1f} ms CPU"
+        f"{result['save_wall_ms']:.1f} ms wall, {result['save_cpu_ms']:.1f} ms CPU; the "
+        f"loop waits {result['loop_waits_ms_host_copies']:.1f} ms for it to start from host "
+        f"copies, {result['loop_waits_ms_on_device']:.1f} ms from the arrays on the device"
     )
     return result
+
+
+@contextlib.contextmanager
+def _checkpoints() -> Iterator[Checkpoints]:
+    folder = Path(tempfile.mkdtemp(prefix="bench_checkpoint_"))
+    checkpoints = Checkpoints(folder)
+    try:
+        yield checkpoints
+    finally:
+        checkpoints.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- demo

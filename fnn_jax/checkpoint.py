@@ -2,7 +2,8 @@
 
 Each step holds the train state (params, optimizer state, step, running metric sums) and a
 JSON ``progress`` record (data position, early-stopping counters, fine-tuning stage, and a
-SHA-256 of every state leaf). Orbax commits a step atomically but keeps no checksums, so
+SHA-256 of every state leaf, or of every shard of a leaf split over devices:
+fnn_jax.checksums). Orbax commits a step atomically but keeps no checksums, so
 ``restore_good`` re-hashes what it reads and falls back to the previous step when a file is
 missing, truncated or bit-flipped; a corrupt step is moved aside, never deleted.
 """
@@ -30,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from fnn_jax import checksums
 from fnn_jax.tree import path_str
 
 log = logging.getLogger("fnn_jax")
@@ -103,15 +105,8 @@ def _best_rank(metrics: dict[str, float]) -> float:
     return metrics["best_rank"]
 
 
-def leaf_hashes(tree: Any) -> dict[str, str]:
-    """SHA-256 of every leaf's bytes, dtype and shape, keyed by its '/'-joined path."""
-    hashes = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(tree)):
-        array = np.ascontiguousarray(leaf)
-        digest = hashlib.sha256(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-        hashes[path_str(path)] = digest.hexdigest()
-    return hashes
+def _on_devices(tree: Any) -> bool:
+    return any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(tree))
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -277,9 +272,11 @@ class Checkpoints:
         stage_end: bool = False,
         data: dict | None = None,
     ) -> None:
-        """Starts an async save; ``wait`` (or the next save) finishes it. ``data``: a data
-        reader's position at this step (a streamed dataset's grain iterator state), saved
-        as the item "data" with its SHA-256 in the progress (``restore_data``).
+        """Starts an async save; ``wait`` (or the next save) finishes it. ``state``: host
+        copies, or the arrays where they lie on the devices (saved and hashed shard by
+        shard, never gathered whole). ``data``: a data reader's position at this step (a
+        streamed dataset's grain iterator state), saved as the item "data" with its SHA-256
+        in the progress (``restore_data``).
 
         Raises CheckpointError naming the folder when the write fails (e.g. a full disk);
         the previous steps stay intact because Orbax renames a step into place only once
@@ -291,7 +288,9 @@ class Checkpoints:
         metrics = {"best_rank": float(step) if is_best else -1.0}
         metrics["stage_end"] = float(stage_end)
         self._pending = step
-        if self._writer is None:
+        # Arrays on the devices are hashed and handed to Orbax (which copies them to the
+        # host shard by shard) here, before the next step donates their buffers.
+        if self._writer is None or _on_devices(state):
             self._start_save(step, state, progress, metrics, data)
         else:
             self._started = self._writer.submit(
@@ -301,7 +300,7 @@ class Checkpoints:
     def _start_save(
         self, step: int, state: Any, progress: dict, metrics: dict, data: dict | None = None
     ) -> None:
-        progress = {**progress, "hashes": leaf_hashes(state)}
+        progress = {**progress, "hashes": checksums.saved_shard_hashes(state)}
         items = {"state": ocp.args.StandardSave(state)}
         if data is not None:
             progress["data_sha256"] = _json_sha256(data)
@@ -333,19 +332,27 @@ class Checkpoints:
 
     def _verify(self, step: int, state: Any, progress: dict) -> None:
         """A targeted restore: the same leaves as saved (else StateMismatch), each intact."""
-        stored, hashes = progress.get("hashes", {}), leaf_hashes(state)
-        if set(hashes) != set(stored):
-            self._raise_state_mismatch(step, set(stored), set(hashes))
-        self._check_hashes(step, hashes, stored)
+        stored = progress.get("hashes", {})
+        saved, wanted = checksums.leaf_paths(stored), set(_shapes(state))
+        if saved != wanted:
+            self._raise_state_mismatch(step, saved, wanted)
+        self._check_hashes(step, state, stored)
 
-    def _check_hashes(self, step: int, hashes: dict[str, str], stored: dict[str, str]) -> None:
-        """CorruptCheckpoint naming the first leaf whose SHA-256 differs from the stored one."""
-        for path, digest in hashes.items():
-            if stored.get(path) != digest:
-                raise CorruptCheckpoint(
-                    f"step {step} in {self.directory}: {path!r} does not match its stored "
-                    f"SHA-256 (files under {self.directory / str(step) / 'state'})"
-                )
+    def _check_hashes(self, step: int, state: Any, stored: dict[str, str]) -> None:
+        """CorruptCheckpoint naming the first leaf (or shard) whose SHA-256 differs from
+        the stored one. With several processes each checks the shards it holds, and all
+        raise if any finds damage."""
+        bad = checksums.mismatches(state, stored)
+        if jax.process_count() > 1:
+            from fnn_jax.train.distributed import on_any_process
+
+            if on_any_process(bool(bad)) and not bad:
+                bad = ["a shard another process checked"]
+        if bad:
+            raise CorruptCheckpoint(
+                f"step {step} in {self.directory}: {bad[0]!r} does not match its stored "
+                f"SHA-256 (files under {self.directory / str(step) / 'state'})"
+            )
 
     def _explain_failed_restore(self, step: int, like: Any, error: Exception) -> None:
         """Raises what a failed targeted restore means: damage, or an intact step of
@@ -424,22 +431,29 @@ class Checkpoints:
             self.manager.reload()
 
     def restore_saved(self, step: int) -> tuple[Any, dict]:
-        """The state at ``step`` as saved (nested dicts of arrays, no target to shape it),
-        checked against its stored hashes; CorruptCheckpoint when it is damaged."""
+        """The state at ``step`` as saved (nested dicts of NumPy arrays, whatever devices
+        saved it), checked against its stored hashes; CorruptCheckpoint when it is damaged."""
         try:
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(), progress=ocp.args.JsonRestore()
+                    state=ocp.args.StandardRestore(self._host_target(step)),
+                    progress=ocp.args.JsonRestore(),
                 ),
             )
         except Exception as error:
             raise CorruptCheckpoint(
                 f"step {step} in {self.directory} could not be read: {error}"
             ) from error
-        stored = restored.progress.get("hashes", {})
-        self._check_hashes(step, leaf_hashes(restored.state), stored)
+        self._check_hashes(step, restored.state, restored.progress.get("hashes", {}))
         return restored.state, restored.progress
+
+    def _host_target(self, step: int) -> Any:
+        """Host arrays shaped as the step's saved state: a state saved from devices (with
+        their mesh in its metadata) reads back on a machine with other devices too."""
+        with ocp.StandardCheckpointer() as reader:
+            saved = reader.metadata(self.directory / str(step) / "state").item_metadata
+        return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), saved)
 
     def set_aside(self, step: int, reason: str) -> None:
         """Logs why ``step`` is unusable and moves it aside (if it is still here)."""

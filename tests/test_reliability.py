@@ -229,7 +229,7 @@ def test_close_raises_the_failed_save_even_when_orbax_then_fails_to_close(tmp_pa
 
     monkeypatch.setattr(manager, "save", no_space)
     monkeypatch.setattr(manager, "close", close_fails)
-    checkpoints.save(2, {"w": jnp.ones(4)}, {})
+    checkpoints.save(2, {"w": np.ones(4)}, {})  # host copies: saved on the writer thread
     with pytest.raises(CheckpointError, match="could not write checkpoint step 2 to .*ckpt") as e:
         checkpoints.close()
     assert "the disk is full: free space, then run the same command to resume" in str(e.value)

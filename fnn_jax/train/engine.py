@@ -395,7 +395,7 @@ class Engine:
             self.profile.after_dispatch(self.ran, wait)
             self._show(bar, group)
             if interrupt:
-                states = stepper.host_states()
+                states = stepper.states()
                 for i, trial in group.training:
                     if i not in group.saved:
                         trial.checkpoint(states[i], self.plan.steps_per_epoch, now=True)
@@ -571,7 +571,7 @@ class Engine:
         """Validation metrics, the best step and early stopping, pruning (a search's
         pruner, a halving rung), the checkpoint and the stage's end, for the rows ``due``."""
         sums = stepper.evaluate_sums(self.validation_batches)
-        states = stepper.host_states()
+        states = stepper.states()  # one trial's on the devices: nothing gathered to save it
         values = {
             i: diagnostics.metrics(self.plan.task, sums[i]) for i, now in enumerate(due) if now
         }
@@ -609,7 +609,7 @@ class Engine:
                 trial.outcome = {"pruned_at": trial.step}
                 group.leave(i)
             elif ends_stage:
-                trial.state = states[i]
+                trial.state = steppers.host_copy(states[i])
                 self._end_stage(trial)
                 group.leave(i)
         if cut:

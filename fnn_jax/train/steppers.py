@@ -317,6 +317,13 @@ class Stepper:
         """Each trial's state, as NumPy copies."""
         raise NotImplementedError
 
+    def states(self) -> list[TrainState]:
+        """Each trial's state for a save: host copies, except a state split over devices
+        (config.mesh.model, or truncated BPTT's carry over ``data``): those arrays where
+        they lie, saved shard by shard and never gathered (valid until the next dispatch
+        donates them). A group's are host copies (slices of stacked arrays)."""
+        return self.host_states()
+
     def sums(self) -> list[Any]:
         """Each trial's train sums since they were last reset (host)."""
         raise NotImplementedError
@@ -352,6 +359,7 @@ class SingleStepper(Stepper):
         self._layout = layout
         shardings = layout.state_shardings(member.state)
         self.state = layout.put(member.state, shardings)
+        self._split = any(not x.is_fully_replicated for x in jax.tree.leaves(self.state))
         health = {k: v[0] for k, v in _health0(members).items()}
         self._health = layout.put(health, layout.replicated)
         own = {} if member.features is None else {"features": member.features}
@@ -382,6 +390,11 @@ class SingleStepper(Stepper):
 
     def host_states(self) -> list[TrainState]:
         return [host_copy(self.state)]
+
+    def states(self) -> list[TrainState]:
+        if self._split:
+            return [self.state]
+        return self.host_states()  # one replica's copy: cheap, and saved on another thread
 
     def sums(self) -> list[Any]:
         return [mesh.host(self.state.sums)]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -25,6 +26,7 @@ from fnn_jax.config import ConfigError
 from fnn_jax.data import augment, fingerprint
 from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
+from fnn_jax.train import mesh
 from fnn_jax.train.steps import TrainState, build_model, init_params, to_device_batch
 
 log = logging.getLogger("fnn_jax")
@@ -248,10 +250,10 @@ class Trial:
     def checkpoint(
         self, state: TrainState, steps_per_epoch: int, *, stage_end: bool = False, now: bool = False
     ) -> bool:
-        """Saves ``state`` (host copies) at a stage end, when asked (``now``: an
-        interruption, a pruning) or when config.train.checkpoint_every_s have passed since
-        the last save, the best state kept in memory since then first; else keeps it in
-        memory if it is a new best. True when it saved."""
+        """Saves ``state`` (host copies, or arrays on the devices) at a stage end, when
+        asked (``now``: an interruption, a pruning) or when config.train.checkpoint_every_s
+        have passed since the last save, the best state kept in memory since then first;
+        else keeps it in memory if it is a new best. True when it saved."""
         due = now or stage_end
         due = due or time.monotonic() - self.saved_at >= self.config.train.checkpoint_every_s
         if jax.process_count() > 1:  # clocks differ: every process saves when process 0 does
@@ -259,8 +261,8 @@ class Trial:
         record = self.progress.record(self.step, steps_per_epoch)
         is_best = self.progress.best_step == self.step
         if not due:
-            if is_best:
-                self.unsaved_best = (self.step, state, record)
+            if is_best:  # arrays on the devices are copied there: the next step donates them
+                self.unsaved_best = (self.step, _kept(state), record)
             return False
         if is_best:  # this save supersedes the best in memory
             self.unsaved_best = None
@@ -285,7 +287,7 @@ class Trial:
         stage_end: bool = False,
     ) -> None:
         self.metrics_log.check_in_place()  # no save into a deleted workdir
-        if not all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state.params)):
+        if not _all_finite(state.params):
             raise FloatingPointError(
                 f"refusing to save step {step} of {self.workdir}: parameters are not finite"
             )
@@ -297,6 +299,35 @@ class Trial:
     def patience_spent(self) -> bool:
         patience = self.stage.patience
         return bool(patience and self.progress.bad_evals >= patience)
+
+
+def _kept(state: TrainState) -> TrainState:
+    """``state`` safe from the next dispatch: host copies as they are, arrays on the
+    devices copied there (with their shardings: nothing gathered)."""
+    if not any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(state)):
+        return state
+    return _device_copy(state)
+
+
+@jax.jit
+def _device_copy(tree: Any) -> Any:
+    return jax.tree.map(jnp.copy, tree)
+
+
+def _all_finite(params: Any) -> bool:
+    """Whether every parameter is finite; arrays on the devices are checked there (one
+    boolean comes back, not the parameters)."""
+    leaves = jax.tree.leaves(params)
+    on_devices = [x for x in leaves if isinstance(x, jax.Array)]
+    finite = all(np.isfinite(x).all() for x in leaves if not isinstance(x, jax.Array))
+    if on_devices:
+        finite = finite and bool(mesh.host(_finite(on_devices)))
+    return finite
+
+
+@jax.jit
+def _finite(leaves: list[jax.Array]) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 class Group:
