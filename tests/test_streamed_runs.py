@@ -134,10 +134,52 @@ def test_a_corpus_changed_since_the_run_started_is_refused_on_resume(tmp_path):
         train_and_evaluate(config, tmp_path / "run")
 
 
-def test_a_vectorised_group_cannot_stream(prepared, tmp_path):
-    configs = [_config(prepared, stream=True, seed=s) for s in (0, 1)]
-    with pytest.raises(ConfigError, match="vectorised group of 2 trials cannot share"):
-        train_together(configs, [tmp_path / "a", tmp_path / "b"])
+def _group(prepared: Path, stream: bool) -> list:
+    """Two trials that read in different orders (seeds) at different learning rates."""
+    return [
+        _config(prepared, stream=stream, seed=s, **{"optimizer.learning_rate": lr})
+        for s, lr in ((0, 1e-2), (1, 3e-3))
+    ]
+
+
+@pytest.fixture(scope="module")
+def group_in_memory(prepared, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("group_memory")
+    train_together(_group(prepared, stream=False), [root / "a", root / "b"])
+    return root
+
+
+def test_a_streamed_vectorised_group_equals_the_group_in_memory_bit_for_bit(
+    prepared, group_in_memory, tmp_path
+):
+    outcomes = train_together(_group(prepared, stream=True), [tmp_path / "a", tmp_path / "b"])
+    assert all("results" in outcome for outcome in outcomes), outcomes
+    for name in ("a", "b"):
+        _same_run(group_in_memory / name, tmp_path / name)
+
+
+def test_a_streamed_group_stopped_and_resumed_reads_on_where_each_trial_stopped(
+    prepared, group_in_memory, tmp_path
+):
+    workdirs = [tmp_path / "a", tmp_path / "b"]
+    stopped = train_together(_group(prepared, stream=True), workdirs, stop_after_steps=6)
+    assert stopped == [{"interrupted_at": 6}] * 2
+    for workdir in workdirs:  # each trial's own reader position, saved with its step
+        checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+        assert checkpoints.restore_data(6) == {"next_index": 6}
+        checkpoints.close()
+    train_together(_group(prepared, stream=True), workdirs)
+    for name in ("a", "b"):
+        _same_run(group_in_memory / name, tmp_path / name)
+
+
+def test_truncated_bptt_on_a_stream_equals_it_in_memory_bit_for_bit(prepared, tmp_path):
+    """Rows of 32 bytes in windows of 12: 3 steps a row, padded to 36 as in memory."""
+    tbptt = {"train.tbptt_length": 12}
+    train_and_evaluate(_config(prepared, stream=False, **tbptt), tmp_path / "memory")
+    train_and_evaluate(_config(prepared, stream=True, **tbptt), tmp_path / "s", stop_after_steps=7)
+    train_and_evaluate(_config(prepared, stream=True, **tbptt), tmp_path / "s")
+    _same_run(tmp_path / "memory", tmp_path / "s")
 
 
 def _command(prepared: Path, workdir: Path, stream: bool) -> list[str]:

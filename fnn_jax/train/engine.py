@@ -41,7 +41,6 @@ import numpy as np
 from fnn_jax import finetune, reporting
 from fnn_jax.cells import fixed_point
 from fnn_jax.checkpoint import Checkpoints
-from fnn_jax.config import ConfigError
 from fnn_jax.data import augment
 from fnn_jax.finetune import Stage
 from fnn_jax.optim import make_optimizer, schedule
@@ -143,7 +142,7 @@ class Engine:
         # The devices (config.mesh), then the train rows and the validation batches, sent
         # to them once.
         self.layout = mesh.from_config(configs[0], abstract_params, batch_size=plan.batch_size)
-        self.train_table = self._in_memory_feed()  # a streamed dataset's: with its trial
+        self.train_table = self._in_memory_feed()  # None for a streamed dataset
         self.validation_batches = feeds.eval_batches(
             plan.dataset, "validation", configs[0].data.eval_batch_size, self.layout
         )
@@ -155,8 +154,10 @@ class Engine:
         self.trials = [
             self._open(c, Path(w), len(configs) > 1) for c, w in zip(configs, workdirs, strict=True)
         ]
+        # A streamed dataset: a reader per trial, each in its own order and position.
+        self.streams: dict[Path, feeds.StreamedRows] = {}
         if plan.dataset.streams is not None:
-            self.train_table = self._open_stream()
+            self.streams = {t.workdir: self._open_stream(t) for t in self.trials if t.in_training}
         # What happens between dispatches, in this order, for each trial whose step calls
         # for it (a multiple of ``every``, or its stage's last step); a dispatch ends at
         # the nearest such step. Non-finite steps are counted first (_read_health), an
@@ -186,18 +187,11 @@ class Engine:
             return steppers.RowsOnHost(table)
         return self.layout.put(table, self.layout.replicated)
 
-    def _open_stream(self) -> feeds.StreamedRows:
-        """A streamed dataset's reader for the run's one trial, at the step it resumes from
-        and at the position saved with that step (every save keeps the position)."""
-        if len(self.trials) > 1:
-            raise ConfigError(
-                f"config.data.options.stream: a vectorised group of {len(self.trials)} "
-                "trials cannot share one streamed reader (each reads in its own order); "
-                "run the trials apart (without --vectorize)"
-            )
+    def _open_stream(self, trial: Trial) -> feeds.StreamedRows:
+        """A streamed dataset's reader for ``trial`` (its seed's order), at the step it
+        resumes from and at the position saved with that step (every save keeps it)."""
         from fnn_jax.data.stream import EpochOrder  # grain: the stream extra
 
-        (trial,) = self.trials
         plan, config = self.plan, trial.config
         order = EpochOrder(
             plan.dataset.num_rows("train"), plan.batch_size, seed=config.seed, windows=plan.windows
@@ -208,6 +202,7 @@ class Engine:
             sum(stage.num_steps for stage in trial.stages),
             workers=config.data.stream_workers,
             prefetch=config.data.stream_prefetch,
+            time=plan.window * plan.windows,
         )
         if trial.step in trial.checkpoints.steps():
             saved = trial.checkpoints.restore_data(trial.step)
@@ -486,11 +481,19 @@ class Engine:
                 )
                 for t in members
             ],
-            table=self.train_table,
+            table=self._train_feed(members),
             eval_step=self.eval_step,
             steps_per_dispatch=self.config.train.steps_per_dispatch,
             layout=self.layout,
         )
+
+    def _train_feed(self, members: list[Trial]) -> Any:
+        """Where ``members``' train batches come from: the rows in memory (or on the host),
+        or each member's reader of a streamed dataset."""
+        if not self.streams:
+            return self.train_table
+        readers = [self.streams[t.workdir] for t in members]
+        return readers[0] if len(readers) == 1 else feeds.StreamedGroup(readers)
 
     def _settings(self, trial: Trial) -> steppers.Settings:
         """The trial's scalar settings: its stage's, except those PBT set since (saved in

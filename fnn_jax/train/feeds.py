@@ -8,6 +8,7 @@
   through a grain pipeline ahead of the dispatches (fnn_jax.data.stream), each process
   its slice; its position is saved with every checkpoint (``position``) and restored
   (``seek``), so a resumed run reads exactly the batches an uninterrupted one would.
+  ``StreamedGroup``: one per trial of a vectorised group, sent together.
 
 The two host feeds answer ``sent(layout, rows, count)``; ``eval_batches`` is the
 validation / test side: batches on the devices once, or read from disk at every pass.
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from fnn_jax import data as data_lib
+from fnn_jax.tasks import IGNORE_LABEL
 from fnn_jax.train import mesh
 from fnn_jax.train.steps import device_eval_batches, eval_batch_rows
 from fnn_jax.train.steps import eval_batches as host_eval_batches
@@ -39,11 +41,19 @@ class StreamedRows:
     ``Setup.train_indices``); total_steps: the run's steps (the stream's length)."""
 
     def __init__(
-        self, split: Any, order: Any, total_steps: int, *, workers: int = 0, prefetch: int = 2
+        self,
+        split: Any,
+        order: Any,
+        total_steps: int,
+        *,
+        workers: int = 0,
+        prefetch: int = 2,
+        time: int | None = None,
     ):
         from fnn_jax.data import stream  # grain: the stream extra, imported when used
 
-        self.batch, self.time = order.batch_size, split.row_length
+        # time: rows padded to this length (truncated BPTT's whole windows), as in memory.
+        self.batch, self.time = order.batch_size, max(time or 0, split.row_length)
         self.iterator = stream.train_stream(
             split,
             row_indices=order,
@@ -75,6 +85,10 @@ class StreamedRows:
         """The next ``count`` batches, [capacity, batch, ...] global arrays (past ``count``:
         zeros, never trained on). ``rows`` [capacity, batch] are the engine's row ids for
         them: a stream that reads other rows stops the run (it would train on other data)."""
+        return layout.put_local_rows(self.local(rows, count), self.batch, axis=1)
+
+    def local(self, rows: np.ndarray, count: int) -> dict[str, np.ndarray]:
+        """``sent``'s batches before placing: this process's rows, [capacity, rows, ...]."""
         capacity = rows.shape[0]
         local = {name: [] for name in FIELDS}
         for i in range(count):
@@ -86,18 +100,17 @@ class StreamedRows:
                     "than the engine asked for: the checkpoint's data position and its step "
                     "disagree"
                 )
-            for name in FIELDS:
-                local[name].append(batch[name])
+            for name, value in _padded(batch, self.time).items():
+                local[name].append(value)
         self.next_step += count
         self._remember()
         shapes = self._shapes()
-        stacked = {
+        return {
             name: np.stack(local[name] + [np.zeros(shape, dtype)] * (capacity - count))
             if count
             else np.zeros((capacity, *shape), dtype)
             for name, (shape, dtype) in shapes.items()
         }
-        return layout.put_local_rows(stacked, self.batch, axis=1)
 
     def _shapes(self) -> dict[str, tuple[tuple, Any]]:
         rows = self.mine.stop - self.mine.start
@@ -113,6 +126,46 @@ class StreamedRows:
         self.positions[self.next_step] = dict(self.iterator.get_state())
         while len(self.positions) > _POSITIONS_KEPT:
             self.positions.popitem(last=False)
+
+
+def _padded(batch: dict[str, np.ndarray], time: int) -> dict[str, np.ndarray]:
+    """A batch's fields, [rows, T] padded to ``time`` steps as the in-memory table is
+    (``steppers.host_train_table``): inputs 0, targets the ignored label, resets False."""
+    extra = time - batch["inputs"].shape[1]
+    fill = {"inputs": 0, "targets": IGNORE_LABEL, "resets": False}
+    return {
+        name: np.pad(batch[name], [(0, 0), (0, extra)], constant_values=fill[name])
+        if extra and name in fill
+        else batch[name]
+        for name in FIELDS
+    }
+
+
+class StreamedGroup:
+    """The train batches of a vectorised group's trials, each read from disk in its own
+    order (a ``StreamedRows`` per trial: its seed's order, its own position saved with its
+    own checkpoints). A trial that is not training reads nothing."""
+
+    def __init__(self, members: list[StreamedRows]):
+        self.members = members
+        self.batch = members[0].batch
+
+    def sent(
+        self, layout: mesh.Layout, indices: list[np.ndarray | None], count: int
+    ) -> dict[str, jax.Array]:
+        """The next ``count`` batches of every trial, [trials, capacity, batch, ...] global
+        arrays; ``indices``: per trial its row ids [capacity, batch], None for a trial not
+        training (zeros, masked out)."""
+        local = [
+            None if rows is None else member.local(rows, count)
+            for member, rows in zip(self.members, indices, strict=True)
+        ]
+        first = next(batches for batches in local if batches is not None)
+        stacked = {
+            name: np.stack([np.zeros_like(first[name]) if v is None else v[name] for v in local])
+            for name in first
+        }
+        return layout.put_local_rows(stacked, self.batch, axis=2)
 
 
 class StreamedEval:

@@ -451,9 +451,12 @@ class VectorizedStepper(Stepper):
         self._health = layout.put(health, layout.replicated)
         if isinstance(table, RowsOnHost):  # a group's trials read different rows: every
             table = layout.put(table.table, layout.replicated)  # device holds them all
+        # A host feed for the group (feeds.StreamedGroup) sends each trial's batches.
+        self._host_feed = table if hasattr(table, "sent") else None
         cached = members[0].features is not None
         own = {"features": jnp.stack([m.features for m in members])} if cached else {}
-        self._table = {"shared": table, "own": layout.put(own, layout.replicated)}
+        shared = {} if self._host_feed is not None else table
+        self._table = {"shared": shared, "own": layout.put(own, layout.replicated)}
         settings = [m.settings for m in members]
         self.settings = [dict(s) for s in settings]  # host copies of the program's inputs
         trials = {
@@ -464,7 +467,8 @@ class VectorizedStepper(Stepper):
         self.trials = layout.put(trials, layout.replicated)
         self._layout = layout
         dispatch = _dispatch_fn(spec, stage, self.capacity, layout, split_batches=not self.spread)
-        axes = (0, {"shared": None, "own": 0}, 0, None, 0)
+        sent = {} if self._host_feed is None else {"sent": 0}  # [trials, capacity, batch, ...]
+        axes = (0, {"shared": None, "own": 0, **sent}, 0, None, 0)
         out = (shardings, jax.tree.map(lambda _: layout.replicated, health))
         self._run = jax.jit(jax.vmap(dispatch, in_axes=axes), donate_argnums=0, out_shardings=out)
         self._eval = jax.jit(jax.vmap(eval_step, in_axes=(0, None)))
@@ -477,8 +481,11 @@ class VectorizedStepper(Stepper):
         filler = next(rows for rows in indices if rows is not None)  # masked out anyway
         rows = np.stack([filler if r is None else r for r in indices])
         trials = {**self.trials, "active": self._layout.put(active, self._layout.replicated)}
+        table = self._table
+        if self._host_feed is not None:
+            table = {**table, "sent": self._host_feed.sent(self._layout, indices, count)}
         self.state, self._health = self._run(
-            (self.state, self._health), self._table, rows, np.int32(count), trials
+            (self.state, self._health), table, rows, np.int32(count), trials
         )
 
     def exploit(self, sources: Sequence[int], settings: Sequence[Settings]) -> None:

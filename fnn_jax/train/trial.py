@@ -142,11 +142,6 @@ def _check_tbptt(config: ml_collections.ConfigDict, dataset: data_lib.Dataset, t
     the key and the numbers when truncated BPTT cannot apply."""
     window, time = config.train.tbptt_length, int(dataset.train.inputs.shape[1])
     where = f"config.train.tbptt_length={window}"
-    if dataset.streams is not None:
-        raise ConfigError(
-            f"{where}: a streamed dataset ({dataset.name!r}) trains whole rows; choose the "
-            "row length when preparing it (experiments/prepare_corpus.py --row_length)"
-        )
     if window > time:
         raise ConfigError(
             f"{where} is longer than the sequences of {dataset.name!r} ({time} steps); "
