@@ -25,6 +25,12 @@ sweep.png. The trials come from the config file's get_sweep(), or from the comma
         --space model.hidden_size=16,32,64
         # adaptive search with Optuna (pip install -e '.[search]'): the study resumes from
         # workdir/study.journal; the space may also come from the config's get_search_space()
+    python experiments/sweep.py --config configs/test.py --workdir runs/mo --search tpe \
+        --trials 20 --objectives metric,params --space optimizer.name=adam,sgd \
+        --space 'optimizer.momentum=uniform(0.5,0.99)|optimizer.name=sgd'
+        # a conditional key (momentum drawn only where the trial drew sgd) and a Pareto
+        # front of validation metric against parameter count (also: wall_time, seconds);
+        # sweep.md marks the Pareto-optimal trials, search_pareto.png draws the front
 
 --config.key=value overrides change the base config of every trial. Running the same command
 again skips finished trials, resumes interrupted ones and retries failed ones. Exit status 1
@@ -92,7 +98,17 @@ flags.DEFINE_integer("pbt_seed", 0, "--pbt: the seed of the copies' sources and 
 flags.DEFINE_enum("search", None, list(sweep.SAMPLERS), "Adaptive search with this Optuna sampler.")
 flags.DEFINE_integer("trials", 20, "--search: trials in the study.")
 flags.DEFINE_multi_string(
-    "space", [], "--search: key=v1,v2,... or key=log_uniform(lo,hi) / uniform(lo,hi)."
+    "space",
+    [],
+    "--search: key=v1,v2,... or key=log_uniform(lo,hi) / uniform(lo,hi); a suffix "
+    "|other=v1,v2 suggests the key only where the trial drew one of those values of other.",
+)
+flags.DEFINE_list(
+    "objectives",
+    ["metric"],
+    "--search: what the study optimises, of metric (the task's selection metric, its "
+    "direction), params (parameter count, minimised), wall_time (trial seconds, minimised); "
+    "several give a Pareto front (then --pruner none).",
 )
 flags.DEFINE_enum("pruner", "none", list(sweep.PRUNERS), "--search: Optuna's pruner.")
 flags.DEFINE_integer("search_seed", 0, "--search: the sampler's seed.")
@@ -141,7 +157,7 @@ def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
         raise app.UsageError("--search takes its space from --space, not --sweep/--random")
     try:
         if FLAGS.space:
-            space = sweep.parse_axes(FLAGS.space, config)
+            space = sweep.parse_space(FLAGS.space, config)
         else:
             path, module = config_module()
             if not hasattr(module, "get_search_space"):
@@ -150,7 +166,12 @@ def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
     except ValueError as e:
         raise app.UsageError(str(e)) from e
     return sweep.SearchSpec(
-        space, FLAGS.trials, sampler=FLAGS.search, pruner=FLAGS.pruner, seed=FLAGS.search_seed
+        space,
+        FLAGS.trials,
+        sampler=FLAGS.search,
+        pruner=FLAGS.pruner,
+        seed=FLAGS.search_seed,
+        objectives=tuple(FLAGS.objectives),
     )
 
 
@@ -187,6 +208,11 @@ def print_summary(result: sweep.SweepResult) -> None:
             f"{best.value('validation', result.metric):.4f}, "
             f"test {best.value('test', result.metric):.4f}) in {best.workdir}"
         )
+    if result.objectives:
+        print(f"\nPareto-optimal over {', '.join(result.objectives)}:")
+        for trial in result.pareto:
+            values = ", ".join(f"{k}={v:.4g}" for k, v in trial.objectives.items())
+            print(f"  {trial.name}: {values}")
     for trial in result.failed:
         print(f"failed: {trial.name}: {trial.error}  ({trial.workdir / 'error.txt'})")
     for what, path in result.paths.items():
@@ -203,6 +229,8 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.search and FLAGS.pbt:
             raise app.UsageError("--pbt trains a vectorised group, not an adaptive --search")
+        if FLAGS["objectives"].present and not FLAGS.search:
+            raise app.UsageError("--objectives needs --search SAMPLER")
         if FLAGS.search:
             result = sweep.search(config, search_from_flags(config), FLAGS.workdir, **where)
         else:

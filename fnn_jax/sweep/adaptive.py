@@ -8,12 +8,16 @@ sweep's), with its checkpoints, report and resume. The study lives beside them::
     search.json     the base config and the search's spec (another spec is refused)
     sweep.{json,csv,md,png}   the trials as a sweep's tables and plot, pruned ones marked
     search_history.png, search_importances.png, search_slices.png   Optuna's plots
+    search_pareto.png   the Pareto front, with several objectives
 
 The objective is the task's selection metric on validation (at the trial's best
-checkpoint), in its declared direction. A pruner (median, successive halving, Hyperband)
-sees each validation as it happens; a pruned trial keeps its last checkpoint and is not
-run again. A trial interrupted (SIGTERM, a killed worker) is asked again with the same
-values on the next invocation, so it resumes from its checkpoints.
+checkpoint), in its declared direction; or several (``SearchSpec.objectives``: the metric,
+the parameter count, the trial's wall time), a multi-objective study whose Pareto-optimal
+trials the tables mark. A space key may be ``Conditional`` on others' values (suggested in
+dependency order, only where its condition holds). A pruner (median, successive halving,
+Hyperband) sees each validation as it happens; a pruned trial keeps its last checkpoint and
+is not run again. A trial interrupted (SIGTERM, a killed worker) is asked again with the
+same values on the next invocation, so it resumes from its checkpoints.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import logging
 import math
 import os
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Mapping
@@ -32,13 +38,16 @@ from pathlib import Path
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from fnn_jax import config as config_lib
 from fnn_jax.files import workdir_lock, write_atomic
 from fnn_jax.sweep import results as results_lib
 from fnn_jax.sweep import runner
+from fnn_jax.sweep import space as space_lib
 from fnn_jax.sweep.plot import plot_sweep
 from fnn_jax.sweep.results import SweepResult, TrialResult
+from fnn_jax.sweep.space import Conditional
 from fnn_jax.sweep.spec import _field, apply_overrides, trial_name, validate_sweep
 from fnn_jax.train import Preempted, train_and_evaluate
 
@@ -47,22 +56,36 @@ SAMPLERS = ("tpe", "cmaes", "gp", "random")
 PRUNERS = ("none", "median", "halving", "hyperband")
 STUDY = "search"  # the study's name inside study.journal
 INTERRUPTED = "interrupted"  # user attribute of a trial a killed invocation left running
+RETRY_OF = "retry_of"  # user attribute of the trial asked again for an interrupted one
+ATTEMPT_S = "attempt_s"  # user attribute: an attempt's seconds so far (wall_time objective)
+# What a study can optimise: the task's selection metric on validation (its direction), the
+# model's parameter count and the trial's wall time in seconds (both minimised).
+OBJECTIVES = ("metric", "params", "wall_time")
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchSpec:
     """What to search: ``space`` maps dotted config keys to a list of choices or to
-    ``("uniform", lo, hi)`` / ``("log_uniform", lo, hi)`` (an int key draws ints);
-    ``trials`` in all; the sampler and pruner by name; ``seed`` the sampler's."""
+    ``("uniform", lo, hi)`` / ``("log_uniform", lo, hi)`` (an int key draws ints), or to a
+    ``Conditional`` of either; ``trials`` in all; the sampler and pruner by name; ``seed``
+    the sampler's; ``objectives`` from ``OBJECTIVES`` (several: a Pareto front, no pruner)."""
 
     space: Mapping[str, Any]
     trials: int
     sampler: str = "tpe"
     pruner: str = "none"
     seed: int = 0
+    objectives: tuple[str, ...] = ("metric",)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objectives", tuple(self.objectives))  # a list from the CLI
 
     def record(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        """The spec as JSON (search.json; conditions included), compared on resume."""
+        record = json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        if self.objectives == ("metric",):  # as recorded before objectives existed
+            del record["objectives"]
+        return record
 
 
 def search(
@@ -89,6 +112,9 @@ def search(
     with workdir_lock(workdir):
         record = _check_saved(workdir, config, spec)
         write_atomic(workdir / "search.json", json.dumps(record, indent=2) + "\n")
+        # Optuna's journal lock of a process killed while writing (no other can be writing:
+        # this one holds the workdir); left in place, every write would wait 30 s for it.
+        (workdir / "study.journal.lock").unlink(missing_ok=True)
         study = _study(workdir, spec, plan.mode)
         _ask_again_for_interrupted(study, optuna)
         job = (config, spec, str(workdir), plan.metric, plan.mode)
@@ -100,10 +126,10 @@ def search(
                 pending = [executor.submit(_work, *job, k) for k in range(workers)]
                 for future in executor.as_completed(pending):
                     future.result()
-        result = _result(study, workdir, optuna)
+        result = _result(study, workdir, spec, plan.metric, plan.mode)
         result.paths["plot"] = workdir / "sweep.png"
         plot_sweep(result, result.paths["plot"])
-        result.paths |= _optuna_plots(study, workdir, plan.metric)
+        result.paths |= _optuna_plots(study, workdir, _labels(spec, plan.metric))
         results_lib.write_tables(result, record)
         return result
 
@@ -123,22 +149,41 @@ def _optuna() -> Any:
 def _study(workdir: Path, spec: SearchSpec, mode: str, worker: int = 0) -> Any:
     """The study in workdir/study.journal (created on first use) with the spec's sampler and
     pruner (which Optuna does not store: every worker builds its own, its sampler seeded
-    with the spec's seed plus the worker's index)."""
+    with the spec's seed plus the worker's index, and on a resumed study with the trials
+    already in it too: the same seed again would draw the first trials' values again)."""
     import optuna
     from optuna.storages.journal import JournalFileBackend
 
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(workdir / "study.journal")))
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=STUDY,
         storage=storage,
         sampler=_sampler(spec, worker),
         pruner=_pruner(spec.pruner),
-        direction="maximize" if mode == "max" else "minimize",
+        directions=_directions(spec, mode),
         load_if_exists=True,
     )
+    if held := len(study.get_trials(deepcopy=False)):
+        study.sampler = _sampler(spec, worker, held)
+    return study
 
 
-def _sampler(spec: SearchSpec, worker: int = 0) -> Any:
+def _directions(spec: SearchSpec, mode: str) -> list[str]:
+    """Optuna's direction of each objective: the metric's ``mode``, the others minimised."""
+    return [
+        "maximize" if name == "metric" and mode == "max" else "minimize" for name in spec.objectives
+    ]
+
+
+def _labels(spec: SearchSpec, metric: str) -> list[str]:
+    """Each objective's column name in the tables (the metric's is its validation column)."""
+    names = {"metric": f"validation_{metric}", "params": "parameters", "wall_time": "trial_time_s"}
+    return [names[name] for name in spec.objectives]
+
+
+def _sampler(spec: SearchSpec, worker: int = 0, held: int = 0) -> Any:
+    """The spec's sampler for ``worker``, seeded by the spec's seed, the worker and the
+    trials the study ``held`` when it started (none: the spec's seed plus the worker)."""
     import optuna
 
     samplers = {
@@ -148,7 +193,10 @@ def _sampler(spec: SearchSpec, worker: int = 0) -> Any:
         "random": optuna.samplers.RandomSampler,
     }
     try:
-        return samplers[spec.sampler](seed=spec.seed + worker)
+        seed = spec.seed + worker
+        if held:
+            seed = int(np.random.SeedSequence([spec.seed, worker, held]).generate_state(1)[0])
+        return samplers[spec.sampler](seed=seed)
     except ImportError as error:  # cmaes, or gp's torch and scipy
         raise ValueError(f"sampler {spec.sampler!r}: {error}") from None
 
@@ -166,12 +214,19 @@ def _pruner(name: str) -> Any:
 
 def _ask_again_for_interrupted(study: Any, optuna: Any) -> None:
     """Trials a killed invocation left running (none can still run: this process holds the
-    workdir's lock) are marked and asked again with the same values, so the new trial
-    lands in the same trial folder and resumes from its checkpoints."""
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    workdir's lock) are asked again with the same values, so the new trial lands in the
+    same trial folder and resumes from its checkpoints, then marked interrupted (failed, not
+    counted). Queued first: a kill between the steps leaves the trial running with its
+    retry queued (``RETRY_OF``), so the next invocation only marks it."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    for trial in trials:
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            continue
+        if trial.number not in retried:
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
         study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params)
         log.info("trial %d was interrupted: asked again with the same values", trial.number)
 
 
@@ -199,16 +254,42 @@ def _next_trial(study: Any, spec: SearchSpec, workdir: Path) -> Any | None:
         return study.ask()
 
 
-def _suggest(trial: Any, key: str, space: Any, current: Any) -> Any:
-    """The trial's value of ``key``: from a list of choices, or a (log-)uniform float or,
-    for an int key, int."""
-    if isinstance(space, tuple | list) and space and space[0] in ("uniform", "log_uniform"):
-        kind, lo, hi = space
-        log_scale = kind == "log_uniform"
-        if isinstance(current, int) and not isinstance(current, bool):
-            return trial.suggest_int(key, math.ceil(lo), math.floor(hi), log=log_scale)
-        return trial.suggest_float(key, float(lo), float(hi), log=log_scale)
-    return trial.suggest_categorical(key, list(space))
+def _on_validation(trial: Any, spec: SearchSpec, metric: str, started: float) -> Any:
+    """The engine's hook for one attempt of ``trial``: records the attempt's seconds when
+    wall time is an objective (what a kill -9 leaves for the next attempt to add), and
+    reports the metric to the pruner (a single-objective study: Optuna prunes no other)."""
+
+    def report(step: int, values: dict[str, float]) -> bool:
+        if "wall_time" in spec.objectives:
+            trial.set_user_attr(ATTEMPT_S, time.monotonic() - started)
+        if spec.objectives != ("metric",):
+            return False
+        trial.report(values[metric], step)
+        return trial.should_prune()
+
+    return report
+
+
+def _earlier_attempts_s(study: Any, name: str) -> float:
+    """Seconds the interrupted attempts of trial ``name`` recorded: each up to its
+    preemption, or (kill -9) its last validation."""
+    return sum(
+        t.user_attrs.get(ATTEMPT_S, 0.0)
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(INTERRUPTED) and t.user_attrs.get("name") == name
+    )
+
+
+def _objective_values(
+    spec: SearchSpec, outcome: dict[str, Any], metric: str, seconds: float
+) -> list[float]:
+    """A finished trial's objectives, in ``spec.objectives``' order (what study.tell takes)."""
+    values = {
+        "metric": outcome["results"]["validation"][metric],
+        "params": float(outcome["parameters"]),
+        "wall_time": seconds,
+    }
+    return [values[name] for name in spec.objectives]
 
 
 def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positionally)
@@ -224,26 +305,23 @@ def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positiona
     workdir = Path(workdir)
     study = _study(workdir, spec, mode, worker)
     while (trial := _next_trial(study, spec, workdir)) is not None:
-        overrides = {
-            key: _suggest(trial, key, space, _field(config, key)[1])
-            for key, space in spec.space.items()
-        }
+        overrides = space_lib.suggest(trial, config, spec.space)
         name = trial_name(overrides)
         trial.set_user_attr("name", name)
         trial.set_user_attr("overrides", overrides)
         trial_dir = workdir / "trials" / name
         trial_dir.mkdir(parents=True, exist_ok=True)
         (trial_dir / "error.txt").unlink(missing_ok=True)
-
-        def report(step: int, values: dict[str, float], trial: Any = trial) -> bool:
-            trial.report(values[metric], step)
-            return trial.should_prune()
-
+        started = time.monotonic()
         try:
             outcome = train_and_evaluate(
-                apply_overrides(config, overrides), trial_dir, on_validation=report
+                apply_overrides(config, overrides),
+                trial_dir,
+                on_validation=_on_validation(trial, spec, metric, started),
             )
         except Preempted:
+            if "wall_time" in spec.objectives:
+                trial.set_user_attr(ATTEMPT_S, time.monotonic() - started)
             raise  # left running: the next invocation asks it again
         except Exception as error:
             write_atomic(trial_dir / "error.txt", "".join(traceback.format_exception(error)))
@@ -256,8 +334,9 @@ def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positiona
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %s: pruned at step %d", name, outcome["pruned_at"])
         else:
+            seconds = time.monotonic() - started + _earlier_attempts_s(study, name)
+            study.tell(trial, _objective_values(spec, outcome, metric, seconds))
             value = outcome["results"]["validation"][metric]
-            study.tell(trial, value)
             log.info("trial %s: validation %s %.4f", name, metric, value)
 
 
@@ -273,18 +352,37 @@ def _check_spec(config: ml_collections.ConfigDict, spec: SearchSpec) -> None:
         raise ValueError(f"trials must be >= 1; got {spec.trials}")
     if not spec.space:
         raise ValueError("the search space is empty: give --space key=... or get_search_space()")
+    _check_objectives(spec)
+    space_lib.order(spec.space)  # the conditions: keys in the space, values among its choices
     probes = []
     for key, space in spec.space.items():
-        if isinstance(space, tuple | list) and space and space[0] in ("uniform", "log_uniform"):
+        space = space.space if isinstance(space, Conditional) else space
+        if space_lib.is_range(space):
             values = list(space[1:])
             if isinstance(_field(config, key)[1], int):
                 values = [math.ceil(space[1]), math.floor(space[2])]
         else:
             values = list(space)
         for value in values:
-            if {key: value} not in probes:
-                probes.append({key: value})
+            probe = {**space_lib.enabling(key, spec.space), key: value}
+            if probe not in probes:
+                probes.append(probe)
     validate_sweep(config, probes)
+
+
+def _check_objectives(spec: SearchSpec) -> None:
+    """Known, distinct objectives; a pruner only for the metric alone."""
+    if not spec.objectives:
+        raise ValueError(f"objectives: give at least one of {list(OBJECTIVES)}")
+    for name in spec.objectives:
+        config_lib.check_choice("objectives", name, OBJECTIVES)
+    if len(set(spec.objectives)) < len(spec.objectives):
+        raise ValueError(f"objectives: each once; got {list(spec.objectives)}")
+    if spec.pruner != "none" and spec.objectives != ("metric",):
+        raise ValueError(
+            f"pruner {spec.pruner!r} with objectives {list(spec.objectives)}: Optuna prunes "
+            "only single-objective studies of the metric; use pruner 'none'"
+        )
 
 
 def _check_saved(
@@ -317,9 +415,16 @@ def _check_saved(
 # ---------------------------------------------------------------------------- results
 
 
-def _result(study: Any, workdir: Path, optuna: Any) -> SweepResult:
-    """The study's trials (the interrupted attempts left out) as a sweep's results."""
+def _result(study: Any, workdir: Path, spec: SearchSpec, metric: str, mode: str) -> SweepResult:
+    """The study's trials (the interrupted attempts left out) as a sweep's results; with
+    several objectives, each finished trial's values and whether Optuna puts it on the
+    Pareto front (``study.best_trials``)."""
+    import optuna
+
     states = optuna.trial.TrialState
+    labels = _labels(spec, metric)
+    multi = len(labels) > 1
+    front = {t.number for t in study.best_trials} if multi else set()
     trials = []
     for trial in study.get_trials(deepcopy=False):
         if trial.user_attrs.get(INTERRUPTED) or "name" not in trial.user_attrs:
@@ -329,18 +434,26 @@ def _result(study: Any, workdir: Path, optuna: Any) -> SweepResult:
         report = result.workdir / "report.json"
         if trial.state == states.COMPLETE and report.exists():
             result.status, result.report = "done", json.loads(report.read_text())
+            if multi:
+                result.objectives = dict(zip(labels, trial.values, strict=True))
+                result.pareto = trial.number in front
         elif trial.state == states.PRUNED:
             result.status = "pruned"
             result.error = f"pruned at step {trial.user_attrs.get('pruned_at')}"
         elif trial.state == states.FAIL:
             result.status, result.error = "failed", trial.user_attrs.get("error", "")
         trials.append(result)
-    return runner._summarise(workdir, trials)
+    summary = runner._summarise(workdir, trials)
+    if multi:
+        directions = _directions(spec, mode)
+        summary.objectives = {k: d[:3] for k, d in zip(labels, directions, strict=True)}
+    return summary
 
 
-def _optuna_plots(study: Any, workdir: Path, metric: str) -> dict[str, Path]:
-    """Optuna's optimisation history, parameter importances and slices, where the study
-    has enough finished trials for each (importances need two)."""
+def _optuna_plots(study: Any, workdir: Path, labels: list[str]) -> dict[str, Path]:
+    """Optuna's optimisation history, parameter importances and slices (of the first
+    objective), where the study has enough finished trials for each (importances need
+    two), and with two or three objectives the Pareto front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -349,9 +462,21 @@ def _optuna_plots(study: Any, workdir: Path, metric: str) -> dict[str, Path]:
     from optuna.exceptions import ExperimentalWarning
 
     finished = [t for t in study.trials if t.state == t.state.COMPLETE]
-    plots = {"history": views.plot_optimization_history, "slices": views.plot_slice}
+    target, ranked = {"target_name": labels[0].replace("_", " ")}, {}
+    if len(labels) > 1:  # these plots take one objective: the first
+        target["target"] = lambda t: t.values[0]
+        # Importances of a target are for low values: a maximised metric's sign flipped.
+        sign = -1.0 if study.directions[0] == study.directions[0].MAXIMIZE else 1.0
+        ranked["target"] = lambda t: sign * t.values[0]
+    plots = {
+        "history": functools.partial(views.plot_optimization_history, **target),
+        "slices": functools.partial(views.plot_slice, **target),
+    }
     if len(finished) >= 2 and len(study.trials[0].params) >= 1:
-        plots["importances"] = views.plot_param_importances
+        importances = functools.partial(views.plot_param_importances, **(target | ranked))
+        plots["importances"] = importances
+    if len(labels) in (2, 3):
+        plots["pareto"] = functools.partial(views.plot_pareto_front, target_names=labels)
     written = {}
     for name, draw in plots.items():
         if not finished:
@@ -359,7 +484,8 @@ def _optuna_plots(study: Any, workdir: Path, metric: str) -> dict[str, Path]:
         try:
             with warnings.catch_warnings():  # "experimental": we pin optuna's major version
                 warnings.simplefilter("ignore", ExperimentalWarning)
-                axes = draw(study, target_name=f"validation {metric}")
+                warnings.filterwarnings("ignore", "PedAnova.* low `target`")  # signed above
+                axes = draw(study)
         except (ValueError, RuntimeError) as error:  # e.g. one distinct value
             log.info("search_%s.png not drawn: %s", name, error)
             continue

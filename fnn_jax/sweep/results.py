@@ -31,6 +31,10 @@ class TrialResult:
     reused: bool = False
     report: dict[str, Any] | None = None
     error: str = ""  # "Type: message" of a failed trial; the traceback is in workdir/error.txt
+    # A multi-objective search's finished trial: column name -> objective value, and
+    # whether it is Pareto-optimal (no other finished trial as good in all, better in one).
+    objectives: dict[str, float] = dataclasses.field(default_factory=dict)
+    pareto: bool = False
 
     def value(self, split: str, metric: str | None) -> float:
         """The trial's ``metric`` on ``split`` at its best checkpoint; NaN if it has none."""
@@ -67,6 +71,12 @@ class SweepResult:
     best: TrialResult | None
     seed_groups: list[SeedGroup]
     paths: dict[str, Path]
+    objectives: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> min|max
+
+    @property
+    def pareto(self) -> list[TrialResult]:
+        """A multi-objective search's Pareto-optimal trials (empty for one objective)."""
+        return [t for t in self.trials if t.pareto]
 
     @property
     def failed(self) -> list[TrialResult]:
@@ -148,25 +158,28 @@ def _csv_value(value: Any) -> str:
 
 
 def rows(trials: list[TrialResult], metric: str | None) -> list[dict[str, Any]]:
-    """One dict per trial: name, status, overrides, metrics, steps, wall time, error."""
+    """One dict per trial: name, status, overrides, metrics, steps, wall time, a
+    multi-objective search's other objectives and Pareto mark, error."""
     keys = _keys([t.overrides for t in trials])
+    objectives = _keys([t.objectives for t in trials])
     label = metric or "metric"  # None until a trial finishes
     out = []
     for t in trials:
         report = t.report or {}
-        out.append(
-            {
-                "name": t.name,
-                "status": t.status,
-                **{key: t.overrides.get(key) for key in keys},
-                f"validation_{label}": t.value("validation", metric),
-                f"test_{label}": t.value("test", metric),
-                "steps": report.get("steps"),
-                "best_step": report.get("best_step"),
-                "wall_time_s": report.get("wall_time_s"),
-                "error": t.error,
-            }
-        )
+        row = {
+            "name": t.name,
+            "status": t.status,
+            **{key: t.overrides.get(key) for key in keys},
+            f"validation_{label}": t.value("validation", metric),
+            f"test_{label}": t.value("test", metric),
+            "steps": report.get("steps"),
+            "best_step": report.get("best_step"),
+            "wall_time_s": report.get("wall_time_s"),
+        }
+        row |= {k: t.objectives.get(k) for k in objectives if k not in row}
+        if objectives:
+            row["pareto"] = t.pareto
+        out.append(row | {"error": t.error})
     return out
 
 
@@ -197,6 +210,12 @@ def _pm(values: tuple[float, ...]) -> str:
     return f"{mean:.4f} ± {std:.4f}" if math.isfinite(std) else f"{mean:.4f}"
 
 
+def _cell(column: str, value: Any) -> str:
+    if column == "pareto":
+        return "✓" if value else ""
+    return _md(value, ".4f" if column.startswith(("validation_", "test_")) else ".4g")
+
+
 def _markdown_table(trials: list[TrialResult], metric: str | None, best: TrialResult | None) -> str:
     table = rows(trials, metric)
     if not table:
@@ -204,10 +223,7 @@ def _markdown_table(trials: list[TrialResult], metric: str | None, best: TrialRe
     columns = list(table[0])
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for trial, row in zip(trials, table, strict=True):
-        cells = [
-            _md(v, ".4f" if c.startswith(("validation_", "test_")) else ".4g")
-            for c, v in row.items()
-        ]
+        cells = [_cell(c, v) for c, v in row.items()]
         if trial is best:
             cells[0] = f"**{cells[0]}**"
         lines.append("| " + " | ".join(cells) + " |")
@@ -246,6 +262,13 @@ def markdown(result: SweepResult) -> str:
             f"(trials/{b.name})",
             "",
         ]
+    if result.objectives:
+        wanted = ", ".join(f"{k} ({d}imised)" for k, d in result.objectives.items())
+        parts += [
+            f"Objectives: {wanted}. Pareto-optimal (no other finished trial as good in every "
+            f"objective and better in one): {len(result.pareto)} trials, ✓ in the pareto column.",
+            "",
+        ]
     parts += [_markdown_table(result.trials, metric, result.best), ""]
     if result.seed_groups:
         parts += ["## Over seeds (mean ± sample std, ddof=1)", ""]
@@ -260,6 +283,8 @@ def markdown(result: SweepResult) -> str:
         parts += [""]
     if "plot" in result.paths:
         parts += ["![sweep](sweep.png)", ""]
+    if "pareto" in result.paths:
+        parts += ["![Pareto front](search_pareto.png)", ""]
     return "\n".join(parts)
 
 
@@ -270,7 +295,7 @@ def _finite(value: float) -> float | None:
 def json_record(result: SweepResult, spec: dict[str, Any]) -> dict[str, Any]:
     """sweep.json: the spec (checked on re-runs) and every trial's outcome."""
     metric = result.metric
-    return {
+    record = {
         "spec": spec,
         "metric": metric,
         "mode": result.mode,
@@ -300,6 +325,11 @@ def json_record(result: SweepResult, spec: dict[str, Any]) -> dict[str, Any]:
             for g in result.seed_groups
         ],
     }
+    if result.objectives:  # a multi-objective search
+        record["objectives"] = result.objectives
+        for row, t in zip(record["trials"], result.trials, strict=True):
+            row |= {"objectives": t.objectives, "pareto": t.pareto}
+    return record
 
 
 def write_tables(result: SweepResult, spec: dict[str, Any]) -> None:
