@@ -111,6 +111,12 @@ flags.DEFINE_list(
     "several give a Pareto front (then --pruner none).",
 )
 flags.DEFINE_enum("pruner", "none", list(sweep.PRUNERS), "--search: Optuna's pruner.")
+flags.DEFINE_string(
+    "direction",
+    None,
+    "--search: maximize or minimize; must agree with the task's selection metric "
+    "(default: the metric's own direction).",
+)
 flags.DEFINE_integer("search_seed", 0, "--search: the sampler's seed.")
 flags.mark_flags_as_required(["config", "workdir"])
 FLAGS = flags.FLAGS
@@ -172,6 +178,7 @@ def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
         pruner=FLAGS.pruner,
         seed=FLAGS.search_seed,
         objectives=tuple(FLAGS.objectives),
+        direction=FLAGS.direction,
     )
 
 

@@ -183,6 +183,8 @@ def test_an_interrupted_trial_is_asked_again_and_ends_as_it_would_have(tmp_path,
         ({"objectives": ("metric", "latency")}, "objectives='latency'"),
         ({"objectives": ("metric", "metric")}, "objectives: each once"),
         ({"objectives": ("metric", "params"), "pruner": "median"}, "pruner 'median' with object"),
+        ({"direction": "minimize"}, "'minimize' contradicts the metric: validation 'accuracy'"),
+        ({"direction": "up"}, "direction='up'"),
     ],
 )
 def test_a_bad_search_is_refused_before_anything_is_written(spec, message, tmp_path):

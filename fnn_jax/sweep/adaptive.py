@@ -68,7 +68,9 @@ class SearchSpec:
     """What to search: ``space`` maps dotted config keys to a list of choices or to
     ``("uniform", lo, hi)`` / ``("log_uniform", lo, hi)`` (an int key draws ints), or to a
     ``Conditional`` of either; ``trials`` in all; the sampler and pruner by name; ``seed``
-    the sampler's; ``objectives`` from ``OBJECTIVES`` (several: a Pareto front, no pruner)."""
+    the sampler's; ``objectives`` from ``OBJECTIVES`` (several: a Pareto front, no pruner);
+    ``direction`` ("maximize" | "minimize"; None: the metric's own), checked against the
+    direction the task declares for its selection metric."""
 
     space: Mapping[str, Any]
     trials: int
@@ -76,6 +78,7 @@ class SearchSpec:
     pruner: str = "none"
     seed: int = 0
     objectives: tuple[str, ...] = ("metric",)
+    direction: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", tuple(self.objectives))  # a list from the CLI
@@ -85,6 +88,8 @@ class SearchSpec:
         record = json.loads(json.dumps(dataclasses.asdict(self), default=list))
         if self.objectives == ("metric",):  # as recorded before objectives existed
             del record["objectives"]
+        if self.direction is None:
+            del record["direction"]
         return record
 
 
@@ -108,6 +113,7 @@ def search(
     from fnn_jax.train.trial import setup  # the task's metric and its direction
 
     plan = setup(config)
+    _check_direction(spec, plan.metric, plan.mode)
     workdir = Path(workdir).absolute()
     with workdir_lock(workdir):
         record = _check_saved(workdir, config, spec)
@@ -368,6 +374,20 @@ def _check_spec(config: ml_collections.ConfigDict, spec: SearchSpec) -> None:
             if probe not in probes:
                 probes.append(probe)
     validate_sweep(config, probes)
+
+
+def _check_direction(spec: SearchSpec, metric: str, mode: str) -> None:
+    """A direction asked for must be the one the task declares for its metric."""
+    if spec.direction is None:
+        return
+    config_lib.check_choice("direction", spec.direction, ("maximize", "minimize"))
+    declared = "maximize" if mode == "max" else "minimize"
+    if spec.direction != declared:
+        raise ValueError(
+            f"direction {spec.direction!r} contradicts the metric: validation {metric!r} "
+            f"improves when it goes {'up' if mode == 'max' else 'down'} ({declared}); "
+            "choose another metric with --config.train.early_stopping_metric"
+        )
 
 
 def _check_objectives(spec: SearchSpec) -> None:
