@@ -12,6 +12,8 @@ budget B of optimizer steps: B = GRID x GRID full runs (--grid 4: 16 runs).
 - ``tpe_median``: TPE with the median pruner, up to --prune_trials trials, cut at B: only
   the trials whose steps, with all those before them, fit in B count (TPE is sequential,
   so that prefix is what a study stopped at B would have run);
+- ``tpe_eager``: ``tpe_median`` with --eager_startup trials where Optuna's defaults wait
+  (TPE draws 10 at random before it models, the median pruner waits for 5 to finish);
 - ``halving``: N random draws (the first GRID² are ``random``'s) trained as one vmapped
   program with successive halving (--eta), N the most whose steps fit in B;
 - ``pbt``: ``random``'s GRID² draws as one vmapped population, population-based training
@@ -50,7 +52,9 @@ from fnn_jax.train.pbt import PBTSpec  # noqa: E402
 LR = ("log_uniform", 1e-4, 1e-1)
 WD = ("log_uniform", 1e-6, 1e-1)
 SPACE = {"optimizer.learning_rate": LR, "optimizer.weight_decay": WD}
-METHODS = ("grid", "random", "tpe", "tpe_median", "halving", "pbt")
+METHODS = ("grid", "random", "tpe", "tpe_median", "tpe_eager", "halving", "pbt")
+PRUNED_SEARCHES = ("tpe_median", "tpe_eager")  # cut at B: the prefix that fits
+SEQUENTIAL = ("grid", "random", "tpe", *PRUNED_SEARCHES)
 
 config_flags.DEFINE_config_file(
     "config", "configs/digits_search.py", "The config searched.", lock_config=True
@@ -60,6 +64,9 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Search seeds of the non-grid method
 flags.DEFINE_integer("grid", 4, "Grid points per axis; the budget is GRID² full runs.")
 flags.DEFINE_list("methods", list(METHODS), f"Methods to run, of {', '.join(METHODS)}.")
 flags.DEFINE_integer("prune_trials", 32, "tpe_median: the study's trials (then cut at B).")
+flags.DEFINE_integer(
+    "eager_startup", 3, "tpe_eager: random trials before TPE models and the pruner prunes."
+)
 flags.DEFINE_integer("eta", 3, "halving: keep the best 1/ETA at validations 1, ETA, ETA²...")
 flags.DEFINE_integer("pbt_epochs", 2, "pbt: epochs between PBT points.")
 flags.DEFINE_float("pbt_quantile", 0.25, "pbt: the fraction exploiting (and exploited).")
@@ -132,6 +139,7 @@ def run_method(method: str, seed: int, config: Any, plan: dict) -> dict:
         "random": n,
         "tpe": n,
         "tpe_median": FLAGS.prune_trials,
+        "tpe_eager": FLAGS.prune_trials,
         "halving": plan["halving_trials"],
         "pbt": n,
     }[method]
@@ -145,9 +153,12 @@ def run_method(method: str, seed: int, config: Any, plan: dict) -> dict:
         sweep.run(config, grid_trials(FLAGS.grid), path)
     elif method == "random":
         sweep.run(config, sweep.random_search(SPACE, n, seed), path)
-    elif method in ("tpe", "tpe_median"):
-        pruner = "median" if method == "tpe_median" else "none"
-        spec = sweep.SearchSpec(SPACE, expected, sampler="tpe", pruner=pruner, seed=seed)
+    elif method in ("tpe", *PRUNED_SEARCHES):
+        pruner = "median" if method in PRUNED_SEARCHES else "none"
+        startup = FLAGS.eager_startup if method == "tpe_eager" else None
+        spec = sweep.SearchSpec(
+            SPACE, expected, sampler="tpe", pruner=pruner, seed=seed, startup_trials=startup
+        )
         sweep.search(config, spec, path)
     elif method == "halving":
         trials = sweep.random_search(SPACE, expected, seed)
@@ -197,7 +208,7 @@ def summarise(method: str, seed: int | None, outcome: dict, budget: int, grid_be
     """One run of a method: its best trial (within the budget), steps and wall time."""
     trials = outcome["record"]["trials"]
     wall = outcome["timing"]["wall_s"]
-    sequential = method in ("grid", "random", "tpe", "tpe_median")
+    sequential = method in SEQUENTIAL
     counted, spent = [], 0
     for trial in trials:
         steps = trial_steps(trial)
@@ -205,7 +216,7 @@ def summarise(method: str, seed: int | None, outcome: dict, budget: int, grid_be
             break  # past the budget: a study stopped at B would not have run it
         counted.append(trial)
         spent += steps
-    if method == "tpe_median" and len(counted) < len(trials):
+    if method in PRUNED_SEARCHES and len(counted) < len(trials):
         times = completion_times(Path(outcome["path"]))
         if times is not None and len(times) == len(trials):
             wall = times[len(counted) - 1] - outcome["timing"]["started"]
@@ -279,7 +290,7 @@ def table(rows: list[dict], budget: int) -> str:
             f"| {method} | {len(runs)} | {counts} | {mean_std([r['validation'] for r in runs])} | "
             f"{mean_std([r['test'] for r in runs])} | {np.mean(steps):.0f} "
             f"({100 * np.mean(steps) / budget:.0f}%) | {mean_std([r['wall_s'] for r in runs], 1)} "
-            f"| {reach if method in ('grid', 'random', 'tpe', 'tpe_median') else 'n/a'} |"
+            f"| {reach if method in SEQUENTIAL else 'n/a'} |"
         )
     return "\n".join(lines)
 
@@ -301,19 +312,23 @@ def per_run_table(rows: list[dict]) -> str:
 def claims(rows: list[dict], budget: int, grid_best: float) -> list[str]:
     """The two claims of issue 26, answered from the numbers."""
     out = []
-    pruned = [r for r in rows if r["method"] == "tpe_median"]
-    if pruned and math.isfinite(grid_best):
-        reached = [r["steps_to_grid_best"] for r in pruned]
+    names = {"tpe_median": "TPE + median pruning", "tpe_eager": "TPE + median pruning, eager"}
+    for method in PRUNED_SEARCHES:
+        runs = [r for r in rows if r["method"] == method]
+        if not runs or not math.isfinite(grid_best):
+            continue
+        reached = [r["steps_to_grid_best"] for r in runs]
         within = [s is not None and s <= budget / 3 for s in reached]
         out.append(
-            f"- TPE + median pruning reaches the grid's best validation accuracy "
+            f"- {names[method]} reaches the grid's best validation accuracy "
             f"({grid_best:.4f}) within a third of the grid's {budget} steps in "
-            f"{sum(within)} of {len(pruned)} search seeds (steps to reach it: "
+            f"{sum(within)} of {len(runs)} search seeds (steps to reach it: "
             + ", ".join("never" if s is None else str(s) for s in reached)
             + f"; best validation within {budget // 3} steps: "
-            + ", ".join(f"{r['validation_at_third']:.4f}" for r in pruned)
+            + ", ".join(f"{r['validation_at_third']:.4f}" for r in runs)
             + ")."
         )
+    pruned = [r for r in rows if r["method"] == "tpe_median"]
     pbt = [r for r in rows if r["method"] == "pbt"]
     if pbt and pruned:
         out.append(
@@ -378,7 +393,8 @@ def main(argv: list[str]) -> None:
             f"(AdamW). halving: {plan['halving_trials']} trials, eta {FLAGS.eta} "
             f"({plan['halving_steps']} steps planned); pbt: {FLAGS.grid**2} trials, every "
             f"{FLAGS.pbt_epochs} epochs, quantile {FLAGS.pbt_quantile}; tpe_median: up to "
-            f"{FLAGS.prune_trials} trials, cut at B. Mean ± sample std over search seeds "
+            f"{FLAGS.prune_trials} trials, cut at B; tpe_eager: the same with "
+            f"{FLAGS.eager_startup} startup trials. Mean ± sample std over search seeds "
             f"{', '.join(FLAGS.seeds)} (grid: one run).",
             "",
             table(rows, budget),

@@ -111,6 +111,12 @@ flags.DEFINE_list(
     "several give a Pareto front (then --pruner none).",
 )
 flags.DEFINE_enum("pruner", "none", list(sweep.PRUNERS), "--search: Optuna's pruner.")
+flags.DEFINE_integer(
+    "startup_trials",
+    None,
+    "--search: random trials before the sampler models, and finished trials before the "
+    "median pruner prunes (default: Optuna's, 10 for TPE and 5 for the pruner).",
+)
 flags.DEFINE_string(
     "direction",
     None,
@@ -179,6 +185,7 @@ def search_from_flags(config: ml_collections.ConfigDict) -> sweep.SearchSpec:
         seed=FLAGS.search_seed,
         objectives=tuple(FLAGS.objectives),
         direction=FLAGS.direction,
+        startup_trials=FLAGS.startup_trials,
     )
 
 

@@ -451,7 +451,8 @@ class Checkpoints:
     def _host_target(self, step: int) -> Any:
         """Host arrays shaped as the step's saved state: a state saved from devices (with
         their mesh in its metadata) reads back on a machine with other devices too."""
-        with ocp.StandardCheckpointer() as reader:
+        # Quiet: Orbax warns that the item folder has no step metadata file (the step has).
+        with _absl_quiet(), ocp.StandardCheckpointer() as reader:
             saved = reader.metadata(self.directory / str(step) / "state").item_metadata
         return jax.tree.map(lambda leaf: np.empty(leaf.shape, leaf.dtype), saved)
 

@@ -447,3 +447,34 @@ def test_a_journal_lock_left_by_a_killed_search_does_not_stall_the_next(tmp_path
         optuna.logging.disable_propagation()
     assert [r.getMessage() for r in caplog.records if r.name.startswith("optuna")] == []
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(("startup", "pruned"), [(None, False), (2, True)])
+def test_startup_trials_let_the_median_pruner_prune_after_that_many_finished(startup, pruned):
+    """Two finished trials at 1.0; a third reports 0.0 (accuracy, maximised): Optuna's
+    default median pruner waits for 5 finished trials, startup_trials=2 for two."""
+    spec = sweep.SearchSpec(SPACE, 3, pruner="median", startup_trials=startup)
+    study = optuna.create_study(direction="maximize", pruner=search_lib._pruner(spec))
+    for _ in range(2):
+        trial = study.ask()
+        trial.report(1.0, step=1)
+        study.tell(trial, 1.0)
+    third = study.ask()
+    third.report(0.0, step=1)
+    assert bool(third.should_prune()) is pruned
+
+
+def test_tpe_with_startup_trials_models_after_that_many_random_draws():
+    """TPE's first ``startup_trials`` draws are its random sampler's; the next is modelled
+    (here: not the random sampler's next draw)."""
+    spec = sweep.SearchSpec(SPACE, 4, startup_trials=2, seed=3)
+    tpe = optuna.create_study(direction="maximize", sampler=search_lib._sampler(spec))
+    alone = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(3))
+    drawn = {"tpe": [], "random": []}
+    for name, study in (("tpe", tpe), ("random", alone)):
+        for value in (0.2, 0.9, 0.5):
+            trial = study.ask()
+            drawn[name].append(trial.suggest_float("x", 1e-3, 1.0, log=True))
+            study.tell(trial, value)
+    assert drawn["tpe"][:2] == drawn["random"][:2]
+    assert drawn["tpe"][2] != drawn["random"][2]
