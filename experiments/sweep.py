@@ -243,8 +243,9 @@ def main(argv: list[str]) -> None:
     try:
         if FLAGS.search and FLAGS.pbt:
             raise app.UsageError("--pbt trains a vectorised group, not an adaptive --search")
-        if FLAGS["objectives"].present and not FLAGS.search:
-            raise app.UsageError("--objectives needs --search SAMPLER")
+        for name in ("objectives", "direction", "startup_trials"):
+            if FLAGS[name].present and not FLAGS.search:
+                raise app.UsageError(f"--{name} needs --search SAMPLER")
         if FLAGS.search:
             result = sweep.search(config, search_from_flags(config), FLAGS.workdir, **where)
         else:

@@ -288,14 +288,17 @@ class Checkpoints:
         metrics = {"best_rank": float(step) if is_best else -1.0}
         metrics["stage_end"] = float(stage_end)
         self._pending = step
-        # Arrays on the devices are hashed and handed to Orbax (which copies them to the
-        # host shard by shard) here, before the next step donates their buffers.
-        if self._writer is None or _on_devices(state):
+        if self._writer is None:
             self._start_save(step, state, progress, metrics, data)
+            return
+        started = self._writer.submit(self._start_save, step, state, progress, metrics, data)
+        if _on_devices(state):
+            # Arrays on the devices: hashed and handed to Orbax (which copies them to the
+            # host shard by shard) before the next step donates their buffers. Still on
+            # the one writer thread: Orbax's saves must not start from two threads at once.
+            started.result()
         else:
-            self._started = self._writer.submit(
-                self._start_save, step, state, progress, metrics, data
-            )
+            self._started = started
 
     def _start_save(
         self, step: int, state: Any, progress: dict, metrics: dict, data: dict | None = None
@@ -333,7 +336,8 @@ class Checkpoints:
     def _verify(self, step: int, state: Any, progress: dict) -> None:
         """A targeted restore: the same leaves as saved (else StateMismatch), each intact."""
         stored = progress.get("hashes", {})
-        saved, wanted = checksums.leaf_paths(stored), set(_shapes(state))
+        wanted = set(_shapes(state))
+        saved = checksums.leaf_paths(stored, wanted)
         if saved != wanted:
             self._raise_state_mismatch(step, saved, wanted)
         self._check_hashes(step, state, stored)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
+from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -23,6 +26,7 @@ import numpy as np
 from fnn_jax.tree import path_str
 
 Index = tuple[slice, ...]
+_SHARD_KEY = re.compile(r"(.+)\[(\d+:\d+(?:,\d+:\d+)*)\]")  # path[a:b,c:d]
 
 
 def digest(array: np.ndarray) -> str:
@@ -52,22 +56,30 @@ def saved_shard_hashes(tree: Any) -> dict[str, str]:
     return _from_every_process(local) if exchange else local
 
 
-def leaf_paths(hashes: dict[str, str]) -> set[str]:
-    """The leaves a set of digests covers (a split leaf's shards count once)."""
-    return {parse_key(key)[0] for key in hashes}
+def leaf_paths(hashes: dict[str, str], paths: Collection[str] = ()) -> set[str]:
+    """The leaves a set of digests covers (a split leaf's shards count once); ``paths``:
+    the leaf paths of the state checked (a key that is one of them names a whole leaf)."""
+    return {parse_key(key, paths)[0] for key in hashes}
 
 
 def mismatches(tree: Any, stored: dict[str, str]) -> list[str]:
-    """The stored keys whose slice of ``tree`` (host arrays, or jax.Arrays on any mesh)
-    does not hash to the stored digest, among those this process can check."""
+    """What of ``tree`` (host arrays, or jax.Arrays on any mesh) fails the stored digests,
+    among what this process can check: each stored key whose slice hashes otherwise, and
+    each leaf (named by its path) that the stored digests do not cover whole."""
+    leaves = {path_str(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
     wanted: dict[str, list[tuple[str, Index | None]]] = {}
     for key in stored:
-        path, index = parse_key(key)
+        path, index = parse_key(key, leaves)
         wanted.setdefault(path, []).append((key, index))
     bad = []
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        for key, index in wanted.get(path_str(path), []):
-            value = _slice(leaf, index)
+    for path, leaf in leaves.items():
+        entries = wanted.get(path, [])
+        if not _covers([index for _, index in entries], np.shape(leaf)):
+            bad.append(f"{path} (not all of it has a stored digest)")
+            continue
+        gathered: list[np.ndarray] = []  # the rare whole copy, made once per leaf
+        for key, index in entries:
+            value = _slice(leaf, index, gathered)
             if value is not None and digest(value) != stored[key]:
                 bad.append(key)
     return bad
@@ -80,13 +92,14 @@ def shard_key(path: str, bounds: list[tuple[int, int]], shape: tuple[int, ...]) 
     return f"{path}[{','.join(f'{a}:{b}' for a, b in bounds)}]"
 
 
-def parse_key(key: str) -> tuple[str, Index | None]:
-    """(leaf path, the shard's index, or None for the whole leaf)."""
-    if not key.endswith("]") or "[" not in key:
+def parse_key(key: str, paths: Collection[str] = ()) -> tuple[str, Index | None]:
+    """(leaf path, the shard's index, or None for the whole leaf). A key that is one of
+    ``paths`` is a whole leaf, whatever brackets its name ends in."""
+    match = None if key in paths else _SHARD_KEY.fullmatch(key)
+    if match is None:
         return key, None
-    path, _, bounds = key[:-1].rpartition("[")
-    index = tuple(slice(*map(int, bound.split(":"))) for bound in bounds.split(","))
-    return path, index
+    bounds = match[2].split(",")
+    return match[1], tuple(slice(*map(int, bound.split(":"))) for bound in bounds)
 
 
 def _split(leaf: Any) -> bool:
@@ -114,10 +127,26 @@ def _contains(outer: Index, inner: list[tuple[int, int]], shape: tuple[int, ...]
     )
 
 
-def _slice(leaf: Any, index: Index | None) -> np.ndarray | None:
+def _covers(indices: list[Index | None], shape: tuple[int, ...]) -> bool:
+    """Whether shards at ``indices`` (None: the whole array) tile ``shape``: inside it, no
+    two overlapping, their sizes adding up to its size."""
+    if None in indices:
+        return True
+    if any(len(index) != len(shape) for index in indices):
+        return False
+    boxes = [_bounds(index, shape) for index in indices]
+    size = lambda box: math.prod(b - a for a, b in box)
+    overlap = lambda p, q: all(a < d and c < b for (a, b), (c, d) in zip(p, q, strict=True))
+    if any(overlap(p, q) for i, p in enumerate(boxes) for q in boxes[i + 1 :]):
+        return False
+    return bool(boxes) and sum(map(size, boxes)) == math.prod(shape)
+
+
+def _slice(leaf: Any, index: Index | None, gathered: list[np.ndarray]) -> np.ndarray | None:
     """``leaf[index]`` on the host, read from one shard that holds it; None when only
     another process's devices hold it. Only when no single device holds the slice (the
-    state restored to another mesh) is the leaf gathered whole."""
+    state restored to another mesh) is the leaf gathered whole, once (kept in
+    ``gathered`` for its other keys)."""
     if not _split(leaf):
         whole = _whole(leaf)
         return whole if index is None else whole[index]
@@ -130,9 +159,11 @@ def _slice(leaf: Any, index: Index | None) -> np.ndarray | None:
     placements = leaf.sharding.devices_indices_map(leaf.shape).values()
     if any(_contains(placed, want, leaf.shape) for placed in placements):
         return None  # another process checks it
-    from fnn_jax.train import mesh  # the rare case: a collective on every process
+    if not gathered:
+        from fnn_jax.train import mesh  # the rare case: a collective on every process
 
-    return mesh.host(leaf)[tuple(slice(a, b) for a, b in want)]
+        gathered.append(mesh.host(leaf))
+    return gathered[0][tuple(slice(a, b) for a, b in want)]
 
 
 def _from_every_process(local: dict[str, str]) -> dict[str, str]:

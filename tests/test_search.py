@@ -478,3 +478,17 @@ def test_tpe_with_startup_trials_models_after_that_many_random_draws():
             study.tell(trial, value)
     assert drawn["tpe"][:2] == drawn["random"][:2]
     assert drawn["tpe"][2] != drawn["random"][2]
+
+
+@pytest.mark.slow
+def test_values_suggested_again_keep_their_first_runs_wall_time(tmp_path):
+    """One choice only: the second trial is the first's twin (the same folder, whose run
+    only evaluates again); its wall-time objective is the first run's, not that."""
+    spec = sweep.SearchSpec(
+        {"model.hidden_size": [8]}, 2, "random", objectives=("metric", "wall_time")
+    )
+    result = sweep.search(_small(), spec, tmp_path)
+    first, twin = (t.objectives["trial_time_s"] for t in result.trials)
+    assert twin == first
+    study = _study(tmp_path)
+    assert [t.values[1] for t in study.trials] == [first, first] and first > 0.5

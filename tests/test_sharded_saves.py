@@ -48,6 +48,25 @@ def test_a_damaged_shard_is_named_by_its_slice_and_the_others_pass():
     assert checksums.leaf_paths(stored) == {"params/w"}
 
 
+def test_a_leaf_or_shard_without_a_stored_digest_is_reported_not_passed():
+    w, b = np.ones((4, 8), np.float32), np.zeros(3, np.float32)
+    halves = {"params/w[0:4,0:4]": _sha256(w[:, :4]), "params/w[0:4,4:8]": _sha256(w[:, 4:])}
+    tree = {"params": {"w": w, "b": b}}
+    assert checksums.mismatches(tree, {**halves, "params/b": _sha256(b)}) == []
+    missing = checksums.mismatches(tree, halves)
+    assert missing == ["params/b (not all of it has a stored digest)"]
+    one_half = {"params/w[0:4,0:4]": halves["params/w[0:4,0:4]"], "params/b": _sha256(b)}
+    assert checksums.mismatches(tree, one_half) == ["params/w (not all of it has a stored digest)"]
+
+
+def test_a_leaf_whose_own_name_ends_in_brackets_is_a_whole_leaf():
+    leaf = np.arange(3.0)
+    stored = {"x[0]": _sha256(leaf), "y[0:3]": _sha256(leaf)}
+    assert checksums.mismatches({"x[0]": leaf, "y[0:3]": leaf}, stored) == []
+    assert checksums.mismatches({"x[0]": leaf + 1, "y[0:3]": leaf}, stored) == ["x[0]"]
+    assert checksums.leaf_paths(stored, {"x[0]", "y[0:3]"}) == {"x[0]", "y[0:3]"}
+
+
 @pytest.fixture(scope="module")
 def split_runs(tmp_path_factory):
     """On 4 devices as data 2 x model 2: an uninterrupted run; the same run stopped at

@@ -91,9 +91,9 @@ class SearchSpec:
         record = json.loads(json.dumps(dataclasses.asdict(self), default=list))
         if self.objectives == ("metric",):  # as recorded before objectives existed
             del record["objectives"]
-        for optional in ("direction", "startup_trials"):  # absent from older records
-            if getattr(self, optional) is None:
-                del record[optional]
+        del record["direction"]  # a check only: it must be the metric's own anyway
+        if self.startup_trials is None:  # absent from older records
+            del record["startup_trials"]
         return record
 
 
@@ -297,6 +297,22 @@ def _earlier_attempts_s(study: Any, name: str) -> float:
     )
 
 
+def _seconds_of_a_finished_twin(
+    study: Any, spec: SearchSpec, trial: Any, name: str
+) -> float | None:
+    """The wall time of an earlier finished trial with the same values (a sampler may
+    suggest them again: the same folder, whose run only evaluates again), else None."""
+    import optuna
+
+    if "wall_time" not in spec.objectives:
+        return None
+    finished = (optuna.trial.TrialState.COMPLETE,)
+    for other in study.get_trials(deepcopy=False, states=finished):
+        if other.number != trial.number and other.user_attrs.get("name") == name:
+            return other.values[spec.objectives.index("wall_time")]
+    return None
+
+
 def _objective_values(
     spec: SearchSpec, outcome: dict[str, Any], metric: str, seconds: float
 ) -> list[float]:
@@ -351,7 +367,9 @@ def _work(  # noqa: PLR0913, PLR0917 (the job of one worker, submitted positiona
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             log.info("trial %s: pruned at step %d", name, outcome["pruned_at"])
         else:
-            seconds = time.monotonic() - started + _earlier_attempts_s(study, name)
+            seconds = _seconds_of_a_finished_twin(study, spec, trial, name)
+            if seconds is None:
+                seconds = time.monotonic() - started + _earlier_attempts_s(study, name)
             study.tell(trial, _objective_values(spec, outcome, metric, seconds))
             value = outcome["results"]["validation"][metric]
             log.info("trial %s: validation %s %.4f", name, metric, value)

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from fnn_jax import data as data_lib
-from fnn_jax.tasks import IGNORE_LABEL
 from fnn_jax.train import mesh
+from fnn_jax.train.steppers import pad_time
 from fnn_jax.train.steps import device_eval_batches, eval_batch_rows
 from fnn_jax.train.steps import eval_batches as host_eval_batches
 
@@ -100,8 +100,9 @@ class StreamedRows:
                     "than the engine asked for: the checkpoint's data position and its step "
                     "disagree"
                 )
-            for name, value in _padded(batch, self.time).items():
-                local[name].append(value)
+            padded = pad_time({name: batch[name] for name in FIELDS}, self.time)
+            for name in FIELDS:
+                local[name].append(padded[name])
         self.next_step += count
         self._remember()
         shapes = self._shapes()
@@ -126,19 +127,6 @@ class StreamedRows:
         self.positions[self.next_step] = dict(self.iterator.get_state())
         while len(self.positions) > _POSITIONS_KEPT:
             self.positions.popitem(last=False)
-
-
-def _padded(batch: dict[str, np.ndarray], time: int) -> dict[str, np.ndarray]:
-    """A batch's fields, [rows, T] padded to ``time`` steps as the in-memory table is
-    (``steppers.host_train_table``): inputs 0, targets the ignored label, resets False."""
-    extra = time - batch["inputs"].shape[1]
-    fill = {"inputs": 0, "targets": IGNORE_LABEL, "resets": False}
-    return {
-        name: np.pad(batch[name], [(0, 0), (0, extra)], constant_values=fill[name])
-        if extra and name in fill
-        else batch[name]
-        for name in FIELDS
-    }
 
 
 class StreamedGroup:

@@ -112,24 +112,28 @@ def train_table(split: data_lib.Split, time: int | None = None) -> dict[str, jax
 
 def host_train_table(split: data_lib.Split, time: int | None = None) -> dict[str, np.ndarray]:
     """The split's rows: {"inputs", "targets", "lengths"} [rows, ...] (and "resets" when
-    it has them). ``time`` pads the time axis (truncated BPTT's whole windows): inputs with
-    0, per-step targets with the ignored label, resets with False."""
+    it has them), padded to ``time`` steps (``pad_time``)."""
     table = {"inputs": split.inputs, "targets": split.targets, "lengths": split.full_lengths}
     if split.resets is not None:
         table["resets"] = split.resets
-    extra = 0 if time is None else time - split.inputs.shape[1]
-    if extra > 0:
-        fill = {"inputs": 0, "targets": IGNORE_LABEL, "resets": False}
-        table |= {
-            name: np.pad(
-                table[name],
-                [(0, 0), (0, extra)] + [(0, 0)] * (table[name].ndim - 2),
-                constant_values=value,
-            )
-            for name, value in fill.items()
-            if name in table
-        }
-    return table
+    return table if time is None else pad_time(table, time)
+
+
+def pad_time(fields: dict[str, np.ndarray], time: int) -> dict[str, np.ndarray]:
+    """Rows [rows, T, ...] padded to ``time`` steps (truncated BPTT's whole windows):
+    inputs with 0, per-step targets with the ignored label, resets with False."""
+    extra = time - fields["inputs"].shape[1]
+    if extra <= 0:
+        return fields
+    fill = {"inputs": 0, "targets": IGNORE_LABEL, "resets": False}
+    return {
+        name: np.pad(
+            values, [(0, 0), (0, extra)] + [(0, 0)] * (values.ndim - 2), constant_values=fill[name]
+        )
+        if name in fill
+        else values
+        for name, values in fields.items()
+    }
 
 
 @dataclasses.dataclass(frozen=True)

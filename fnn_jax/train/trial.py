@@ -28,6 +28,7 @@ from fnn_jax.finetune import Stage
 from fnn_jax.tasks import Task
 from fnn_jax.train import mesh
 from fnn_jax.train.steps import TrainState, build_model, init_params, to_device_batch
+from fnn_jax.tree import all_finite
 
 log = logging.getLogger("fnn_jax")
 
@@ -316,13 +317,11 @@ def _all_finite(params: Any) -> bool:
     on_devices = [x for x in leaves if isinstance(x, jax.Array)]
     finite = all(np.isfinite(x).all() for x in leaves if not isinstance(x, jax.Array))
     if on_devices:
-        finite = finite and bool(mesh.host(_finite(on_devices)))
+        finite = finite and bool(mesh.host(_all_finite_on_devices(on_devices)))
     return finite
 
 
-@jax.jit
-def _finite(leaves: list[jax.Array]) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+_all_finite_on_devices = jax.jit(all_finite)
 
 
 class Group:
