@@ -2,24 +2,18 @@
 (issue 28), which pins that the script reads the configs' own splits."""
 
 import functools
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fnn_jax import data
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @functools.cache
 def _baselines():
-    spec = importlib.util.spec_from_file_location("baselines", ROOT / "experiments/baselines.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("baselines")
 
 
 def _by_name(rows, dataset):

@@ -1,7 +1,6 @@
 """docs/own_data.md runs as written: every command and every ```python block, on the example
 files of experiments/make_example_data.py, at a tiny size (few steps, a small model)."""
 
-import importlib.util
 import re
 import shlex
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from fnn_jax import cli, data, sweep
 from fnn_jax.train import train_and_evaluate
+from tests.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = ROOT / "docs" / "own_data.md"
@@ -37,11 +37,7 @@ def examples(tmp_path_factory):
     """The guide's first command, run in a fresh folder (the root of a checkout, as the
     guide's paths expect)."""
     folder = tmp_path_factory.mktemp("checkout")
-    spec = importlib.util.spec_from_file_location(
-        "make_example_data", ROOT / "experiments" / "make_example_data.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("make_example_data")
     (make,) = [c for c in _commands() if c[1] == "experiments/make_example_data.py"]
     module.write(folder / make[make.index("--out") + 1])
     return folder

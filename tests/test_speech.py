@@ -2,8 +2,6 @@
 
 import functools
 import importlib
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,17 +10,12 @@ pytest.importorskip("sktime")
 
 from fnn_jax import data  # noqa: E402
 from fnn_jax.config import validate  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script  # noqa: E402
 
 
 @functools.cache
 def _baselines():
-    path = ROOT / "experiments/japanese_vowels_baselines.py"
-    spec = importlib.util.spec_from_file_location("japanese_vowels_baselines", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("japanese_vowels_baselines")
 
 
 @functools.cache
